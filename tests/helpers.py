@@ -1,0 +1,89 @@
+"""Shared test helpers: small, deterministic pruned detectors built without the real pruning engine."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+GAMMA_LOW, GAMMA_SPREAD = 0.4, 0.2
+
+
+def tiny_pruned_model(cfg: str = "yolo11n.yaml", nc: int = 3, seed: int = 0, n_groups: int = 6, n_prune: int = 8):
+    """Return an eval-mode ``DetectionModel`` built from ``cfg`` with split blocks rewritten and ``n_prune`` output
+    channels removed from each of ``n_groups`` prunable groups (chosen deterministically from ``seed``).
+
+    BatchNorm statistics are randomised (seeded) so that the BN layers are not identities and the outputs are
+    non-trivial. The result is checked to run forward at two input sizes.
+    """
+    import torch_pruning as tp
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_ldac.nn.adapter import protected_layers, rewrite_split_blocks
+
+    torch.manual_seed(seed)
+    model = DetectionModel(cfg, nc=nc, verbose=False).float()
+    g = torch.Generator().manual_seed(seed)
+    _calibrate_batchnorm(model, g)
+    rewrite_split_blocks(model)
+
+    DG = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 3, 64, 64))
+    groups = list(DG.get_all_groups(ignored_layers=protected_layers(model), root_module_types=[nn.Conv2d]))
+    roots = [grp[0].dep.target.module for grp in groups]
+    roots = [r for r in roots if isinstance(r, nn.Conv2d) and r.out_channels > 2 * n_prune]
+    order = torch.randperm(len(roots), generator=g).tolist()
+    pruned = 0
+    for k in order:
+        if pruned >= n_groups:
+            break
+        conv = roots[k]
+        idxs = sorted(torch.randperm(conv.out_channels, generator=g)[:n_prune].tolist())
+        group = DG.get_pruning_group(conv, tp.prune_conv_out_channels, idxs)
+        if not DG.check_pruning_group(group):
+            continue
+        group.prune(idxs)
+        pruned += 1
+    model.eval()
+    with torch.no_grad():
+        for s in (64, 96):
+            out = model(torch.zeros(1, 3, s, s))
+            y = out[0] if isinstance(out, (tuple, list)) else out
+            assert y.shape[:2] == (1, 4 + nc), y.shape
+    return model
+
+
+def _calibrate_batchnorm(model: nn.Module, g: torch.Generator) -> None:
+    """Give BatchNorm layers the statistics of real activations (and random affine terms), like a trained model.
+
+    With Ultralytics' default init the BN layers keep running_mean 0 / running_var 1 while the conv outputs shrink
+    layer after layer, so a randomly initialised detector's outputs barely depend on its input or its backbone
+    weights: a broken export would go unnoticed. Normalising every layer with its own batch statistics keeps the
+    signal alive through the whole network.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in bns]
+    with torch.no_grad():
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average: running stats = this batch's statistics
+            m.weight.copy_(torch.rand(m.num_features, generator=g) * GAMMA_SPREAD + GAMMA_LOW)
+            m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+        model.train()
+        model(_calibration_batch(g))
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+    model.eval()
+
+
+def _calibration_batch(g: torch.Generator, n: int = 4, size: int = 96) -> torch.Tensor:
+    """``n`` random ``size``x``size`` crops of Ultralytics' bus.jpg (real-image statistics), as an NCHW RGB batch."""
+    import cv2
+    from ultralytics.utils import ASSETS
+
+    img = cv2.imread(str(ASSETS / "bus.jpg"))[..., ::-1]  # BGR -> RGB, HWC
+    img = cv2.resize(img, (img.shape[1] * 2 * size // img.shape[0], 2 * size))  # short side 2*size
+    crops = []
+    for _ in range(n):
+        y = int(torch.randint(0, img.shape[0] - size + 1, (1,), generator=g))
+        x = int(torch.randint(0, img.shape[1] - size + 1, (1,), generator=g))
+        crops.append(torch.from_numpy(img[y : y + size, x : x + size].copy()).permute(2, 0, 1))
+    return torch.stack(crops).float() / 255.0

@@ -1,0 +1,45 @@
+import os
+
+from yolo_ldac.utils.env import machine_info, setup_offline_env
+
+
+def test_fonts_are_local(tmp_path, monkeypatch):
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "cfg"))
+    monkeypatch.delenv("YOLO_OFFLINE", raising=False)
+    monkeypatch.delenv("YOLO_AUTOINSTALL", raising=False)
+    import sys
+
+    monkeypatch.delitem(sys.modules, "ultralytics.utils", raising=False)  # as before ultralytics is imported
+    target = setup_offline_env(offline=True)
+    assert target == tmp_path / "cfg" / "Ultralytics"
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        assert (target / name).stat().st_size > 100_000
+    assert os.environ["YOLO_OFFLINE"] == "1"
+    assert os.environ["YOLO_AUTOINSTALL"] == "False"
+
+
+def test_default_config_dir_from_yolo_ldac_home(tmp_path, monkeypatch):
+    monkeypatch.delenv("YOLO_CONFIG_DIR")
+    monkeypatch.setenv("YOLO_LDAC_HOME", str(tmp_path))
+    import sys
+
+    monkeypatch.delitem(sys.modules, "ultralytics.utils", raising=False)
+    target = setup_offline_env()
+    assert os.environ["YOLO_CONFIG_DIR"] == str(tmp_path / "ultralytics")
+    assert (target / "Arial.ttf").is_file()
+
+
+def test_session_fonts_in_ultralytics_config_dir():
+    """conftest ran setup_offline_env before ultralytics was imported: Ultralytics uses that directory."""
+    from ultralytics.utils import USER_CONFIG_DIR
+    from ultralytics.utils.checks import check_font
+
+    assert check_font("Arial.ttf") == USER_CONFIG_DIR / "Arial.ttf"
+    assert check_font("Arial.Unicode.ttf") == USER_CONFIG_DIR / "Arial.Unicode.ttf"
+
+
+def test_machine_info():
+    info = machine_info()
+    assert info["cores"] >= 1 and info["cpu"]
+    assert info["torch"] and info["ultralytics"] and info["python"]
+    assert "gpu" in info

@@ -1,0 +1,83 @@
+"""Tests of the compression report (json, markdown, chart, terminal table)."""
+
+from __future__ import annotations
+
+import json
+
+from yolo_ldac.report import format_markdown, format_table, write_report
+
+
+def _report():
+    return {
+        "model": "yolo11n.pt",
+        "data": "coco8.yaml",
+        "method": "ldac",
+        "target": "flops",
+        "ratio": 0.5,
+        "before": {"map50_95": 0.4521, "map50": 0.6213, "flops_g": 6.543, "params_m": 2.582},
+        "after": {"map50_95": 0.4398, "map50": None, "flops_g": 3.251, "params_m": 1.407},
+        "removed": {"flops_pct": 50.31, "params_pct": 45.51},
+        "layers": [
+            {"name": "model.0.conv", "before": 16, "after": 8},
+            {"name": "model.1.conv", "before": 32, "after": 24},
+            {"name": "model.2.cv0.conv", "before": 16, "after": 16},
+        ],
+        "rounds": [
+            {"round": 1, "ratio_reached": 0.25, "map50_95_before_step": 0.4521, "map50_95_after_step": 0.3012,
+             "map50_95_after_train": 0.4456, "flops_g": 4.907, "params_m": 1.981},
+            {"round": 2, "ratio_reached": 0.503, "map50_95_before_step": 0.4456, "map50_95_after_step": None,
+             "map50_95_after_train": 0.4398, "flops_g": 3.251, "params_m": 1.407},
+        ],
+        "timings": {"prune": 12.5, "finetune": 3600.0, "val": 45.25},
+        "paths": {"best": "runs/x/best.pt", "portable": "runs/x/best.safetensors", "run_dir": "runs/x"},
+        "settings": {"epochs": 10, "round_to": 8, "imgsz": 640},
+    }
+
+
+def test_write_report_files_and_numbers(tmp_path):
+    report = _report()
+    paths = write_report(tmp_path / "run", report)
+    assert set(paths) == {"json", "md", "png"}
+    for p in paths.values():
+        assert p.is_file() and p.stat().st_size > 0
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert json.loads(paths["json"].read_text()) == report  # round-trips
+
+    md = paths["md"].read_text()
+    for text in ("0.4521", "0.6213", "0.4398", "6.543", "3.251", "2.582", "1.407",  # before/after values
+                 "50.3% removed", "45.5% removed", "-1.23 pts",  # changes
+                 "| `model.1.conv` | 32 | 24 | 75.0 |",  # channels table
+                 "0.3012", "0.4456", "0.503",  # rounds
+                 "| prune | 12.5 |", "1:00:00",  # timings
+                 "`round_to`", "`ratio` | 0.5", "best.safetensors"):
+        assert text in md, text
+    # None renders as '-': after mAP50 (and so its change), and a missing round value.
+    assert "| mAP50 | 0.6213 | - | - |" in md
+    assert "| 2 | 0.503 | 0.4456 | - | 0.4398 |" in md
+
+
+def test_none_values_and_minimal_report(tmp_path):
+    report = {"model": "m.pt", "before": {"map50_95": None, "map50": None, "flops_g": 8.0, "params_m": 3.0},
+              "after": {"map50_95": None, "map50": None, "flops_g": 4.0, "params_m": 2.0}}
+    paths = write_report(tmp_path, report)
+    md = paths["md"].read_text()
+    assert "| mAP50-95 | - | - | - |" in md
+    assert "50.0% removed" in md  # computed from before/after when 'removed' is absent
+    assert "33.3% removed" in md
+    assert "## Rounds" not in md and paths["png"].is_file()
+    table = format_table(report)
+    assert table.splitlines()[1].split() == ["mAP50-95", "-", "-", "-"]
+
+
+def test_format_table_fixed_width():
+    lines = format_table(_report()).splitlines()
+    assert len(lines) == 5 and len({len(l) for l in lines}) == 1  # aligned columns
+    assert lines[0].split() == ["metric", "before", "after", "change"]
+    assert lines[1].split() == ["mAP50-95", "0.4521", "0.4398", "-1.23", "pts"]
+    assert lines[3].split()[:3] == ["FLOPs", "(G)", "6.543"] and "50.3% removed" in lines[3]
+
+
+def test_markdown_escapes_pipes():
+    md = format_markdown({"model": "a|b", "settings": {"note": "x|y"}})
+    assert "x\\|y" in md and "a\\|b" in md

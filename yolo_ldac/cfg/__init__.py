@@ -1,0 +1,297 @@
+"""Configuration of yolo-ldac: flat defaults, key checks with suggestions, safe parsing of command-line values.
+
+The defaults live in ``default.yaml`` beside this file (one flat mapping, every key commented). Every key of
+Ultralytics' own default configuration is accepted as well and passed through to its trainer, validator and
+exporter, so ``lr0=0.002 mosaic=0`` work as they do with the ``yolo`` command.
+
+Nothing here imports torch or ultralytics: the key checks run before any heavy import (``yolo-ldac --help`` and
+a mistyped key answer immediately). Ultralytics' key list is read from the installed package's
+``cfg/default.yaml`` without importing the package.
+
+Example:
+    >>> from yolo_ldac.cfg import get_cfg, split_args
+    >>> cfg = get_cfg({"ratio": 0.4, "lr0": 0.002}, mode="prune")
+    >>> ldac, ultra = split_args(cfg)  # ldac["ratio"] == 0.4; ultra["lr0"] == 0.002, ultra["imgsz"] == 640
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib
+import importlib.util
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from yolo_ldac.errors import LDACError
+
+DEFAULT_CFG_PATH = Path(__file__).resolve().parent / "default.yaml"
+
+MODES = ("compress", "prune", "finetune", "val", "export", "info")
+TARGETS = ("flops", "params", "channels")
+
+# Keys that are ours AND Ultralytics': split_args() forwards them to Ultralytics too (when not None).
+SHARED_KEYS = frozenset(
+    {"imgsz", "batch", "device", "workers", "seed", "plots", "verbose", "project", "name", "exist_ok", "epochs", "data"}
+    | {"model"}
+)
+
+# Our keys that must be exactly True or False.
+_BOOL_KEYS = ("compensate", "val_steps", "portable", "parity", "exist_ok", "plots", "verbose")
+
+_INT_RE = re.compile(r"[-+]?\d[\d_]*")
+_FLOAT_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_YAML_BOOLS = ("true", "false")
+_NONE_WORDS = ("none", "null", "~", "")
+
+
+@functools.lru_cache(maxsize=None)
+def _defaults() -> dict:
+    with open(DEFAULT_CFG_PATH, encoding="utf-8") as f:
+        data = yaml.safe_load(f)
+    if not isinstance(data, dict):  # a packaging error, not a user error
+        raise RuntimeError(f"{DEFAULT_CFG_PATH} is not a yaml mapping")
+    return data
+
+
+def load_defaults() -> dict:
+    """Return yolo-ldac's defaults from ``default.yaml`` (read once, cached; each call returns a fresh copy)."""
+    return dict(_defaults())
+
+
+@functools.lru_cache(maxsize=None)
+def _ultralytics_keys() -> frozenset:
+    # Read ultralytics/cfg/default.yaml directly: importing ultralytics here would fix its settings directory and
+    # offline flags before yolo_ldac.utils.env.setup_offline_env() had a chance to run, and costs seconds.
+    spec = importlib.util.find_spec("ultralytics")  # top-level: finds the package without importing it
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root) / "cfg" / "default.yaml"
+        if path.is_file():
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f)
+            if isinstance(data, dict) and data:
+                return frozenset(data)
+    from yolo_ldac.utils.env import setup_offline_env  # fallback: the import must come after this
+
+    setup_offline_env()
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    return frozenset(DEFAULT_CFG_DICT)
+
+
+def ultralytics_keys() -> set[str]:
+    """Return every key of Ultralytics' own default configuration (``ultralytics.cfg.DEFAULT_CFG_DICT``)."""
+    return set(_ultralytics_keys())
+
+
+def valid_keys() -> set[str]:
+    """Return every key ``get_cfg`` accepts: ours and Ultralytics'."""
+    return set(_defaults()) | _ultralytics_keys()
+
+
+def parse_value(s: str) -> Any:
+    """Parse one command-line value with ``yaml.safe_load`` (never ``eval``).
+
+    ``"0.5"`` -> 0.5, ``"8"`` -> 8, ``"1e-3"`` -> 0.001, ``"True"``/``"true"`` -> True, ``"none"``/``"None"``/
+    ``"null"``/``""`` -> None, ``"[1,2]"`` -> [1, 2], ``"a,b"`` -> ``"a,b"``; quotes force a string
+    (``"'0.5'"`` -> ``"0.5"``). Anything yaml would read as something other than these plain types (a date, a
+    YAML-1.1 ``yes``/``on`` boolean, a sexagesimal ``1:20``, a python tag) stays the original string, and so
+    does anything that does not parse. A non-string is returned unchanged.
+    """
+    if not isinstance(s, str):
+        return s
+    text = s.strip()
+    if text.lower() in _NONE_WORDS:
+        return None
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]  # quoted: a string, whatever it looks like
+    if " #" in text or "\t#" in text:
+        return text  # yaml would drop the rest as a comment
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, bool):
+        return value if text.lower() in _YAML_BOOLS else text  # yes/no/on/off stay strings
+    if _INT_RE.fullmatch(text):
+        return int(text.replace("_", ""), 10)  # decimal, even with leading zeros (yaml 1.1 reads 010 as octal 8)
+    if isinstance(value, (int, float)):
+        return text if ":" in text else value  # no base-60 numbers
+    if isinstance(value, str):
+        return float(text) if _FLOAT_RE.fullmatch(text) else value  # yaml 1.1 reads 1e-3 as a string
+    if isinstance(value, list):
+        return value if text.startswith("[") else text
+    if isinstance(value, dict):
+        return value if text.startswith("{") else text  # "a: b" is not a mapping on the command line
+    return text  # dates, timestamps, binary, ...
+
+
+def closest(word: str, choices, cutoff: float = 0.6) -> str | None:
+    """Return the element of ``choices`` most similar to ``word`` (difflib), or None when none is close."""
+    match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=cutoff)
+    return match[0] if match else None
+
+
+def _suggest_key(key: str) -> str | None:
+    # Our own keys first: a near-miss of "ratio" should say "ratio", not some Ultralytics key.
+    return closest(key, sorted(_defaults())) or closest(key, sorted(valid_keys()))
+
+
+def _unknown_key_message(key: str) -> str:
+    hint = _suggest_key(key)
+    if hint:
+        return f"unknown key {key!r}; did you mean {hint!r}?"
+    return f"unknown key {key!r}; run `yolo-ldac cfg` to list yolo-ldac's keys (Ultralytics' keys are accepted too)"
+
+
+def check_keys(overrides: dict) -> None:
+    """Raise ``LDACError`` naming every key of ``overrides`` that is neither ours nor Ultralytics' (with a hint)."""
+    known = valid_keys()
+    unknown = [k for k in overrides if k not in known]
+    if unknown:
+        raise LDACError("; ".join(_unknown_key_message(str(k)) for k in unknown))
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_int(cfg: dict, key: str, minimum: int) -> None:
+    v = cfg[key]
+    if not (_is_int(v) and v >= minimum):
+        raise LDACError(f"{key} must be an integer >= {minimum}, got {v!r}")
+
+
+def _check_method(method) -> None:
+    """Check ``method`` against ``yolo_ldac.pruning.criteria.CRITERIA`` when that module exists."""
+    if not isinstance(method, str) or not method:
+        raise LDACError(f"method must be the name of a pruning criterion, got {method!r}")
+    try:
+        criteria = importlib.import_module("yolo_ldac.pruning.criteria")
+    except ModuleNotFoundError as e:
+        if e.name in ("yolo_ldac.pruning", "yolo_ldac.pruning.criteria"):
+            return  # no registry to check against: the pruning engine will check
+        raise
+    registry = getattr(criteria, "CRITERIA", None)
+    if not isinstance(registry, dict) or method in registry:
+        return
+    names = sorted(registry)
+    hint = closest(method, names)
+    msg = f"unknown method {method!r}"
+    msg += f"; did you mean {hint!r}?" if hint else ""
+    raise LDACError(f"{msg} (available: {', '.join(names)})")
+
+
+def _validate(cfg: dict, explicit: dict) -> None:
+    mode = cfg["mode"]
+    if mode not in MODES:
+        hint = closest(mode, MODES) if isinstance(mode, str) else None
+        msg = f"mode must be one of {', '.join(MODES)}, got {mode!r}"
+        raise LDACError(msg + (f"; did you mean {hint!r}?" if hint else ""))
+
+    ratio = cfg["ratio"]
+    if not (_is_number(ratio) and 0 < ratio <= 0.95):
+        raise LDACError(f"ratio must be in (0, 0.95], got {ratio!r}")
+    target = cfg["target"]
+    if target not in TARGETS:
+        hint = closest(target, TARGETS) if isinstance(target, str) else None
+        msg = f"target must be one of {', '.join(TARGETS)}, got {target!r}"
+        raise LDACError(msg + (f"; did you mean {hint!r}?" if hint else ""))
+    _check_int(cfg, "rounds", 1)
+    _check_int(cfg, "epochs_per_round", 0)
+    _check_int(cfg, "finetune_epochs", 0)
+    _check_int(cfg, "round_to", 1)
+    _check_int(cfg, "calib_batches", 0)
+    floor = cfg["floor"]
+    if not (_is_number(floor) and 0 < floor < 1):
+        raise LDACError(f"floor must be in (0, 1), got {floor!r}")
+    tol = cfg["tolerance"]
+    if not (_is_number(tol) and 0 <= tol < 1):
+        raise LDACError(f"tolerance must be in [0, 1), got {tol!r}")
+    rtol = cfg["parity_rtol"]
+    if not (_is_number(rtol) and rtol > 0):
+        raise LDACError(f"parity_rtol must be a number > 0, got {rtol!r}")
+    if cfg["epochs"] is not None and not (_is_int(cfg["epochs"]) and cfg["epochs"] >= 0):
+        raise LDACError(f"epochs must be an integer >= 0 (or none), got {cfg['epochs']!r}")
+    for key in _BOOL_KEYS:
+        if not isinstance(cfg[key], bool):
+            raise LDACError(f"{key} must be True or False, got {cfg[key]!r}")
+    if not isinstance(cfg["format"], str) or not cfg["format"]:
+        raise LDACError(f"format must be an export format name such as 'onnx', got {cfg['format']!r}")
+    if "method" in explicit:  # the default is the registry's business; checking it would import torch
+        _check_method(cfg["method"])
+
+
+def get_cfg(overrides: dict | None = None, mode: str | None = None) -> dict:
+    """Return the defaults merged with ``overrides``, checked.
+
+    Args:
+        overrides: keys to change; each must be one of ours (``default.yaml``) or one of Ultralytics'.
+        mode: when given, sets ``mode`` (wins over ``overrides["mode"]``).
+
+    Returns:
+        A new flat dict: every key of ``default.yaml`` plus the Ultralytics keys given in ``overrides``. In
+        ``finetune`` mode an unset ``epochs`` (None) is resolved to ``finetune_epochs``.
+
+    Raises:
+        LDACError: an unknown key (the message suggests the closest valid one) or an invalid value (ratio outside
+            (0, 0.95], unknown target or mode, rounds < 1, negative epoch counts, round_to < 1, floor outside
+            (0, 1), a non-boolean switch, ...). ``method`` is checked against
+            ``yolo_ldac.pruning.criteria.CRITERIA`` when it is given and that registry exists.
+    """
+    overrides = dict(overrides or {})
+    if not all(isinstance(k, str) for k in overrides):
+        raise LDACError(f"configuration keys must be strings, got {[k for k in overrides if not isinstance(k, str)]!r}")
+    check_keys(overrides)
+    cfg = load_defaults()
+    cfg.update(overrides)
+    if mode is not None:
+        cfg["mode"] = mode
+    _validate(cfg, overrides)
+    if cfg["mode"] == "finetune" and cfg["epochs"] is None:
+        cfg["epochs"] = cfg["finetune_epochs"]
+    return cfg
+
+
+def split_args(cfg: dict) -> tuple[dict, dict]:
+    """Split a merged configuration into (yolo-ldac's keys, keyword arguments for Ultralytics).
+
+    The first dict holds every key of ``default.yaml`` found in ``cfg``. The second holds every Ultralytics key
+    of ``cfg`` that is not one of ours (``lr0``, ``mosaic``, ...), plus the keys we share with Ultralytics
+    (``SHARED_KEYS``: imgsz, batch, device, workers, seed, plots, verbose, project, name, exist_ok, epochs,
+    data, model) whose value is not None; None there means "not set" and is left to Ultralytics' default.
+    Our other keys (``mode``, ``format``, ...) are never forwarded.
+    """
+    ours = _defaults()
+    ultra_keys = _ultralytics_keys()
+    ldac = {k: v for k, v in cfg.items() if k in ours}
+    ultra = {
+        k: v
+        for k, v in cfg.items()
+        if k in ultra_keys and (k not in ours or (k in SHARED_KEYS and v is not None))
+    }
+    return ldac, ultra
+
+
+__all__ = [
+    "DEFAULT_CFG_PATH",
+    "MODES",
+    "SHARED_KEYS",
+    "TARGETS",
+    "check_keys",
+    "closest",
+    "get_cfg",
+    "load_defaults",
+    "parse_value",
+    "split_args",
+    "ultralytics_keys",
+    "valid_keys",
+]

@@ -1,0 +1,158 @@
+"""Command line: ``yolo-ldac MODE key=value ...`` (Ultralytics style).
+
+Examples:
+    yolo-ldac compress model=yolo11n.pt data=coco8.yaml ratio=0.4 method=l2
+    yolo-ldac info model=runs/ldac/exp/weights/best.pt
+    yolo-ldac cfg        # print the defaults
+
+Every value is parsed with ``yaml.safe_load`` (never eval). Any failure the user can fix (an unknown key, a
+value out of range, a missing file) is printed as one line ``yolo-ldac: error: <message>`` on stderr, with exit
+status 2; Ctrl-C exits with 130. Any other exception is a bug and shows its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from yolo_ldac import __version__
+from yolo_ldac.cfg import DEFAULT_CFG_PATH, MODES, closest, get_cfg, load_defaults, parse_value, valid_keys
+from yolo_ldac.errors import LDACError
+
+MODE_HELP = {
+    "compress": "prune in `rounds` steps with training in between, then fine-tune, validate and export",
+    "prune": "prune once to the target ratio, without training; save the pruned model",
+    "finetune": "train a (pruned) model for `epochs` epochs (default: finetune_epochs)",
+    "val": "validate a model on `data`",
+    "export": "export a model to `format` (default onnx) and check parity against PyTorch",
+    "info": "print a model's FLOPs, parameters and channels per layer",
+}
+
+HELP_TOKENS = ("help", "-h", "--help")
+VERSION_TOKENS = ("version", "--version", "-V")
+CFG_TOKENS = ("cfg", "--cfg")
+COMMANDS = (*MODES, "help", "version", "cfg")
+
+
+def usage() -> str:
+    """The text ``yolo-ldac help`` prints."""
+    modes = "\n".join(f"    {m:<10} {MODE_HELP[m]}" for m in MODES)
+    return f"""\
+yolo-ldac {__version__}: channel pruning of Ultralytics YOLO detectors
+
+Usage:
+    yolo-ldac MODE key=value ...
+
+Modes:
+{modes}
+
+Other commands:
+    help       print this message (also -h, --help)
+    cfg        print the default configuration, with every key explained
+    version    print the version
+
+Examples:
+    yolo-ldac compress model=yolo11n.pt data=coco8.yaml ratio=0.5 target=flops method=l2
+    yolo-ldac prune model=yolo11n.pt data=coco8.yaml ratio=0.3 rounds=1
+    yolo-ldac finetune model=runs/ldac/exp/weights/pruned.pt data=coco8.yaml epochs=20 lr0=0.002
+    yolo-ldac val model=runs/ldac/exp/weights/best.pt data=coco8.yaml
+    yolo-ldac export model=runs/ldac/exp/weights/best.pt format=onnx imgsz=640
+    yolo-ldac info model=runs/ldac/exp/weights/best.pt
+
+Arguments are key=value pairs; values are read as YAML (0.5, True, none, [640,480]). Any Ultralytics
+train/val/export argument (lr0, mosaic, optimizer, ...) is accepted as well and passed through.
+Defaults: {DEFAULT_CFG_PATH}
+"""
+
+
+def _one_line(e: BaseException) -> str:
+    """The exception's message on a single line (its type name when it has none)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return "; ".join(lines) or type(e).__name__
+
+
+def parse_args(argv: list[str]) -> tuple[str | None, dict]:
+    """Split ``argv`` into (mode or None, overrides). Raises ``LDACError`` on a malformed argument.
+
+    A bare word must be a mode (at most one); every other argument must be ``key=value``.
+    """
+    mode, overrides = None, {}
+    for arg in argv:
+        if "=" in arg:
+            key, _, value = arg.partition("=")
+            key = key.strip()
+            if not key:
+                raise LDACError(f"argument {arg!r} has no key: write key=value")
+            if key.startswith("-"):
+                bare = key.lstrip("-")
+                raise LDACError(f"arguments are key=value without dashes: write '{bare}={value}' instead of {arg!r}")
+            overrides[key] = parse_value(value)
+            continue
+        word = arg.strip()
+        if word in MODES:
+            if mode is not None and word != mode:
+                raise LDACError(f"two modes given: {mode!r} and {word!r}; give one")
+            mode = word
+        elif word.lstrip("-") in valid_keys():
+            raise LDACError(f"{word!r} needs a value: write {word.lstrip('-')}=VALUE")
+        else:
+            hint = closest(word, COMMANDS)
+            msg = f"unknown mode {word!r}; did you mean {hint!r}?" if hint else f"unknown mode {word!r}"
+            raise LDACError(f"{msg} (modes: {', '.join(MODES)}; arguments are key=value)")
+    if "mode" in overrides:
+        given = overrides.pop("mode")
+        if mode is not None and given != mode:
+            raise LDACError(f"two modes given: {mode!r} and mode={given!r}; give one")
+        mode = given
+    return mode, overrides
+
+
+def _dispatch(mode: str, overrides: dict):
+    """Run ``mode`` through the Python API with the user's overrides (the API merges the defaults itself)."""
+    from yolo_ldac.utils.env import setup_offline_env
+
+    setup_offline_env()  # before anything imports ultralytics
+    from yolo_ldac.api import YOLOLDAC
+
+    kwargs = {k: v for k, v in overrides.items() if k not in ("model", "mode")}
+    model = overrides.get("model", load_defaults()["model"])
+    if model is None:
+        raise LDACError("model is not set: give model=PATH")
+    runner = YOLOLDAC(model)
+    result = getattr(runner, mode)(**kwargs)
+    if mode == "info" and isinstance(result, dict) and result.get("table"):
+        print(result["table"])
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (without the program name); return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if not argv or any(a in HELP_TOKENS for a in argv):
+            print(usage(), end="")
+            return 0
+        if argv[0] in VERSION_TOKENS:
+            print(f"yolo-ldac {__version__}")
+            return 0
+        if argv[0] in CFG_TOKENS:
+            print(DEFAULT_CFG_PATH.read_text(encoding="utf-8"), end="")
+            return 0
+        mode, overrides = parse_args(argv)
+        cfg = get_cfg(overrides, mode=mode)  # fail fast on a bad key or value, before the heavy imports
+        _dispatch(cfg["mode"], overrides)
+        return 0
+    except LDACError as e:
+        print(f"yolo-ldac: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("yolo-ldac: error: interrupted", file=sys.stderr)
+        return 130
+
+
+def entrypoint() -> None:
+    """Console-script entry point (``yolo-ldac``)."""
+    sys.exit(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    entrypoint()

@@ -1,0 +1,160 @@
+"""Load an Ultralytics detector and adapt it for channel pruning.
+
+The adapter owns three things: loading a detector from a checkpoint, a yaml or a live model (with one-line
+errors for bad input); rewriting split blocks to their two-convolution form (checked for equal outputs); and
+naming the layers whose output channels must never be pruned (the head's prediction convolutions, the DFL and
+attention internals whose reshapes fix their widths).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from yolo_ldac.errors import LDACError
+from yolo_ldac.nn.modules import C2fSplit, C3k2Split
+
+REWRITE_ATOL = 1e-4
+
+
+def load_detection_model(src: Any) -> nn.Module:
+    """Return an Ultralytics ``DetectionModel`` (float32, CPU) from a path, a model name, a yaml or a live model.
+
+    Names Ultralytics knows (``yolov8n.pt``) download through Ultralytics when online, as in ``YOLO(...)``.
+
+    Example:
+        >>> model = load_detection_model("yolov8n.yaml")
+        >>> type(model).__name__
+        'DetectionModel'
+    """
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import DetectionModel
+
+    if isinstance(src, DetectionModel):
+        model = src
+    elif hasattr(src, "model") and isinstance(getattr(src, "model"), DetectionModel):  # a YOLO wrapper
+        model = src.model
+    elif isinstance(src, (str, Path)):
+        path = Path(src)
+        if path.suffix not in {".pt", ".yaml", ".yml"}:
+            raise LDACError(f"model '{src}' must be a .pt checkpoint or a .yaml model definition")
+        if path.suffix == ".pt" and not path.exists() and not _is_ultralytics_asset(path.name):
+            raise LDACError(f"model file '{src}' not found")
+        try:
+            model = YOLO(str(src), task="detect" if path.suffix != ".pt" else None).model
+        except LDACError:
+            raise
+        except FileNotFoundError as e:
+            raise LDACError(f"model '{src}' could not be loaded: {e}") from e
+        except Exception as e:  # Ultralytics raises many types for corrupt or non-model files
+            raise LDACError(f"model '{src}' could not be loaded ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    else:
+        raise LDACError(f"model must be a path, a model name or an Ultralytics DetectionModel, got {type(src).__name__}")
+    check_is_detector(model, src)
+    return model.float().cpu()
+
+
+def _is_ultralytics_asset(name: str) -> bool:
+    from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
+
+    return name in GITHUB_ASSETS_NAMES
+
+
+def check_is_detector(model: nn.Module, src: Any = "model") -> None:
+    """Raise :class:`LDACError` unless ``model`` is a plain Ultralytics detector (``Detect`` head, no masks or poses)."""
+    from ultralytics.nn.modules.head import Detect
+    from ultralytics.nn.tasks import DetectionModel
+
+    head = model.model[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else None
+    if not isinstance(model, DetectionModel) or type(head) is not Detect:
+        kind = type(head).__name__ if head is not None else type(model).__name__
+        raise LDACError(f"'{src}' is not an object detector (its head is {kind}); yolo-ldac prunes Detect models only")
+
+
+def rewrite_split_blocks(model: nn.Module, check: bool = True, imgsz: int = 64) -> int:
+    """Replace every ``C2f``/``C3k2`` in ``model.model`` by its two-convolution form, in place; return the count.
+
+    With ``check`` the model's outputs before and after are compared on a random input and a difference above
+    ``1e-4`` raises, before any pruning happens.
+
+    Example:
+        >>> model = load_detection_model("yolo11n.yaml")
+        >>> rewrite_split_blocks(model)
+        8
+    """
+    from ultralytics.nn.modules.block import C2f, C3k2
+
+    seq = model.model
+    targets = [(i, m) for i, m in enumerate(seq) if type(m) in (C2f, C3k2)]
+    if not targets:
+        return 0
+    x = torch.rand(1, _in_channels(model), imgsz, imgsz, generator=torch.Generator().manual_seed(0))
+    was_training = model.training
+    model.eval()
+    before = _flat_outputs(model, x) if check else None
+    for i, block in targets:
+        cls = C3k2Split if type(block) is C3k2 else C2fSplit
+        seq[i] = cls.from_block(block)
+    if check:
+        after = _flat_outputs(model, x)
+        diff = max(float((a - b).abs().max()) for a, b in zip(before, after))
+        if diff > REWRITE_ATOL:
+            raise LDACError(f"split-block rewrite changed the model's outputs (max abs diff {diff:.2e} > {REWRITE_ATOL})")
+    model.train(was_training)
+    return len(targets)
+
+
+def _in_channels(model: nn.Module) -> int:
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    return first.in_channels
+
+
+@torch.no_grad()
+def _flat_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    out = model(x)
+    pred = out[0] if isinstance(out, (tuple, list)) else out
+    return [pred.detach().clone()]
+
+
+def protected_layers(model: nn.Module) -> list[nn.Module]:
+    """Layers whose output channels are never pruned: the head's final box/class convolutions, the DFL, and
+    the convolutions inside attention blocks (their widths are fixed by head reshapes)."""
+    head = model.model[-1]
+    keep: list[nn.Module] = []
+    for attr in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"):
+        for branch in getattr(head, attr, None) or ():
+            keep.append(branch[-1])
+    dfl = getattr(head, "dfl", None)
+    if isinstance(dfl, nn.Module):
+        keep.extend(m for m in dfl.modules() if isinstance(m, nn.Conv2d))
+    for m in model.modules():
+        if "attn" in type(m).__name__.lower() or "attention" in type(m).__name__.lower():
+            keep.extend(c for c in m.modules() if isinstance(c, nn.Conv2d))
+    # Ultralytics' Conv wraps nn.Conv2d: torch-pruning roots groups at the nn.Conv2d itself.
+    flat: list[nn.Module] = []
+    for m in keep:
+        flat.extend(c for c in m.modules() if isinstance(c, nn.Conv2d))
+    return list(dict.fromkeys(flat))
+
+
+def adapt_head_to_names(model: nn.Module, names: dict[int, str], verbose: bool = True) -> nn.Module:
+    """Return a detector whose class head matches ``names``; rows are remapped by class name like Ultralytics does.
+
+    A COCO model fine-tuned on a new class list keeps its knowledge of the classes whose names match; validating
+    the raw 80-class model on that data would compare class ids and silently give ~0 mAP.
+    """
+    from ultralytics.nn.tasks import DetectionModel
+
+    names = {int(k): str(v) for k, v in dict(names).items()}
+    if dict(getattr(model, "names", {})) == names:
+        return model
+    if any(type(m) in (C2fSplit, C3k2Split) for m in model.model):
+        raise LDACError("cannot change the class list of an already pruned model; fine-tune it on data with its own classes")
+    new = DetectionModel(model.yaml, nc=len(names), verbose=False)
+    new.names = names
+    new.load(model, verbose=verbose)
+    new.args = getattr(model, "args", None)
+    return new.float()

@@ -1,0 +1,141 @@
+"""Pruning criteria: one registry of torch-pruning ``Importance`` classes.
+
+A criterion scores every channel of a dependency group (``__call__(group) -> 1-D tensor``, higher = keep).
+Data-driven criteria implement :meth:`Criterion.prepare`, which the engine calls once per prune step with the
+calibration batches before any group is scored. New criteria (LDAC, HRank, ...) register themselves with
+:func:`register_criterion` and plug into the same engine and schedule.
+
+Example:
+    >>> crit = build_criterion("l2")
+    >>> type(crit).__name__
+    'L2Criterion'
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from yolo_ldac.errors import LDACError
+
+CRITERIA: dict[str, type["Criterion"]] = {}
+
+
+def register_criterion(name: str) -> Callable[[type], type]:
+    """Class decorator adding a criterion to :data:`CRITERIA` under ``name``."""
+
+    def wrap(cls: type) -> type:
+        cls.name = name
+        CRITERIA[name] = cls
+        return cls
+
+    return wrap
+
+
+def build_criterion(name: str, **kwargs) -> "Criterion":
+    """Instantiate the registered criterion ``name``; unknown names raise with the closest match suggested."""
+    if name not in CRITERIA:
+        close = difflib.get_close_matches(str(name), list(CRITERIA), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise LDACError(f"unknown method '{name}'{hint} (available: {', '.join(sorted(CRITERIA))})")
+    return CRITERIA[name](**kwargs)
+
+
+class Criterion(tp.importance.Importance):
+    """Base class of every criterion.
+
+    Attributes:
+        needs_data: ``prepare`` must see calibration batches before scoring.
+        train_before_first_step: the schedule trains before the first prune step (methods that shape the model
+            for pruning first, like LDAC's push); baselines prune the model as found.
+    """
+
+    name = "base"
+    needs_data = False
+    train_before_first_step = False
+
+    def __init__(self, seed: int = 0, **_: object):
+        self.seed = seed
+
+    def prepare(self, model: nn.Module, batches: Iterable[dict]) -> None:
+        """Collect whatever the criterion needs from ``model`` on calibration ``batches`` (default: nothing)."""
+
+    def __call__(self, group) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@register_criterion("random")
+class RandomCriterion(Criterion):
+    """Uniform random scores (seeded): the floor every other criterion must beat."""
+
+    def __init__(self, seed: int = 0, **kw: object):
+        super().__init__(seed=seed)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def __call__(self, group) -> torch.Tensor:
+        return torch.rand(len(group[0].idxs), generator=self.generator)
+
+
+class _Delegating(Criterion):
+    """Criterion that forwards scoring to a torch-pruning importance."""
+
+    impl: tp.importance.Importance
+
+    def __call__(self, group) -> torch.Tensor:
+        return self.impl(group)
+
+
+@register_criterion("l1")
+class L1Criterion(_Delegating):
+    """L1 norm of each filter of the group's root convolution (Li et al., "Pruning Filters for Efficient ConvNets")."""
+
+    def __init__(self, **kw: object):
+        super().__init__(**kw)
+        self.impl = tp.importance.GroupMagnitudeImportance(p=1, group_reduction="first", normalizer="mean")
+
+
+@register_criterion("l2")
+class L2Criterion(_Delegating):
+    """Group L2 norm over every coupled layer of the group (DepGraph, Fang et al., CVPR 2023)."""
+
+    def __init__(self, **kw: object):
+        super().__init__(**kw)
+        self.impl = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer="mean")
+
+
+@register_criterion("bn")
+class BNScaleCriterion(_Delegating):
+    """|BN scale| of each channel (network slimming, Liu et al., ICCV 2017)."""
+
+    def __init__(self, **kw: object):
+        super().__init__(**kw)
+        self.impl = tp.importance.BNScaleImportance(group_reduction="mean", normalizer="mean")
+
+
+@register_criterion("taylor")
+class TaylorCriterion(_Delegating):
+    """First-order Taylor estimate |w * dL/dw| summed per channel, L = the detection loss accumulated over the
+    calibration batches (Molchanov et al., CVPR 2019), grouped over coupled layers."""
+
+    needs_data = True
+
+    def __init__(self, **kw: object):
+        super().__init__(**kw)
+        self.impl = tp.importance.GroupTaylorImportance(group_reduction="mean", normalizer="mean")
+
+    def prepare(self, model: nn.Module, batches: Iterable[dict]) -> None:
+        from yolo_ldac.pruning.calibration import detection_loss
+
+        model.zero_grad(set_to_none=True)
+        was_training = model.training
+        model.eval()  # gradients without touching BN running statistics
+        try:
+            for batch in batches:
+                detection_loss(model, batch).backward()
+        finally:
+            model.train(was_training)

@@ -1,0 +1,250 @@
+"""One prune step: score every dependency group, pick the lowest-ranked channel blocks globally until the target
+ratio is met, compensate, and remove them with torch-pruning's dependency graph.
+
+Channels go in blocks of ``round_to`` (the lowest-scoring ones of a group first), so every layer keeps a
+multiple of ``round_to``; no layer keeps fewer than ``floor`` of its original channels. Blocks are chosen
+globally by score, a block at a time, and the complexity of the resulting model is counted exactly from layer
+shapes after each choice, so the target is met within ``tolerance`` instead of jumping in coarse uniform steps
+(with ``round_to=8`` a uniform per-layer ratio of 0.25 removed 45 % of YOLO11n's MACs and 0.26 removed 58.5 %).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from yolo_ldac.errors import LDACError
+from yolo_ldac.pruning.compensate import InputMeans
+from yolo_ldac.pruning.complexity import Complexity, conv_flops, conv_params, measure, record_output_sizes
+from yolo_ldac.pruning.criteria import Criterion
+
+TARGETS = ("flops", "params", "channels")
+
+
+@dataclass
+class StepResult:
+    """What one prune step did."""
+
+    target_ratio: float
+    reached_ratio: float
+    before: Complexity
+    after: Complexity
+    removed_channels: dict[str, int] = field(default_factory=dict)  # root layer name -> channels removed
+    groups_pruned: int = 0
+    seconds_scoring: float = 0.0
+
+
+@dataclass
+class _Group:
+    root: nn.Conv2d
+    name: str
+    scores: torch.Tensor
+    blocks: list[list[int]]
+    convs: list[tuple[nn.Conv2d, str, int]]  # (conv, "in" | "out", channels lost per root channel)
+    bns: list[nn.Module]
+    n_protected_out: int = 0
+
+
+def build_graph(model: nn.Module, imgsz: int = 64) -> tp.DependencyGraph:
+    device = next(model.parameters()).device
+    example = torch.zeros(1, 3, imgsz, imgsz, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    finally:
+        model.train(was_training)
+
+
+def keep_minimum(n_original: int, n_now: int, floor: float, round_to: int) -> int:
+    """Fewest channels a layer may keep: ``floor`` of its original width, rounded up to ``round_to``.
+
+    Example:
+        >>> keep_minimum(64, 64, 0.125, 8)
+        8
+        >>> keep_minimum(16, 16, 0.125, 8)
+        8
+    """
+    k = max(round_to, math.ceil(floor * n_original / round_to) * round_to)
+    return min(n_now, k)
+
+
+class ChannelPruner:
+    """Prunes a detector towards a complexity target relative to its dense original.
+
+    Args:
+        model: the (split-block rewritten) detector; pruned in place.
+        criterion: a registered :class:`Criterion`.
+        dense: complexity of the original dense model (ratios are relative to it across steps).
+        dense_channels: output channels per conv name in the dense model (floors are relative to it).
+        protected: layers whose output channels are never pruned.
+        imgsz: input size FLOPs are counted at.
+
+    Example:
+        >>> pruner = ChannelPruner(model, build_criterion("l2"), dense, dense_channels, protected)  # doctest: +SKIP
+        >>> result = pruner.step(0.3)  # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module, criterion: Criterion, dense: Complexity, dense_channels: dict[str, int],
+                 protected: list[nn.Module], imgsz: int = 640, target: str = "flops", round_to: int = 8,
+                 floor: float = 0.125, compensate: bool = True, tolerance: float = 0.01):
+        if target not in TARGETS:
+            raise LDACError(f"target must be one of {', '.join(TARGETS)}, got '{target}'")
+        self.model, self.criterion, self.dense = model, criterion, dense
+        self.dense_channels, self.protected = dense_channels, protected
+        self.imgsz, self.target, self.round_to, self.floor = imgsz, target, round_to, floor
+        self.compensate, self.tolerance = compensate, tolerance
+        self.sizes = record_output_sizes(model, imgsz)
+        self.names = {m: n for n, m in model.named_modules()}
+
+    # --- bookkeeping -------------------------------------------------------------------------------------
+    def measure(self) -> Complexity:
+        return measure(self.model, self.imgsz, sizes=self.sizes, protected=self.protected)
+
+    def _value(self, c: Complexity) -> float:
+        return {"flops": c.flops_g * 1e9, "params": float(c.params), "channels": float(c.channels)}[self.target]
+
+    def _collect_groups(self, graph: tp.DependencyGraph, score: bool) -> list[_Group]:
+        groups = []
+        protected_ids = {id(m) for m in self.protected}
+        for group in graph.get_all_groups(ignored_layers=list(self.protected), root_module_types=[nn.Conv2d]):
+            root = group[0].dep.target.module
+            n = len(group[0].idxs)
+            name = self.names.get(root, str(id(root)))
+            k_min = keep_minimum(self.dense_channels.get(name, n), n, self.floor, self.round_to)
+            if n <= k_min:
+                continue
+            scores = self.criterion(group) if score else torch.zeros(n)
+            if scores is None:
+                continue
+            scores = torch.nan_to_num(scores.detach().float().cpu(), nan=0.0, posinf=1e30, neginf=0.0)
+            order = torch.argsort(scores, stable=True).tolist()
+            first = (n % self.round_to) or self.round_to
+            blocks, start = [], 0
+            while n - (start + (first if not blocks else self.round_to)) >= k_min:
+                size = first if not blocks else self.round_to
+                blocks.append(order[start:start + size])
+                start += size
+            if not blocks:
+                continue
+            convs, bns = [], []
+            for item in group:
+                mod, fn = item.dep.target.module, item.dep.handler
+                mult = max(1, len(item.idxs) // n)  # e.g. a residual branch concatenated twice (C2f) counts twice
+                if isinstance(mod, nn.Conv2d):
+                    if graph.is_out_channel_pruning_fn(fn):
+                        convs.append((mod, "out", mult))
+                    elif graph.is_in_channel_pruning_fn(fn):
+                        convs.append((mod, "in", mult))
+                elif isinstance(mod, nn.BatchNorm2d):
+                    bns.append(mod)
+            n_prot = sum(1 for m, kind, _ in convs if kind == "out" and id(m) in protected_ids)
+            groups.append(_Group(root, name, scores, blocks, convs, bns, n_prot))
+        return groups
+
+    def _delta(self, g: _Group, m: int, cur: dict[nn.Conv2d, list[int]]) -> float:
+        """Drop in the target quantity if ``m`` more channels of group ``g`` go, given current conv widths."""
+        if self.target == "channels":
+            return float(m * sum(k for conv, kind, k in g.convs if kind == "out" and conv not in self.protected))
+        touched: dict[nn.Conv2d, list[int]] = {}
+        for conv, kind, k in g.convs:
+            i, o = touched.get(conv, cur[conv])
+            touched[conv] = [i - k * m, o] if kind == "in" else [i, o - k * m]
+        delta = 0.0
+        for conv, (i, o) in touched.items():
+            ci, co = cur[conv]
+            if self.target == "flops":
+                hw = self.sizes.get(conv, 0)
+                delta += conv_flops(conv, hw, ci, co) - conv_flops(conv, hw, i, o)
+            else:
+                delta += conv_params(conv, ci, co) - conv_params(conv, i, o)
+        if self.target == "params":
+            delta += 2 * m * len(g.bns)
+        return delta
+
+    def plan(self, target_ratio: float, groups: list[_Group]) -> tuple[dict[int, list[int]], float]:
+        """Choose blocks (lowest score first, across all groups) until ``target_ratio`` is reached.
+
+        Returns the chosen original channel indices per group index and the predicted ratio.
+        """
+        dense_v = self._value(self.dense)
+        value = self._value(self.measure())
+        cur = {m: [m.in_channels, m.out_channels] for m in self.model.modules() if isinstance(m, nn.Conv2d)}
+        heap = [(float(g.scores[g.blocks[0]].mean()), gi, 0) for gi, g in enumerate(groups)]
+        heapq.heapify(heap)
+        chosen: dict[int, list[int]] = {}
+        ratio = 1.0 - value / dense_v
+        while heap and ratio < target_ratio:
+            _, gi, k = heapq.heappop(heap)
+            g = groups[gi]
+            block = g.blocks[k]
+            d = self._delta(g, len(block), cur)
+            if 1.0 - (value - d) / dense_v > target_ratio + self.tolerance / 2:
+                continue  # this group's next block overshoots; smaller blocks elsewhere may still fit
+            value -= d
+            ratio = 1.0 - value / dense_v
+            for conv, kind, mult in g.convs:
+                cur[conv][0 if kind == "in" else 1] -= mult * len(block)
+            chosen.setdefault(gi, []).extend(block)
+            if k + 1 < len(g.blocks):
+                b = g.blocks[k + 1]
+                heapq.heappush(heap, (float(g.scores[b].mean()), gi, k + 1))
+        return chosen, ratio
+
+    def max_ratio(self) -> float:
+        """The largest ratio reachable under the floors and rounding (nothing is pruned)."""
+        graph = build_graph(self.model)
+        _, ratio = self.plan(1.0 + self.tolerance, self._collect_groups(graph, score=False))
+        return ratio
+
+    # --- the step ----------------------------------------------------------------------------------------
+    def step(self, target_ratio: float, batches: Iterable[dict] | None = None) -> StepResult:
+        """Prune until ``target_ratio`` of the dense model's ``target`` quantity is removed."""
+        import time
+
+        batches = list(batches or [])
+        before = self.measure()
+        if 1.0 - self._value(before) / self._value(self.dense) >= target_ratio - self.tolerance / 2:
+            return StepResult(target_ratio, before.removed_vs(self.dense, self.target), before, before)
+        if self.criterion.needs_data and not batches:
+            raise LDACError(f"method '{self.criterion.name}' needs calibration data (pass data=...)")
+        t0 = time.perf_counter()
+        if self.criterion.needs_data:
+            self.criterion.prepare(self.model, batches)
+        graph = build_graph(self.model)
+        groups = self._collect_groups(graph, score=True)
+        seconds_scoring = time.perf_counter() - t0
+        chosen, predicted = self.plan(target_ratio, groups)
+        if predicted < target_ratio - self.tolerance:
+            raise LDACError(
+                f"ratio {target_ratio:.3f} of {self.target} is unreachable: with floor={self.floor} and "
+                f"round_to={self.round_to} at most {predicted:.3f} can be removed")
+        means = InputMeans.measure(self.model, (b["img"] for b in batches)) if self.compensate and batches else None
+        removed = {}
+        for gi, idxs in chosen.items():
+            g = groups[gi]
+            # A fresh graph per group: torch-pruning 1.6.1 caches concat widths and decrements them once per
+            # dependency reaching the concat, which drifts (negative offsets) after a few groups in YOLO's neck.
+            # Tracing costs ~0.05 s at 64 px.
+            graph = build_graph(self.model)
+            group = graph.get_pruning_group(g.root, tp.prune_conv_out_channels, idxs=sorted(idxs))
+            in_items = [(it.dep.target.module, list(it.idxs)) for it in group
+                        if isinstance(it.dep.target.module, nn.Conv2d) and graph.is_in_channel_pruning_fn(it.dep.handler)]
+            if means is not None:
+                for conv, idx in in_items:
+                    means.fold(conv, idx)
+            group.prune()
+            if means is not None:
+                for conv, idx in in_items:
+                    means.drop(conv, idx)
+            removed[g.name] = len(idxs)
+        self.model.zero_grad(set_to_none=True)
+        after = self.measure()
+        return StepResult(target_ratio, after.removed_vs(self.dense, self.target), before, after, removed,
+                          len(chosen), seconds_scoring)

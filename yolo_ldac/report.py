@@ -1,0 +1,277 @@
+"""Compression reports: ``report.json``, ``report.md`` and ``channels.png`` in a run directory, and the compact
+before/after table printed on the terminal.
+
+The report is a plain dict; every key is optional except where noted, and missing or ``None`` values print "-":
+
+=============  ==========================================================================================
+key            meaning
+=============  ==========================================================================================
+``model``      the source model (path or name)
+``data``       the dataset yaml
+``method``     the pruning criterion, e.g. ``"ldac"``
+``target``     what the ratio refers to, e.g. ``"flops"``
+``ratio``      the requested reduction ratio (fraction, e.g. 0.5)
+``before``     ``{map50_95, map50, flops_g, params_m}`` of the unpruned model (mAP as fractions 0..1;
+               mAP is ``None`` when not validated)
+``after``      the same for the pruned (and fine-tuned) model
+``removed``    ``{flops_pct, params_pct}``: percent removed; computed from before/after when absent
+``layers``     list of ``{name, before, after}``: output channels per prunable layer
+``rounds``     list of ``{round, ratio_reached, map50_95_before_step, map50_95_after_step,
+               map50_95_after_train, flops_g, params_m}`` (iterative pruning only)
+``timings``    ``{phase: wall seconds}``
+``paths``      ``{best, portable, run_dir}``
+``settings``   dict of the settings used
+=============  ==========================================================================================
+
+In the change column mAP differences are in percentage points (``after - before``, times 100) and FLOPs/params
+changes are the percent removed.
+
+Example:
+    >>> from yolo_ldac.report import write_report, format_table
+    >>> paths = write_report("runs/prune/exp", report)  # {"json": ..., "md": ..., "png": ...}
+    >>> print(format_table(report))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+METRIC_ROWS = (  # (key, label, kind)
+    ("map50_95", "mAP50-95", "map"),
+    ("map50", "mAP50", "map"),
+    ("flops_g", "FLOPs (G)", "size"),
+    ("params_m", "params (M)", "size"),
+)
+REMOVED_KEYS = {"flops_g": "flops_pct", "params_m": "params_pct"}
+DASH = "-"
+
+
+# ------------------------------------------------------------------------------------------------------- formatting
+def _num(v: Any) -> float | None:
+    """``v`` as a finite float, or None (None, NaN, non-numbers)."""
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    f = _num(v)
+    return DASH if f is None else f"{f:.{digits}f}"
+
+
+def _digits(kind: str) -> int:
+    return 4 if kind == "map" else 3
+
+
+def _removed_pct(report: dict, key: str) -> float | None:
+    """Percent of ``key`` (flops_g / params_m) removed: ``report['removed']`` if given, else from before/after."""
+    given = _num((report.get("removed") or {}).get(REMOVED_KEYS[key]))
+    if given is not None:
+        return given
+    b, a = _num((report.get("before") or {}).get(key)), _num((report.get("after") or {}).get(key))
+    if b is None or a is None or b == 0:
+        return None
+    return 100.0 * (1.0 - a / b)
+
+
+def _change(report: dict, key: str, kind: str) -> str:
+    if kind == "map":
+        b, a = _num((report.get("before") or {}).get(key)), _num((report.get("after") or {}).get(key))
+        return DASH if b is None or a is None else f"{100.0 * (a - b):+.2f} pts"
+    pct = _removed_pct(report, key)
+    return DASH if pct is None else f"{pct:.1f}% removed"
+
+
+def _rows(report: dict) -> list[tuple[str, str, str, str]]:
+    before, after = report.get("before") or {}, report.get("after") or {}
+    return [
+        (label, _fmt(before.get(key), _digits(kind)), _fmt(after.get(key), _digits(kind)), _change(report, key, kind))
+        for key, label, kind in METRIC_ROWS
+    ]
+
+
+def format_table(report: dict) -> str:
+    """The compact before/after table printed on the terminal (fixed width, like Ultralytics' val printout)::
+
+        metric             before       after           change
+        mAP50-95           0.4520      0.4410        -1.10 pts
+        FLOPs (G)           6.500       3.250    50.0% removed
+    """
+    lines = [f"{'metric':<14}{'before':>12}{'after':>12}{'change':>17}"]
+    lines += [f"{label:<14}{b:>12}{a:>12}{c:>17}" for label, b, a, c in _rows(report)]
+    return "\n".join(lines)
+
+
+def _md_escape(v: Any) -> str:
+    text = DASH if v is None else str(v)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: list[str], rows: list[list[Any]], align: str | None = None) -> list[str]:
+    align = align or "l" + "r" * (len(header) - 1)
+    sep = ["---:" if a == "r" else "---" for a in align]
+    out = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
+    out += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _kept_pct(before: Any, after: Any) -> str:
+    b, a = _num(before), _num(after)
+    return DASH if b is None or a is None or b == 0 else f"{100.0 * a / b:.1f}"
+
+
+def _int_or_dash(v: Any) -> str:
+    f = _num(v)
+    return DASH if f is None else (str(int(f)) if f == int(f) else f"{f:g}")
+
+
+def _headline(report: dict) -> str:
+    before, after = report.get("before") or {}, report.get("after") or {}
+    parts = []
+    pct = _removed_pct(report, "flops_g")
+    if pct is not None:
+        parts.append(f"FLOPs {_fmt(before.get('flops_g'), 3)} G → {_fmt(after.get('flops_g'), 3)} G ({pct:.1f}% removed)")
+    if _num(before.get("map50_95")) is not None or _num(after.get("map50_95")) is not None:
+        parts.append(
+            f"mAP50-95 {_fmt(before.get('map50_95'))} → {_fmt(after.get('map50_95'))} "
+            f"({_change(report, 'map50_95', 'map')})"
+        )
+    return "; ".join(parts)
+
+
+def format_markdown(report: dict) -> str:
+    """The ``report.md`` text: summary, before/after, rounds, per-layer channels, timings, settings and paths."""
+    md = [f"# yolo-ldac report: {_md_escape(report.get('model'))}", ""]
+    head = _headline(report)
+    if head:
+        md += [head, ""]
+    md += ["## Before / after", ""]
+    md += _md_table(["metric", "before", "after", "change"], [list(r) for r in _rows(report)])
+    md += ["", "mAP changes are in percentage points; FLOPs and params changes are the percent removed.", ""]
+
+    rounds = report.get("rounds") or []
+    if rounds:
+        md += ["## Rounds", ""]
+        header = ["round", "ratio reached", "mAP50-95 before step", "mAP50-95 after step", "mAP50-95 after train",
+                  "FLOPs (G)", "params (M)"]
+        rows = [
+            [
+                _int_or_dash(r.get("round")),
+                _fmt(r.get("ratio_reached"), 3),
+                _fmt(r.get("map50_95_before_step")),
+                _fmt(r.get("map50_95_after_step")),
+                _fmt(r.get("map50_95_after_train")),
+                _fmt(r.get("flops_g"), 3),
+                _fmt(r.get("params_m"), 3),
+            ]
+            for r in rounds
+        ]
+        md += _md_table(header, rows) + [""]
+
+    layers = report.get("layers") or []
+    if layers:
+        md += ["## Channels per layer", ""]
+        rows = [
+            [f"`{l.get('name')}`", _int_or_dash(l.get("before")), _int_or_dash(l.get("after")),
+             _kept_pct(l.get("before"), l.get("after"))]
+            for l in layers
+        ]
+        tb = sum(_num(l.get("before")) or 0 for l in layers)
+        ta = sum(_num(l.get("after")) or 0 for l in layers)
+        rows.append(["**total**", _int_or_dash(tb), _int_or_dash(ta), _kept_pct(tb, ta)])
+        md += _md_table(["layer", "before", "after", "kept %"], rows) + [""]
+
+    timings = report.get("timings") or {}
+    if timings:
+        md += ["## Wall time", ""]
+        total = sum(_num(v) or 0.0 for v in timings.values())
+        rows = []
+        for phase, sec in timings.items():
+            s = _num(sec)
+            share = DASH if s is None or total <= 0 else f"{100 * s / total:.1f}"
+            rows.append([phase, _fmt(s, 1), DASH if s is None else _hms(s), share])
+        rows.append(["**total**", _fmt(total, 1), _hms(total), "100.0" if total > 0 else DASH])
+        md += _md_table(["phase", "seconds", "h:mm:ss", "share %"], rows) + [""]
+
+    md += ["## Settings", ""]
+    settings = {k: report.get(k) for k in ("model", "data", "method", "target", "ratio")}
+    settings.update(report.get("settings") or {})
+    rows = [[f"`{k}`", v if not isinstance(v, (dict, list)) else json.dumps(v, default=str)] for k, v in settings.items()]
+    md += _md_table(["setting", "value"], rows, align="ll") + [""]
+
+    paths = report.get("paths") or {}
+    if paths:
+        md += ["## Files", ""]
+        md += _md_table(["file", "path"], [[k, f"`{v}`" if v else None] for k, v in paths.items()], align="ll") + [""]
+    return "\n".join(md)
+
+
+# ------------------------------------------------------------------------------------------------------------ chart
+def plot_channels(report: dict, path: str | Path) -> Path:
+    """Horizontal bar chart of output channels per layer, before (grey) vs after (blue), saved as PNG.
+
+    Uses matplotlib's object API with the Agg canvas: no pyplot, no global backend change, no display needed.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    layers = [l for l in report.get("layers") or [] if _num(l.get("before")) is not None]
+    n = len(layers)
+    height = min(max(2.5, 0.22 * n + 1.4), 60.0)
+    fig = Figure(figsize=(9, height), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(111)
+    pct = _removed_pct(report, "flops_g")
+    title = "Output channels per layer"
+    if pct is not None:
+        before, after = (report.get("before") or {}).get("flops_g"), (report.get("after") or {}).get("flops_g")
+        title += f"\nFLOPs {_fmt(before, 3)} G → {_fmt(after, 3)} G ({pct:.1f}% removed)"
+    ax.set_title(title, fontsize=11)
+    if n:
+        ys = list(range(n))
+        before = [_num(l.get("before")) or 0 for l in layers]
+        after = [_num(l.get("after")) if _num(l.get("after")) is not None else 0 for l in layers]
+        ax.barh(ys, before, height=0.8, color="#c8c8c8", label="before")
+        ax.barh(ys, after, height=0.5, color="#1f77b4", label="after")
+        ax.set_yticks(ys)
+        ax.set_yticklabels([str(l.get("name")) for l in layers], fontsize=7 if n > 40 else 8)
+        ax.invert_yaxis()  # first layer on top
+        ax.set_ylim(n - 0.5, -0.5)
+        ax.set_xlabel("output channels")
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no per-layer channel data", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------------ write
+def write_report(run_dir: str | Path, report: dict) -> dict[str, Path]:
+    """Write ``report.json``, ``report.md`` and ``channels.png`` into ``run_dir`` (created if needed).
+
+    Returns:
+        ``{"json": Path, "md": Path, "png": Path}``.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": run_dir / "report.json", "md": run_dir / "report.md", "png": run_dir / "channels.png"}
+    paths["json"].write_text(json.dumps(report, default=str, indent=2) + "\n", encoding="utf-8")
+    paths["md"].write_text(format_markdown(report), encoding="utf-8")
+    plot_channels(report, paths["png"])
+    return paths
