@@ -74,15 +74,18 @@ def _calibrate_batchnorm(model: nn.Module, g: torch.Generator) -> None:
     model.eval()
 
 
-def _calibration_batch(g: torch.Generator, n: int = 4, size: int = 96) -> torch.Tensor:
-    """``n`` random ``size``x``size`` crops of Ultralytics' bus.jpg (real-image statistics), as an NCHW RGB batch."""
+def _calibration_batch(g: torch.Generator, n: int = 4, size: int = 160) -> torch.Tensor:
+    """Ultralytics' bus.jpg letterboxed to ``size`` (as predictors and the parity check see it) and ``n - 1`` random
+    ``size``x``size`` crops of it: real-image statistics, as an NCHW RGB float batch in [0, 1]."""
     import cv2
+    from ultralytics.data.augment import LetterBox
     from ultralytics.utils import ASSETS
 
-    img = cv2.imread(str(ASSETS / "bus.jpg"))[..., ::-1]  # BGR -> RGB, HWC
-    img = cv2.resize(img, (img.shape[1] * 2 * size // img.shape[0], 2 * size))  # short side 2*size
-    crops = []
-    for _ in range(n):
+    bgr = cv2.imread(str(ASSETS / "bus.jpg"))
+    crops = [torch.from_numpy(LetterBox((size, size), auto=False)(image=bgr)[..., ::-1].copy()).permute(2, 0, 1)]
+    img = bgr[..., ::-1]  # BGR -> RGB, HWC
+    img = cv2.resize(img, (img.shape[1] * 3 * size // (2 * img.shape[0]), 3 * size // 2))  # short side 1.5*size
+    for _ in range(n - 1):
         y = int(torch.randint(0, img.shape[0] - size + 1, (1,), generator=g))
         x = int(torch.randint(0, img.shape[1] - size + 1, (1,), generator=g))
         crops.append(torch.from_numpy(img[y : y + size, x : x + size].copy()).permute(2, 0, 1))

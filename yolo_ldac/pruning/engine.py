@@ -55,11 +55,19 @@ def build_graph(model: nn.Module, imgsz: int = 64) -> tp.DependencyGraph:
     device = next(model.parameters()).device
     example = torch.zeros(1, 3, imgsz, imgsz, device=device)
     was_training = model.training
+    # torch-pruning traces autograd: a frozen parameter (Ultralytics' loaders freeze every one) leaves its layer
+    # out of the graph and so out of every group.
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
     model.eval()
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example)
     finally:
         model.train(was_training)
+        for p in frozen:
+            p.requires_grad_(False)
 
 
 def keep_minimum(n_original: int, n_now: int, floor: float, round_to: int) -> int:

@@ -1,0 +1,362 @@
+"""The Python entry point: ``YOLOLDAC(model).compress(data=..., ratio=..., method=...)``.
+
+Example:
+    >>> from yolo_ldac import YOLOLDAC
+    >>> result = YOLOLDAC("yolo11n.pt").compress(data="coco8.yaml", ratio=0.5, method="l2")  # doctest: +SKIP
+    >>> print(result.table)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from yolo_ldac.cfg import get_cfg, split_args
+from yolo_ldac.errors import LDACError
+
+IMG_SUFFIXES = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm", ".heic"}
+
+
+@dataclass
+class CompressResult:
+    """What a compress/prune/finetune run produced: paths, metrics and complexity before and after."""
+
+    run_dir: Path
+    best: Path
+    portable: Path | None
+    before: dict
+    after: dict
+    removed: dict
+    layers: list[dict]
+    rounds: list[dict] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
+
+    @property
+    def table(self) -> str:
+        from yolo_ldac.report import format_table
+
+        return format_table(self.report)
+
+
+class YOLOLDAC:
+    """A detector to compress. ``model`` is a checkpoint path, an Ultralytics model name or yaml, or a model.
+
+    Example:
+        >>> YOLOLDAC("yolov8n.yaml").info(imgsz=640)["params"] > 0
+        True
+    """
+
+    def __init__(self, model: str | Path | nn.Module = "yolo11n.pt"):
+        from yolo_ldac.nn.adapter import load_detection_model
+
+        self.source = model
+        self.model = load_detection_model(model)
+
+    # --- public modes ------------------------------------------------------------------------------------
+    def compress(self, data: str | None = None, ratio: float | None = None, method: str | None = None,
+                 **kwargs: Any) -> CompressResult:
+        """Prune ``ratio`` of the model's FLOPs (or params/channels) over ``rounds`` steps with training between
+        them, fine-tune, validate, and write weights and a report to ``project/name``."""
+        overrides = {k: v for k, v in dict(kwargs, data=data, ratio=ratio, method=method).items() if v is not None}
+        return self._run(get_cfg(overrides, mode="compress"))
+
+    def prune(self, data: str | None = None, ratio: float | None = None, method: str | None = None,
+              **kwargs: Any) -> CompressResult:
+        """Prune without any training (``rounds`` steps back to back); ``data`` feeds calibration and validation."""
+        overrides = {k: v for k, v in dict(kwargs, data=data, ratio=ratio, method=method).items() if v is not None}
+        cfg = get_cfg(overrides, mode="prune")
+        cfg["epochs_per_round"] = cfg["finetune_epochs"] = 0
+        return self._run(cfg)
+
+    def finetune(self, data: str | None = None, epochs: int | None = None, **kwargs: Any) -> CompressResult:
+        """Train the (pruned) model as it is for ``epochs`` (default ``finetune_epochs``) with Ultralytics."""
+        overrides = {k: v for k, v in dict(kwargs, data=data, epochs=epochs).items() if v is not None}
+        cfg = get_cfg(overrides, mode="finetune")
+        cfg["finetune_epochs"] = int(cfg["epochs"] if cfg.get("epochs") is not None else cfg["finetune_epochs"])
+        cfg["ratio_free"] = True
+        return self._run(cfg)
+
+    def val(self, data: str | None = None, **kwargs: Any) -> dict:
+        """Validate the model on ``data``; returns ``{"map50_95", "map50", "flops_g", "params_m"}``."""
+        cfg = get_cfg({k: v for k, v in dict(kwargs, data=data).items() if v is not None}, mode="val")
+        data_dict = check_data(cfg["data"])
+        from yolo_ldac.nn.adapter import adapt_head_to_names
+
+        model = adapt_head_to_names(self.model, data_dict["names"])
+        metrics = validate(model, cfg, split_args(cfg)[1])
+        return {**metrics, **self._complexity(model)}
+
+    def export(self, format: str | None = None, **kwargs: Any) -> Path:
+        """Export through Ultralytics' exporter; for ONNX the file is checked against PyTorch on a real image."""
+        from yolo_ldac.export import export_model
+
+        cfg = get_cfg({k: v for k, v in dict(kwargs, format=format).items() if v is not None}, mode="export")
+        if not isinstance(self.source, (str, Path)) or Path(self.source).suffix != ".pt":
+            raise LDACError("export needs a .pt checkpoint: pass model=path/to/best.pt")
+        ldac, ultra = split_args(cfg)
+        extra = {k: v for k, v in ultra.items() if k not in {"imgsz", "data", "model", "project", "name", "exist_ok",
+                                                             "epochs", "seed", "workers", "plots", "verbose"}}
+        return export_model(self.source, format=cfg["format"], imgsz=cfg["imgsz"], parity=cfg["parity"],
+                            rtol=cfg["parity_rtol"], data=cfg.get("data"), **extra)
+
+    def info(self, imgsz: int | None = None, **kwargs: Any) -> dict:
+        """FLOPs (G), parameters (M) and per-layer output channels; ``table`` holds a printable summary."""
+        from yolo_ldac.pruning.complexity import layer_channels
+
+        imgsz = int(imgsz or get_cfg(kwargs, mode="info")["imgsz"])
+        comp = self._complexity(self.model, imgsz)
+        layers = layer_channels(self.model)
+        lines = [f"{'layer':<40} {'out channels':>12}"] + [f"{n:<40} {c:>12}" for n, c in layers.items()]
+        lines.append(f"{len(layers)} conv layers, {comp['params_m']:.3f} M params, {comp['flops_g']:.3f} GFLOPs "
+                     f"at {imgsz} px")
+        return {**comp, "imgsz": imgsz, "layers": layers, "table": "\n".join(lines)}
+
+    # --- the schedule ------------------------------------------------------------------------------------
+    def _run(self, cfg: dict) -> CompressResult:
+        from ultralytics.utils import LOGGER, TQDM
+        from ultralytics.utils.files import increment_path
+
+        from yolo_ldac.checkpoint import save_portable
+        from yolo_ldac.nn.adapter import adapt_head_to_names, protected_layers, rewrite_split_blocks
+        from yolo_ldac.pruning.calibration import build_calibration_batches
+        from yolo_ldac.pruning.complexity import layer_channels, measure
+        from yolo_ldac.pruning.criteria import build_criterion
+        from yolo_ldac.pruning.engine import ChannelPruner
+        from yolo_ldac.report import write_report
+
+        t_start = time.perf_counter()
+        timings: dict[str, float] = {}
+        mode = cfg["mode"]
+        ldac, ultra = split_args(cfg)
+        training = mode != "prune"
+        needs_data = training or cfg["val_steps"] or cfg["compensate"]
+        data_dict = check_data(cfg["data"]) if (cfg.get("data") or needs_data) else None
+        ratio_free = cfg.get("ratio_free", False)
+        criterion = None if ratio_free else build_criterion(cfg["method"], seed=cfg["seed"])
+        if criterion is not None and criterion.needs_data and data_dict is None:
+            raise LDACError(f"method '{cfg['method']}' needs data=... for calibration")
+
+        model = self.model
+        if data_dict is not None:
+            model = adapt_head_to_names(model, data_dict["names"])
+        model = copy.deepcopy(model).float().cpu()
+        rewrite_split_blocks(model)
+        dense_comp = measure(model, 640, protected=protected_layers(model))
+        dense_channels = layer_channels(model)
+        if not ratio_free:
+            probe = ChannelPruner(model, criterion, dense_comp, dense_channels, protected_layers(model), imgsz=640,
+                                  target=cfg["target"], round_to=cfg["round_to"], floor=cfg["floor"],
+                                  tolerance=cfg["tolerance"])
+            reachable = probe.max_ratio()
+            if reachable < cfg["ratio"] - cfg["tolerance"]:
+                raise LDACError(f"ratio {cfg['ratio']} of {cfg['target']} is unreachable: with floor={cfg['floor']} "
+                                f"and round_to={cfg['round_to']} at most {reachable:.3f} can be removed")
+        # Inputs are valid: from here on the run directory exists.
+        run_dir = increment_path(Path(cfg["project"]) / cfg["name"], exist_ok=cfg["exist_ok"]).resolve()
+        (run_dir / "weights").mkdir(parents=True, exist_ok=True)
+        LOGGER.info(f"yolo-ldac {mode}: results to {run_dir}")
+
+        t = time.perf_counter()
+        before_metrics = validate(model, cfg, ultra) if data_dict is not None and (cfg["val_steps"] or training) else {}
+        timings["validate_dense"] = time.perf_counter() - t
+
+        calib: list[dict] = []
+        if data_dict is not None and not ratio_free and (criterion.needs_data or cfg["compensate"]):
+            t = time.perf_counter()
+            calib = build_calibration_batches(data_dict, imgsz=int(cfg["imgsz"]), batch=min(int(cfg["batch"]), 8),
+                                              n_batches=max(1, int(cfg["calib_batches"])), seed=int(cfg["seed"]))
+            timings["calibration_data"] = time.perf_counter() - t
+        elif cfg["compensate"] and not ratio_free:
+            LOGGER.warning("compensate=True needs data=... for calibration: pruning without compensation")
+
+        rounds_log: list[dict] = []
+        timings.setdefault("prune", 0.0)
+        timings.setdefault("train", 0.0)
+        n_rounds = 0 if ratio_free else int(cfg["rounds"])
+        bar = TQDM(range(1, n_rounds + 1), desc="prune rounds", total=n_rounds) if n_rounds else []
+        for i in bar:
+            if cfg["epochs_per_round"] > 0 and (i > 1 or criterion.train_before_first_step):
+                t = time.perf_counter()
+                model = train(model, cfg, ultra, epochs=int(cfg["epochs_per_round"]), run_dir=run_dir, name=f"round{i}")
+                timings["train"] += time.perf_counter() - t
+            t = time.perf_counter()
+            map_before = validate(model, cfg, ultra) if (cfg["val_steps"] and data_dict is not None and i > 1) else (
+                before_metrics if i == 1 else {})
+            pruner = ChannelPruner(model, criterion, dense_comp, dense_channels, protected_layers(model), imgsz=640,
+                                   target=cfg["target"], round_to=cfg["round_to"], floor=cfg["floor"],
+                                   compensate=cfg["compensate"] and bool(calib), tolerance=cfg["tolerance"])
+            step = pruner.step(cfg["ratio"] * i / n_rounds, calib)
+            timings["prune"] += time.perf_counter() - t
+            map_after = validate(model, cfg, ultra) if (cfg["val_steps"] and data_dict is not None) else {}
+            rounds_log.append({
+                "round": i, "target_ratio": round(step.target_ratio, 4), "ratio_reached": round(step.reached_ratio, 4),
+                "map50_95_before_step": map_before.get("map50_95"), "map50_95_after_step": map_after.get("map50_95"),
+                "flops_g": round(step.after.flops_g, 4), "params_m": round(step.after.params / 1e6, 4),
+                "groups_pruned": step.groups_pruned, "scoring_s": round(step.seconds_scoring, 2),
+            })
+            save_ultralytics_checkpoint(model, run_dir / "weights" / f"round{i}.pt", cfg)
+            if hasattr(bar, "set_description"):
+                bar.set_description(f"prune rounds ({step.reached_ratio:.1%} {cfg['target']} removed)")
+
+        if cfg["finetune_epochs"] > 0:
+            t = time.perf_counter()
+            model = train(model, cfg, ultra, epochs=int(cfg["finetune_epochs"]), run_dir=run_dir, name="finetune")
+            timings["train"] += time.perf_counter() - t
+        best = run_dir / "weights" / "best.pt"
+        save_ultralytics_checkpoint(model, best, cfg)
+        portable = save_portable(model, run_dir / "weights" / "best") if cfg["portable"] else None
+
+        t = time.perf_counter()
+        after_metrics = validate(model, cfg, ultra) if data_dict is not None else {}
+        timings["validate_final"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t_start
+
+        after_comp = measure(model, 640, protected=protected_layers(model))
+        after_channels = layer_channels(model)
+        before = {**_metric_view(before_metrics), **_comp_view(dense_comp)}
+        after = {**_metric_view(after_metrics), **_comp_view(after_comp)}
+        removed = {
+            "flops_pct": round(100 * after_comp.removed_vs(dense_comp, "flops"), 2),
+            "params_pct": round(100 * after_comp.removed_vs(dense_comp, "params"), 2),
+            "channels_pct": round(100 * after_comp.removed_vs(dense_comp, "channels"), 2),
+        }
+        layers = [{"name": n, "before": c, "after": after_channels.get(n, c)} for n, c in dense_channels.items()]
+        report = {
+            "model": str(self.source) if isinstance(self.source, (str, Path)) else type(self.source).__name__,
+            "data": cfg.get("data"), "mode": mode, "method": None if ratio_free else cfg["method"],
+            "target": cfg["target"], "ratio": None if ratio_free else cfg["ratio"],
+            "before": before, "after": after, "removed": removed, "layers": layers, "rounds": rounds_log,
+            "timings": {k: round(v, 2) for k, v in timings.items()},
+            "paths": {"run_dir": str(run_dir), "best": str(best), "portable": str(portable) if portable else None},
+            "settings": {k: v for k, v in ldac.items() if k not in {"mode"}},
+            "flops_imgsz": 640, "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
+        write_report(run_dir, report)
+        result = CompressResult(run_dir, best, portable, before, after, removed, layers, rounds_log, report["timings"],
+                                report)
+        LOGGER.info("\n" + result.table + f"\nReport: {run_dir / 'report.md'}")
+        self.model = model
+        self.source = best
+        return result
+
+    @staticmethod
+    def _complexity(model: nn.Module, imgsz: int = 640) -> dict:
+        from yolo_ldac.nn.adapter import protected_layers
+        from yolo_ldac.pruning.complexity import measure
+
+        return _comp_view(measure(model, imgsz, protected=protected_layers(model)))
+
+
+# --- helpers shared by the modes -----------------------------------------------------------------------------
+def check_data(data: str | None) -> dict:
+    """Resolve a dataset yaml with Ultralytics (downloading it when Ultralytics knows how and is online) and
+    check that its train and val image folders exist and hold images; raise :class:`LDACError` otherwise."""
+    if not data:
+        raise LDACError("data=... is required (a dataset yaml, i.e. coco8.yaml)")
+    path = Path(str(data))
+    if path.suffix not in {".yaml", ".yml"}:
+        raise LDACError(f"data '{data}' must be a dataset .yaml file")
+    from ultralytics.data.utils import check_det_dataset
+    from ultralytics.utils.checks import check_file
+
+    try:
+        check_file(str(data))
+    except Exception:
+        raise LDACError(f"data file '{data}' not found") from None
+    try:
+        info = check_det_dataset(str(data))
+    except Exception as e:
+        msg = str(e).strip().splitlines()
+        raise LDACError(f"data '{data}' is not a usable dataset: {msg[0] if msg else type(e).__name__}") from None
+    for split in ("train", "val"):
+        folders = info.get(split)
+        folders = folders if isinstance(folders, list) else [folders]
+        n = 0
+        for f in folders:
+            p = Path(str(f))
+            if p.is_dir():
+                n += sum(1 for x in p.rglob("*") if x.suffix.lower() in IMG_SUFFIXES)
+            elif p.is_file():
+                n += sum(1 for _ in p.read_text().splitlines() if _.strip())
+        if n == 0:
+            raise LDACError(f"data '{data}': the {split} split ({', '.join(map(str, folders))}) holds no images")
+    return info
+
+
+def validate(model: nn.Module, cfg: dict, ultra: dict) -> dict:
+    """mAP50-95 and mAP50 of ``model`` on the val split of ``cfg['data']`` (validates a copy: the validator
+    fuses Conv+BN in place)."""
+    from ultralytics.models.yolo.detect import DetectionValidator
+
+    args = {k: v for k, v in ultra.items() if k in {"imgsz", "batch", "device", "workers", "half", "conf", "iou",
+                                                    "max_det", "split", "single_cls", "rect"}}
+    args.update(data=cfg["data"], plots=False, save_json=False, verbose=False, mode="val")
+    args.setdefault("rect", False)
+    validator = DetectionValidator(args=args)
+    stats = validator(model=copy.deepcopy(model).float())
+    return {"map50_95": float(stats.get("metrics/mAP50-95(B)", 0.0)), "map50": float(stats.get("metrics/mAP50(B)", 0.0))}
+
+
+def train(model: nn.Module, cfg: dict, ultra: dict, epochs: int, run_dir: Path, name: str) -> nn.Module:
+    """Train ``model`` (pruned) for ``epochs`` with Ultralytics; return the best checkpoint's model (float).
+
+    Raises if the trained model's parameter count differs from the given one: that would mean a dense model
+    was rebuilt and trained instead.
+    """
+    from ultralytics.nn.tasks import load_checkpoint
+
+    from yolo_ldac.engine.trainer import PrunedDetectionTrainer
+
+    n_params = sum(p.numel() for p in model.parameters())
+    overrides = {k: v for k, v in ultra.items() if k not in {"project", "name", "exist_ok", "epochs"}}
+    overrides.update(data=cfg["data"], epochs=epochs, project=str(run_dir), name=name, exist_ok=True)
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    trainer = PrunedDetectionTrainer(model, overrides=overrides)
+    trainer.train()
+    weights = trainer.best if Path(trainer.best).exists() else trainer.last
+    trained, _ = load_checkpoint(weights)
+    trained = trained.float().cpu()
+    n_trained = sum(p.numel() for p in trained.parameters())
+    if n_trained != n_params:
+        raise RuntimeError(f"the trainer trained a model with {n_trained} parameters, not the pruned one ({n_params})")
+    return trained
+
+
+def save_ultralytics_checkpoint(model: nn.Module, path: Path, cfg: dict) -> Path:
+    """Save ``model`` the way Ultralytics' trainer does, so ``YOLO(path)`` loads, validates, predicts, exports."""
+    import ultralytics
+
+    ema = copy.deepcopy(model).half().eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    ema.criterion = None
+    ckpt = {
+        "epoch": -1, "best_fitness": None, "model": None, "ema": ema, "updates": None, "optimizer": None,
+        "train_args": {k: v for k, v in cfg.items() if k in {"data", "imgsz", "batch"}} | {"task": "detect"},
+        "date": datetime.now().isoformat(), "version": ultralytics.__version__,
+        "license": "AGPL-3.0 (https://ultralytics.com/license)", "yolo_ldac": {"method": cfg.get("method"),
+                                                                             "ratio": cfg.get("ratio")},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(ckpt, tmp)
+    tmp.replace(path)
+    return path
+
+
+def _metric_view(m: dict) -> dict:
+    return {"map50_95": m.get("map50_95"), "map50": m.get("map50")}
+
+
+def _comp_view(c) -> dict:
+    return {"flops_g": round(c.flops_g, 4), "params_m": round(c.params / 1e6, 4), "channels": c.channels}
