@@ -138,3 +138,13 @@ def test_invalid_json_fails(saved, tmp_path):
 def test_yaml_cannot_run_code(saved, tmp_path, edit):
     with pytest.raises(LDACError, match="activation|not an Ultralytics/torch layer"):
         load_portable(_corrupt(saved, tmp_path, edit))
+
+
+def test_trained_checkpoint_roundtrip(shared_weights, tmp_path):
+    from yolo_ldac.nn.adapter import load_detection_model
+
+    model = load_detection_model(shared_weights("yolov8s-fall.pt")).eval()
+    loaded = load_portable(save_portable(model, tmp_path / "fall"))
+    assert loaded.names == model.names and loaded.args["data"] == model.args["data"]
+    for a, b in zip(_outputs(model), _outputs(loaded)):
+        assert torch.equal(a, b)

@@ -70,6 +70,13 @@ def test_none_values_and_minimal_report(tmp_path):
     assert table.splitlines()[1].split() == ["mAP50-95", "-", "-", "-"]
 
 
+def test_total_timing_is_not_a_phase(tmp_path):
+    md = format_markdown({"timings": {"prune": 30.0, "train": 60.0, "total": 100.0}})
+    assert "| prune | 30.0 | 0:00:30 | 30.0 |" in md
+    assert "| **total** | 100.0 | 0:01:40 | 100.0 |" in md
+    assert "| total |" not in md
+
+
 def test_format_table_fixed_width():
     lines = format_table(_report()).splitlines()
     assert len(lines) == 5 and len({len(l) for l in lines}) == 1  # aligned columns

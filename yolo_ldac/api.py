@@ -219,6 +219,11 @@ class YOLOLDAC:
         timings["validate_final"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
 
+        for prev, nxt in zip(rounds_log, rounds_log[1:]):
+            if cfg["epochs_per_round"] > 0:
+                prev["map50_95_after_train"] = nxt["map50_95_before_step"]
+        if rounds_log and cfg["finetune_epochs"] > 0:
+            rounds_log[-1]["map50_95_after_train"] = after_metrics.get("map50_95")
         after_comp = measure(model, 640, protected=protected_layers(model))
         after_channels = layer_channels(model)
         before = {**_metric_view(before_metrics), **_comp_view(dense_comp)}

@@ -135,6 +135,10 @@ def check_onnx_parity(
     """
     import onnxruntime as ort
 
+    if not isinstance(getattr(pt_model, "model", None), nn.Sequential) and isinstance(
+        getattr(pt_model, "model", None), nn.Module
+    ):  # an Ultralytics YOLO wrapper: calling it would run predict(), compare its DetectionModel instead
+        pt_model = pt_model.model
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise LDACError(f"ONNX file '{onnx_path}' not found")

@@ -18,7 +18,7 @@ key            meaning
 ``layers``     list of ``{name, before, after}``: output channels per prunable layer
 ``rounds``     list of ``{round, ratio_reached, map50_95_before_step, map50_95_after_step,
                map50_95_after_train, flops_g, params_m}`` (iterative pruning only)
-``timings``    ``{phase: wall seconds}``
+``timings``    ``{phase: wall seconds}``; an entry ``total`` is the run's wall time (else the sum)
 ``paths``      ``{best, portable, run_dir}``
 ``settings``   dict of the settings used
 =============  ==========================================================================================
@@ -196,9 +196,12 @@ def format_markdown(report: dict) -> str:
     timings = report.get("timings") or {}
     if timings:
         md += ["## Wall time", ""]
-        total = sum(_num(v) or 0.0 for v in timings.values())
+        # a "total" entry (the run's own wall time, including untimed gaps) is the total row, not a phase
+        phases = {k: v for k, v in timings.items() if k != "total"}
+        total = _num(timings.get("total"))
+        total = sum(_num(v) or 0.0 for v in phases.values()) if total is None else total
         rows = []
-        for phase, sec in timings.items():
+        for phase, sec in phases.items():
             s = _num(sec)
             share = DASH if s is None or total <= 0 else f"{100 * s / total:.1f}"
             rows.append([phase, _fmt(s, 1), DASH if s is None else _hms(s), share])
