@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -305,8 +306,10 @@ def validate(model: nn.Module, cfg: dict, ultra: dict) -> dict:
                                                     "max_det", "split", "single_cls", "rect"}}
     args.update(data=cfg["data"], plots=False, save_json=False, verbose=False, mode="val")
     args.setdefault("rect", False)
-    validator = DetectionValidator(args=args)
-    stats = validator(model=copy.deepcopy(model).float())
+    with tempfile.TemporaryDirectory(prefix="yolo-ldac-val-") as tmp:  # the validator always makes a save dir
+        args.update(project=tmp, name="val", exist_ok=True)
+        validator = DetectionValidator(args=args)
+        stats = validator(model=copy.deepcopy(model).float())
     return {"map50_95": float(stats.get("metrics/mAP50-95(B)", 0.0)), "map50": float(stats.get("metrics/mAP50(B)", 0.0))}
 
 

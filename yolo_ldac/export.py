@@ -152,6 +152,8 @@ def check_onnx_parity(
     if len(static) == 2 and all(isinstance(d, int) for d in static) and tuple(static) != (h, w):
         raise LDACError(f"'{onnx_path.name}' takes {static[0]}x{static[1]} images, not imgsz {h}x{w}")
     x = preprocess_image(image, (h, w))
+    if isinstance(inp.shape[0], int) and inp.shape[0] > 1:  # static batch: the same image in every slot
+        x = np.repeat(x, inp.shape[0], axis=0)
 
     param = next(pt_model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
