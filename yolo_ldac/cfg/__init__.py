@@ -230,6 +230,20 @@ def _validate(cfg: dict, explicit: dict) -> None:
         _check_method(cfg["method"])
 
 
+def _load_cfg_file(path: Any) -> dict:
+    """Read a yaml of overrides given as ``cfg=FILE`` (like Ultralytics' ``cfg=``); its keys are checked too."""
+    p = Path(str(path))
+    if not p.is_file():
+        raise LDACError(f"cfg file '{path}' not found")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise LDACError(f"cfg file '{path}' is not valid yaml ({str(e).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise LDACError(f"cfg file '{path}' must hold key: value pairs")
+    return loaded
+
+
 def get_cfg(overrides: dict | None = None, mode: str | None = None) -> dict:
     """Return the defaults merged with ``overrides``, checked.
 
@@ -250,6 +264,9 @@ def get_cfg(overrides: dict | None = None, mode: str | None = None) -> dict:
     overrides = dict(overrides or {})
     if not all(isinstance(k, str) for k in overrides):
         raise LDACError(f"configuration keys must be strings, got {[k for k in overrides if not isinstance(k, str)]!r}")
+    if overrides.get("cfg"):
+        overrides = {**_load_cfg_file(overrides["cfg"]), **{k: v for k, v in overrides.items() if k != "cfg"}}
+    overrides.pop("cfg", None)
     check_keys(overrides)
     cfg = load_defaults()
     cfg.update(overrides)
