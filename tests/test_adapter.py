@@ -155,3 +155,25 @@ def test_load_pretrained_detector(shared_weights):
     assert type(model) is DetectionModel
     assert len(model.names) == 80
     assert next(model.parameters()).dtype == torch.float32
+
+
+def test_adapt_head_to_names_remaps_class_rows_by_name(shared_weights):
+    from yolo_ldac.nn.adapter import adapt_head_to_names
+
+    model = load_detection_model(shared_weights("yolo11n-coco.pt")).eval()
+    assert (model.names[0], model.names[5]) == ("person", "bus")
+    assert adapt_head_to_names(model, dict(model.names), verbose=False) is model  # same classes: unchanged
+
+    new = adapt_head_to_names(model, {0: "bus", 1: "person", 2: "unicorn"}, verbose=False).eval()
+    assert new.names == {0: "bus", 1: "person", 2: "unicorn"} and new.model[-1].nc == 3
+    x = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        old_y, new_y = model(x)[0], new(x)[0]
+    assert new_y.shape == (1, 4 + 3, old_y.shape[2])
+    assert torch.allclose(new_y[:, :4], old_y[:, :4], atol=1e-5)  # boxes: the same network
+    assert torch.allclose(new_y[:, 4], old_y[:, 4 + 5], atol=1e-5)  # "bus" row taken from COCO class 5
+    assert torch.allclose(new_y[:, 5], old_y[:, 4 + 0], atol=1e-5)  # "person" row from COCO class 0
+
+    rewrite_split_blocks(model)
+    with pytest.raises(LDACError, match="already pruned"):
+        adapt_head_to_names(model, {0: "bus"}, verbose=False)

@@ -104,6 +104,9 @@ class ChannelPruner:
                  floor: float = 0.125, compensate: bool = True, tolerance: float = 0.01):
         if target not in TARGETS:
             raise LDACError(f"target must be one of {', '.join(TARGETS)}, got '{target}'")
+        owned = {id(m) for m in model.modules()}
+        if any(id(m) not in owned for m in protected):
+            raise LDACError("protected layers must belong to the model being pruned (compute them after any copy)")
         self.model, self.criterion, self.dense = model, criterion, dense
         self.dense_channels, self.protected = dense_channels, protected
         self.imgsz, self.target, self.round_to, self.floor = imgsz, target, round_to, floor
