@@ -71,3 +71,8 @@ def bus_image() -> Path:
     if not path.is_file():
         pytest.skip(f"{path} not found in the installed ultralytics package")
     return path
+
+
+# Ultralytics binds its log handler to the sys.stdout of its first import; importing it here (after the offline
+# setup above) keeps that from being a test's captured, later closed, stream.
+import ultralytics  # noqa: E402,F401

@@ -16,6 +16,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import ultralytics  # noqa: F401  (at collection: its log handler binds sys.stdout at import, which must
+#                    not be a capsys/capfd stream that a test closes)
 import torch
 import torch.nn as nn
 
@@ -196,9 +198,6 @@ def test_export_onnx_with_parity(compressed, monkeypatch):
     assert out.parent == compressed[1].best.parent
 
 
-@pytest.mark.xfail(strict=True, reason="yolo_ldac/api.py YOLOLDAC.export forwards cfg['batch'] (default 16, meant for "
-                                       "training/validation) to Ultralytics' exporter, so a plain export(format='onnx') "
-                                       "writes an ONNX with a static batch of 16, not 1 as `yolo export` does")
 def test_export_onnx_default_batch_is_one(compressed):
     import onnxruntime as ort
 
@@ -220,7 +219,7 @@ def test_compress_c2f_random(shapes_data, tmp_path):
 
 
 def test_prune_mode_does_not_train(shapes_data, tmp_path):
-    result = YOLOLDAC("yolo11n.yaml").prune(data=str(shapes_data), ratio=0.4, method="l1", rounds=2,
+    result = YOLOLDAC("yolo11n.yaml").prune(data=str(shapes_data), ratio=0.4, method="l1", rounds=2, val_steps=False,
                                             project=str(tmp_path), name="p", **FAST)
     assert abs(result.removed["flops_pct"] - 40) <= 1, result.removed
     assert not list(result.run_dir.rglob("results.csv"))
@@ -239,9 +238,6 @@ def test_info():
     assert len(info["table"].splitlines()) == len(info["layers"]) + 2
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError,
-                   reason="yolo_ldac/api.py YOLOLDAC docstring: `info(imgsz=640)[\"params\"]` but info() returns "
-                          "'params_m' (and 'flops_g'), no 'params' key")
 def test_info_docstring_example():
     assert YOLOLDAC("yolov8n.yaml").info(imgsz=640)["params"] > 0
 

@@ -51,7 +51,7 @@ class YOLOLDAC:
     """A detector to compress. ``model`` is a checkpoint path, an Ultralytics model name or yaml, or a model.
 
     Example:
-        >>> YOLOLDAC("yolov8n.yaml").info(imgsz=640)["params"] > 0
+        >>> YOLOLDAC("yolov8n.yaml").info(imgsz=640)["params_m"] > 0
         True
     """
 
@@ -103,8 +103,11 @@ class YOLOLDAC:
         if not isinstance(self.source, (str, Path)) or Path(self.source).suffix != ".pt":
             raise LDACError("export needs a .pt checkpoint: pass model=path/to/best.pt")
         ldac, ultra = split_args(cfg)
-        extra = {k: v for k, v in ultra.items() if k not in {"imgsz", "data", "model", "project", "name", "exist_ok",
-                                                             "epochs", "seed", "workers", "plots", "verbose"}}
+        skip = {"imgsz", "data", "model", "project", "name", "exist_ok", "epochs", "seed", "workers", "plots",
+                "verbose", "batch"}
+        extra = {k: v for k, v in ultra.items() if k not in skip}
+        if "batch" in kwargs:  # the training batch default (16) is no export batch: only an explicit one is
+            extra["batch"] = kwargs["batch"]
         return export_model(self.source, format=cfg["format"], imgsz=cfg["imgsz"], parity=cfg["parity"],
                             rtol=cfg["parity_rtol"], data=cfg.get("data"), **extra)
 
@@ -162,6 +165,11 @@ class YOLOLDAC:
                                 f"and round_to={cfg['round_to']} at most {reachable:.3f} can be removed")
         # Inputs are valid: from here on the run directory exists.
         run_dir = increment_path(Path(cfg["project"]) / cfg["name"], exist_ok=cfg["exist_ok"]).resolve()
+        if isinstance(self.source, (str, Path)) and Path(self.source).exists():
+            src = Path(self.source).resolve()
+            if src.is_relative_to(run_dir):
+                raise LDACError(f"the run directory {run_dir} holds the input model {src}: choose another name= or "
+                                "exist_ok=False, an input model is never overwritten")
         (run_dir / "weights").mkdir(parents=True, exist_ok=True)
         LOGGER.info(f"yolo-ldac {mode}: results to {run_dir}")
 

@@ -130,7 +130,7 @@ def parse_value(s: str) -> Any:
     return text  # dates, timestamps, binary, ...
 
 
-def closest(word: str, choices, cutoff: float = 0.6) -> str | None:
+def closest(word: str, choices, cutoff: float = 0.5) -> str | None:
     """Return the element of ``choices`` most similar to ``word`` (difflib), or None when none is close."""
     match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=cutoff)
     return match[0] if match else None

@@ -39,7 +39,7 @@ def register_criterion(name: str) -> Callable[[type], type]:
 def build_criterion(name: str, **kwargs) -> "Criterion":
     """Instantiate the registered criterion ``name``; unknown names raise with the closest match suggested."""
     if name not in CRITERIA:
-        close = difflib.get_close_matches(str(name), list(CRITERIA), n=1)
+        close = difflib.get_close_matches(str(name), list(CRITERIA), n=1, cutoff=0.5)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise LDACError(f"unknown method '{name}'{hint} (available: {', '.join(sorted(CRITERIA))})")
     return CRITERIA[name](**kwargs)
