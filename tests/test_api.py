@@ -239,7 +239,7 @@ def test_info():
 
 
 def test_info_docstring_example():
-    assert YOLOLDAC("yolov8n.yaml").info(imgsz=640)["params"] > 0
+    assert YOLOLDAC("yolov8n.yaml").info(imgsz=640)["params_m"] > 0
 
 
 @pytest.mark.parametrize("weights", ["yolo11n-coco.pt", "yolov8s-fall.pt"])
