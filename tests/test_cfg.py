@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import re
 import sys
 import types
@@ -24,6 +25,7 @@ from yolo_ldac.errors import LDACError
 EXPECTED_DEFAULTS = {
     "mode": "compress",
     "model": "yolo11n.pt",
+    "cfg": None,
     "data": None,
     "method": "l2",
     "ratio": 0.5,
@@ -302,3 +304,25 @@ def test_split_args():
 def test_split_args_forwards_explicit_device():
     _, ultra = split_args(get_cfg({"device": "cpu"}))
     assert ultra["device"] == "cpu"
+
+
+def test_cfg_file_overrides(tmp_path):
+    f = tmp_path / "o.yaml"
+    f.write_text("ratio: 0.3\nrounds: 2\nlr0: 0.02\n")
+    cfg = get_cfg({"cfg": str(f), "rounds": 3})
+    assert cfg["ratio"] == 0.3 and cfg["rounds"] == 3 and cfg["lr0"] == 0.02  # command-line keys win
+
+
+def test_cfg_file_errors(tmp_path):
+    with pytest.raises(LDACError, match="not found"):
+        get_cfg({"cfg": str(tmp_path / "missing.yaml")})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ratoi: 0.3\n")
+    with pytest.raises(LDACError, match="did you mean 'ratio'"):
+        get_cfg({"cfg": str(bad)})
+
+
+def test_shipped_cfg_examples_are_valid():
+    root = pathlib.Path(__file__).resolve().parents[1] / "cfg"
+    for f in sorted(root.glob("*.yaml")):
+        get_cfg({"cfg": str(f)})
