@@ -144,7 +144,9 @@ class YOLOLDAC:
         needs_data = training or cfg["val_steps"] or cfg["compensate"]
         data_dict = check_data(cfg["data"]) if (cfg.get("data") or needs_data) else None
         ratio_free = cfg.get("ratio_free", False)
-        criterion = None if ratio_free else build_criterion(cfg["method"], seed=cfg["seed"])
+        criterion = None if ratio_free else build_criterion(
+            cfg["method"], seed=cfg["seed"], alpha=cfg["ld_alpha"], beta=cfg["cov_beta"], gamma=cfg["align_gamma"],
+            pool=cfg["pool"], background=cfg["background"], rho=cfg["rho"])
         if criterion is not None and criterion.needs_data and data_dict is None:
             raise LDACError(f"method '{cfg['method']}' needs data=... for calibration")
 
@@ -191,18 +193,22 @@ class YOLOLDAC:
         timings.setdefault("train", 0.0)
         n_rounds = 0 if ratio_free else int(cfg["rounds"])
         bar = TQDM(range(1, n_rounds + 1), desc="prune rounds", total=n_rounds) if n_rounds else []
+        def make_pruner(m: nn.Module) -> ChannelPruner:
+            return ChannelPruner(m, criterion, dense_comp, dense_channels, protected_layers(m), imgsz=640,
+                                 target=cfg["target"], round_to=cfg["round_to"], floor=cfg["floor"],
+                                 compensate=cfg["compensate"] and bool(calib), tolerance=cfg["tolerance"])
+
         for i in bar:
             if cfg["epochs_per_round"] > 0 and (i > 1 or criterion.train_before_first_step):
                 t = time.perf_counter()
-                model = train(model, cfg, ultra, epochs=int(cfg["epochs_per_round"]), run_dir=run_dir, name=f"round{i}")
+                criterion.before_push(model, make_pruner(model), cfg["ratio"] * i / n_rounds, calib)
+                model = train(model, cfg, ultra, epochs=int(cfg["epochs_per_round"]), run_dir=run_dir, name=f"round{i}",
+                              criterion=criterion)
                 timings["train"] += time.perf_counter() - t
             t = time.perf_counter()
             map_before = validate(model, cfg, ultra) if (cfg["val_steps"] and data_dict is not None and i > 1) else (
                 before_metrics if i == 1 else {})
-            pruner = ChannelPruner(model, criterion, dense_comp, dense_channels, protected_layers(model), imgsz=640,
-                                   target=cfg["target"], round_to=cfg["round_to"], floor=cfg["floor"],
-                                   compensate=cfg["compensate"] and bool(calib), tolerance=cfg["tolerance"])
-            step = pruner.step(cfg["ratio"] * i / n_rounds, calib)
+            step = make_pruner(model).step(cfg["ratio"] * i / n_rounds, calib)
             timings["prune"] += time.perf_counter() - t
             map_after = validate(model, cfg, ultra) if (cfg["val_steps"] and data_dict is not None) else {}
             rounds_log.append({
@@ -210,6 +216,7 @@ class YOLOLDAC:
                 "map50_95_before_step": map_before.get("map50_95"), "map50_95_after_step": map_after.get("map50_95"),
                 "flops_g": round(step.after.flops_g, 4), "params_m": round(step.after.params / 1e6, 4),
                 "groups_pruned": step.groups_pruned, "scoring_s": round(step.seconds_scoring, 2),
+                **criterion.round_info(),
             })
             save_ultralytics_checkpoint(model, run_dir / "weights" / f"round{i}.pt", cfg)
             if hasattr(bar, "set_description"):
@@ -217,7 +224,8 @@ class YOLOLDAC:
 
         if cfg["finetune_epochs"] > 0:
             t = time.perf_counter()
-            model = train(model, cfg, ultra, epochs=int(cfg["finetune_epochs"]), run_dir=run_dir, name="finetune")
+            model = train(model, cfg, ultra, epochs=int(cfg["finetune_epochs"]), run_dir=run_dir, name="finetune",
+                          criterion=criterion, final=True)
             timings["train"] += time.perf_counter() - t
         best = run_dir / "weights" / "best.pt"
         save_ultralytics_checkpoint(model, best, cfg)
@@ -321,7 +329,8 @@ def validate(model: nn.Module, cfg: dict, ultra: dict) -> dict:
     return {"map50_95": float(stats.get("metrics/mAP50-95(B)", 0.0)), "map50": float(stats.get("metrics/mAP50(B)", 0.0))}
 
 
-def train(model: nn.Module, cfg: dict, ultra: dict, epochs: int, run_dir: Path, name: str) -> nn.Module:
+def train(model: nn.Module, cfg: dict, ultra: dict, epochs: int, run_dir: Path, name: str, criterion=None,
+          final: bool = False) -> nn.Module:
     """Train ``model`` (pruned) for ``epochs`` with Ultralytics; return the best checkpoint's model (float).
 
     Raises if the trained model's parameter count differs from the given one: that would mean a dense model
@@ -337,7 +346,10 @@ def train(model: nn.Module, cfg: dict, ultra: dict, epochs: int, run_dir: Path, 
     model.train()
     for p in model.parameters():
         p.requires_grad_(True)
-    trainer = PrunedDetectionTrainer(model, overrides=overrides)
+    if criterion is not None:  # a criterion may train its own way (LDAC's push loss)
+        trainer = criterion.make_trainer(model, overrides, final=final)
+    else:
+        trainer = PrunedDetectionTrainer(model, overrides=overrides)
     trainer.train()
     weights = trainer.best if Path(trainer.best).exists() else trainer.last
     trained, _ = load_checkpoint(weights)

@@ -210,6 +210,14 @@ def _validate(cfg: dict, explicit: dict) -> None:
     _check_int(cfg, "finetune_epochs", 0)
     _check_int(cfg, "round_to", 1)
     _check_int(cfg, "calib_batches", 0)
+    for key in ("ld_alpha", "cov_beta", "align_gamma"):
+        if not (_is_number(cfg[key]) and cfg[key] >= 0):
+            raise LDACError(f"{key} must be a number >= 0, got {cfg[key]!r}")
+    if cfg["pool"] not in ("max", "mean"):
+        raise LDACError(f"pool must be max or mean, got {cfg['pool']!r}")
+    _check_int(cfg, "background", 0)
+    if not (_is_number(cfg["rho"]) and cfg["rho"] > 0):
+        raise LDACError(f"rho must be a number > 0, got {cfg['rho']!r}")
     floor = cfg["floor"]
     if not (_is_number(floor) and 0 < floor < 1):
         raise LDACError(f"floor must be in (0, 1), got {floor!r}")

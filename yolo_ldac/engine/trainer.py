@@ -33,3 +33,36 @@ class PrunedDetectionTrainer(DetectionTrainer):
         self.pruned_model.criterion = None  # rebuilt with this run's loss gains
         self.model = self.pruned_model
         return None
+
+
+class LDACTrainer(PrunedDetectionTrainer):
+    """Trains a (pruned) detector with the LDAC push loss (:class:`yolo_ldac.ldac.loss.LDACDetectionLoss`).
+
+    With ``decay=True`` (the final fine-tuning) the push weights fall linearly to zero over the epochs.
+    """
+
+    def __init__(self, model: nn.Module, overrides: dict[str, Any] | None = None, _callbacks: dict | None = None,
+                 push: dict | None = None, decay: bool = False):
+        self.push = dict(push or {})
+        self.decay = decay
+        super().__init__(model, overrides=overrides, _callbacks=_callbacks)
+        if decay:
+            self.add_callback("on_train_epoch_start", self._decay_push)
+
+    def _setup_train(self):
+        from ultralytics.utils.torch_utils import unwrap_model
+
+        from yolo_ldac.ldac.loss import LDACDetectionLoss
+
+        super()._setup_train()
+        model = unwrap_model(self.model)  # on its device now, with this run's args and class weights
+        model.criterion = LDACDetectionLoss(model, **self.push)
+
+    def _decay_push(self, trainer) -> None:
+        crit = getattr(self.model, "criterion", None)
+        if crit is None:
+            return
+        scale = max(0.0, 1.0 - self.epoch / max(self.epochs, 1))
+        for key in ("alpha", "beta", "gamma"):
+            if key in self.push:
+                setattr(crit, key, self.push[key] * scale)

@@ -67,6 +67,20 @@ class Criterion(tp.importance.Importance):
     def __call__(self, group) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # Schedule hooks: no-ops for criteria that prune the model as found.
+    def before_push(self, model: nn.Module, pruner, next_ratio: float, batches: list[dict]) -> None:
+        """Called before each training phase between prune steps, with the ratio the next step will reach."""
+
+    def make_trainer(self, model: nn.Module, overrides: dict, final: bool = False):
+        """The trainer for a training phase (``final``: the fine-tuning after the last step)."""
+        from yolo_ldac.engine.trainer import PrunedDetectionTrainer
+
+        return PrunedDetectionTrainer(model, overrides=overrides)
+
+    def round_info(self) -> dict:
+        """Extra per-round figures for the report (e.g. LDAC's J per pyramid level)."""
+        return {}
+
 
 @register_criterion("random")
 class RandomCriterion(Criterion):
@@ -139,3 +153,7 @@ class TaylorCriterion(_Delegating):
                 detection_loss(model, batch).backward()
         finally:
             model.train(was_training)
+
+
+# Criteria defined in other modules register themselves on import.
+import yolo_ldac.ldac.criterion  # noqa: E402,F401

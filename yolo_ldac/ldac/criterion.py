@@ -1,0 +1,167 @@
+"""LDAC as a pruning criterion: trace the discriminant objective back to every prunable channel.
+
+``score_c = E_batches | sum_hw a_c,hw * dJ/da_c,hw |`` for every output channel ``c`` of every prunable
+convolution (its activation after BN and SiLU), where J is the summed location-aware objective at the head
+inputs. Autograd carries J back through concat, residual adds and splits, so no hand-written graph walk is
+needed. Scores are normalised per layer (divided by the layer's mean) and averaged over the coupled layers of a
+dependency group. Before each push phase the criterion also marks the channels the next prune step would
+remove; the push loss's alignment term drives their BN scales to zero, so the fold makes their removal exact.
+
+Example:
+    >>> from yolo_ldac.pruning.criteria import build_criterion
+    >>> type(build_criterion("ldac")).__name__
+    'LDACCriterion'
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from yolo_ldac.ldac.objective import SampleConfig, level_samples, objective_per_level, total_classes
+from yolo_ldac.ldac.stats import DiscriminantStats
+from yolo_ldac.pruning.criteria import Criterion, register_criterion
+
+OUT_FNS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels)
+SINGLE_CLASS_BACKGROUND = 16  # background cells per image when the data has one class
+
+
+def conv_wrappers(model: nn.Module) -> dict[nn.Conv2d, nn.Module]:
+    """Ultralytics ``Conv`` blocks by their inner ``nn.Conv2d``: the block output is the channel's activation."""
+    return {m.conv: m for m in model.modules()
+            if isinstance(getattr(m, "conv", None), nn.Conv2d) and isinstance(getattr(m, "bn", None), nn.BatchNorm2d)}
+
+
+@register_criterion("ldac")
+class LDACCriterion(Criterion):
+    """Location-aware discriminant tracing (arXiv 2509.17968, as fixed in METHOD.md) with the push schedule.
+
+    Args:
+        alpha, beta, gamma: push-loss weights (discriminant, decorrelation, alignment) for the training phases.
+        pool: "max" or "mean" pooling of a box's cells. background: background cells per image as an extra class.
+        rho: ridge of the objective, relative to the mean diagonal of Sw.
+    """
+
+    needs_data = True
+    train_before_first_step = True
+
+    def __init__(self, seed: int = 0, alpha: float = 0.05, beta: float = 0.01, gamma: float = 1e-3,
+                 pool: str = "max", background: int = 0, rho: float = 0.1, **kw: object):
+        super().__init__(seed=seed)
+        self.alpha, self.beta, self.gamma = alpha, beta, gamma
+        self.samples = SampleConfig(pool=pool, background=background, rho=rho)
+        self.scores: dict[nn.Conv2d, torch.Tensor] = {}
+        self.level_objective: list[float] = []
+        self.align_masks: dict[str, torch.Tensor] = {}
+        self.projections: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # (label, P3 samples, labels)
+
+    # --- scoring ------------------------------------------------------------------------------------------
+    def _sample_config(self, model: nn.Module) -> SampleConfig:
+        if int(model.model[-1].nc) >= 2 or self.samples.background > 0:
+            return self.samples
+        if not getattr(self, "_warned_single", False):
+            from ultralytics.utils import LOGGER
+
+            LOGGER.info(f"LDAC: one class in the data, background cells ({SINGLE_CLASS_BACKGROUND} per image) "
+                        "become the second class")
+            self._warned_single = True
+        return SampleConfig(self.samples.pool, SINGLE_CLASS_BACKGROUND, self.samples.rho)
+
+    def prepare(self, model: nn.Module, batches: Iterable[dict], snapshot: str | None = None) -> None:
+        """Trace J over ``batches``: per-channel scores of every Conv block, and J per level."""
+        cfg = self._sample_config(model)
+        wrappers = conv_wrappers(model)
+        acts: dict[nn.Module, torch.Tensor] = {}
+
+        def keep_output(module, _inp, out):
+            acts[module] = out
+
+        handles = [w.register_forward_hook(keep_output) for w in wrappers.values()]
+        sums = {conv: torch.zeros(conv.out_channels, dtype=torch.float64) for conv in wrappers}
+        k = total_classes(int(model.model[-1].nc), cfg)
+        stats: list[DiscriminantStats] = []
+        strides = model.stride.tolist()
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        snap_x, snap_y = [], []
+        try:
+            for batch in batches:
+                acts.clear()
+                img = batch["img"].to(device).float().requires_grad_(True)  # a graph even with frozen weights
+                with torch.enable_grad():
+                    _, preds = model(img)
+                    samples = level_samples(preds["feats"], strides, batch, int(model.model[-1].nc), cfg)
+                    if not stats:
+                        stats = [DiscriminantStats(k, x.shape[1]) for x, _ in samples]
+                    for st, (x, y) in zip(stats, samples):
+                        if len(y):
+                            st.update(x.detach().double().cpu(), y.cpu())
+                    snap_x.append(samples[0][0].detach().cpu())
+                    snap_y.append(samples[0][1].cpu())
+                    j = sum(objective_per_level(samples, int(model.model[-1].nc), cfg))
+                    if not j.requires_grad:
+                        continue
+                    mods = list(acts)
+                    grads = torch.autograd.grad(j, [acts[m] for m in mods], allow_unused=True)
+                for m, g in zip(mods, grads):
+                    if g is not None:
+                        contrib = (acts[m].detach() * g).sum(dim=(2, 3)).abs().sum(0)
+                        sums[m.conv] += contrib.double().cpu()
+        finally:
+            for h in handles:
+                h.remove()
+            model.train(was_training)
+        self.scores = {conv: (s / s.mean()).float() if s.mean() > 0 else s.float() for conv, s in sums.items()}
+        self.level_objective = [st.objective(cfg.rho) if st.num_samples else 0.0 for st in stats]
+        if snapshot is not None and snap_x:
+            self.projections.append((snapshot, torch.cat(snap_x), torch.cat(snap_y)))
+
+    def __call__(self, group) -> torch.Tensor:
+        n = len(group[0].idxs)
+        total = torch.zeros(n)
+        count = torch.zeros(n)
+        for item in group:
+            mod = item.dep.target.module
+            if item.dep.handler in OUT_FNS and mod in self.scores:
+                scores = self.scores[mod]
+                idxs = torch.as_tensor([int(i) for i in item.idxs], dtype=torch.long)
+                ridx = torch.as_tensor([int(i) for i in item.root_idxs], dtype=torch.long)
+                ok = (idxs < len(scores)) & (ridx < n)
+                total.index_add_(0, ridx[ok], scores[idxs[ok]])
+                count.index_add_(0, ridx[ok], torch.ones(int(ok.sum())))
+        return total / count.clamp(min=1)
+
+    # --- schedule hooks -------------------------------------------------------------------------------------
+    def before_push(self, model: nn.Module, pruner, next_ratio: float, batches: list[dict]) -> None:
+        """Trace, then mark the channels the next step would remove (their BN scales get the L1 push)."""
+        from yolo_ldac.pruning.engine import build_graph
+
+        self.prepare(model, batches, snapshot="before push" if not self.projections else None)
+        groups = pruner._collect_groups(build_graph(model), score=True)
+        chosen, _ = pruner.plan(next_ratio, groups)
+        names = {m: n for n, m in model.named_modules()}
+        wrappers = conv_wrappers(model)
+        masks: dict[str, torch.Tensor] = {}
+        for gi, idxs in chosen.items():
+            root = groups[gi].root
+            if root in wrappers:
+                bn = wrappers[root].bn
+                mask = masks.setdefault(names[bn], torch.zeros(bn.num_features, dtype=torch.bool))
+                mask[torch.as_tensor(idxs, dtype=torch.long)] = True
+        self.align_masks = masks
+
+    def make_trainer(self, model: nn.Module, overrides: dict, final: bool = False):
+        from yolo_ldac.engine.trainer import LDACTrainer
+
+        modules = dict(model.named_modules())
+        align = [] if final else [(modules[n], m) for n, m in self.align_masks.items() if n in modules]
+        push = {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma, "align": align,
+                "samples": self._sample_config(model)}
+        return LDACTrainer(model, overrides=overrides, push=push, decay=final)
+
+    def round_info(self) -> dict:
+        return {"J_per_level": [round(float(j), 4) for j in self.level_objective]}

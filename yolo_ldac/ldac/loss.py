@@ -1,0 +1,55 @@
+"""The push loss: L = L_det + alpha * L_LD + beta * L_cov + gamma * L_align (METHOD.md, "The push loss").
+
+``LDACDetectionLoss`` extends Ultralytics' ``v8DetectionLoss``: it reads the neck outputs the head returns as
+``feats`` (no hooks, so checkpoints still pickle) and reports ``ld_loss``, ``cov_loss`` and ``align_loss`` as
+loss items, which Ultralytics turns into progress-bar and results.csv columns.
+"""
+
+from __future__ import annotations
+
+import torch
+from ultralytics.utils.loss import v8DetectionLoss
+
+from yolo_ldac.ldac.objective import SampleConfig, decorrelation, level_samples, objective_per_level
+
+
+class LDACDetectionLoss(v8DetectionLoss):
+    """Detection loss plus the location-aware discriminant push.
+
+    Args:
+        model: the detector (de-paralleled), as for ``v8DetectionLoss``.
+        alpha: weight of L_LD = -sum over levels of J (per level divided by classes present - 1).
+        beta: weight of L_cov, the mean squared off-diagonal channel correlation of the samples.
+        gamma: weight of the L1 penalty on the BN scales of the channels about to be pruned.
+        align: ``[(bn, mask)]``: the BN layers and boolean channel masks the alignment penalty acts on.
+        samples: sampling and ridge settings.
+    """
+
+    def __init__(self, model, alpha: float = 0.05, beta: float = 0.01, gamma: float = 1e-3,
+                 align: list | None = None, samples: SampleConfig | None = None):
+        super().__init__(model)
+        self.alpha, self.beta, self.gamma = alpha, beta, gamma
+        self.align = align or []
+        self.samples = samples or SampleConfig()
+        self.num_classes = int(model.model[-1].nc)
+
+    def __call__(self, preds, batch):
+        out = self.parse_output(preds)
+        det, items = self.loss(out, batch)
+        feats = out["feats"]
+        bs = feats[0].shape[0]
+        zero = feats[0].sum() * 0
+        ld = cov = zero
+        if self.alpha or self.beta:
+            samples = level_samples(feats, self.stride.tolist(), batch, self.num_classes, self.samples)
+            if self.alpha:
+                ld = -sum(objective_per_level(samples, self.num_classes, self.samples))
+            if self.beta:
+                cov = sum(decorrelation(x) for x, _ in samples) / len(samples)
+        align = zero
+        if self.gamma and self.align:
+            align = sum(bn.weight[mask.to(bn.weight.device)].abs().sum() for bn, mask in self.align if mask.any())
+        extra = self.alpha * ld + self.beta * cov + self.gamma * align
+        items = dict(items)
+        items.update(ld_loss=ld.detach(), cov_loss=cov.detach(), align_loss=torch.as_tensor(align).detach())
+        return torch.cat([det.reshape(-1), (extra * bs).reshape(1)]), items

@@ -1,0 +1,105 @@
+"""The location-aware discriminant objective on a batch: samples per pyramid level, J per level, decorrelation.
+
+Shared by the push loss (training) and the tracer (pruning). Pure torch: the batch is an Ultralytics-style dict
+(``bboxes`` normalised xywh, ``cls``, ``batch_idx``) but nothing here imports Ultralytics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from yolo_ldac.ldac.sampling import box_samples
+from yolo_ldac.ldac.stats import batch_objective
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How samples are drawn (METHOD.md). ``background`` cells per image become an extra class (0 = off; a
+    single-class data set switches it on automatically, since LDA needs two classes)."""
+
+    pool: str = "max"
+    background: int = 0
+    rho: float = 0.1
+
+
+def boxes_in_pixels(batch: dict, imgsz_hw: tuple[int, int], device) -> tuple[Tensor, Tensor, Tensor]:
+    """(boxes xyxy in input pixels, class ids, image ids) of every ground-truth box of ``batch``."""
+    h, w = imgsz_hw
+    xywh = batch["bboxes"].to(device).float().reshape(-1, 4)
+    scale = torch.tensor([w, h, w, h], device=device, dtype=xywh.dtype)
+    xywh = xywh * scale
+    xyxy = torch.cat([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], dim=1)
+    cls = batch["cls"].to(device).reshape(-1).long()
+    idx = batch["batch_idx"].to(device).reshape(-1).long()
+    return xyxy, cls, idx
+
+
+def background_samples(feat: Tensor, stride: float, boxes_xyxy: Tensor, batch_idx: Tensor, per_image: int) -> Tensor:
+    """Up to ``per_image`` cells per image whose centres lie outside every box of that image, evenly spaced
+    over the candidates (deterministic), as (N, C) samples."""
+    B, C, H, W = feat.shape
+    ys = (torch.arange(H, device=feat.device, dtype=torch.float32) + 0.5) * stride
+    xs = (torch.arange(W, device=feat.device, dtype=torch.float32) + 0.5) * stride
+    cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+    cy, cx = cy.reshape(-1), cx.reshape(-1)
+    out = []
+    for b in range(B):
+        bx = boxes_xyxy[batch_idx == b]
+        inside = torch.zeros(H * W, dtype=torch.bool, device=feat.device)
+        if len(bx):
+            inside = ((cx[None] >= bx[:, :1]) & (cx[None] <= bx[:, 2:3]) & (cy[None] >= bx[:, 1:2])
+                      & (cy[None] <= bx[:, 3:4])).any(0)
+        free = torch.nonzero(~inside).reshape(-1)
+        if len(free) == 0:
+            continue
+        take = free[torch.linspace(0, len(free) - 1, min(per_image, len(free)), device=feat.device).round().long()]
+        out.append(feat[b].reshape(C, -1)[:, take].T)
+    return torch.cat(out) if out else feat.new_zeros((0, C))
+
+
+def level_samples(feats: list[Tensor], strides: list[float], batch: dict, num_classes: int,
+                  cfg: SampleConfig) -> list[tuple[Tensor, Tensor]]:
+    """(samples, labels) for every level; background samples get label ``num_classes`` when enabled."""
+    h, w = feats[0].shape[2] * strides[0], feats[0].shape[3] * strides[0]
+    boxes, cls, idx = boxes_in_pixels(batch, (int(h), int(w)), feats[0].device)
+    out = []
+    for feat, stride in zip(feats, strides):
+        x = box_samples(feat, float(stride), boxes, idx, pool=cfg.pool)
+        y = cls
+        if cfg.background > 0:
+            bg = background_samples(feat, float(stride), boxes, idx, cfg.background)
+            x = torch.cat([x, bg])
+            y = torch.cat([cls, torch.full((len(bg),), num_classes, dtype=torch.long, device=cls.device)])
+        out.append((x, y))
+    return out
+
+
+def total_classes(num_classes: int, cfg: SampleConfig) -> int:
+    return num_classes + (1 if cfg.background > 0 else 0)
+
+
+def objective_per_level(samples: list[tuple[Tensor, Tensor]], num_classes: int, cfg: SampleConfig) -> list[Tensor]:
+    """Differentiable J of every level, divided by the number of discriminant directions (classes present - 1),
+    so that levels and data sets with different class counts weigh alike."""
+    k = total_classes(num_classes, cfg)
+    out = []
+    for x, y in samples:
+        present = int(torch.unique(y).numel()) if len(y) else 0
+        j = batch_objective(x.float(), y, k, rho=cfg.rho)
+        out.append(j / max(present - 1, 1))
+    return out
+
+
+def decorrelation(x: Tensor) -> Tensor:
+    """Mean squared off-diagonal correlation of the channels of samples ``x`` (N, C); 0 for N < 2."""
+    if x.shape[0] < 2:
+        return x.sum() * 0
+    xc = x.float() - x.float().mean(0, keepdim=True)
+    std = xc.pow(2).mean(0).add(1e-6).sqrt()
+    corr = (xc.T @ xc) / x.shape[0] / (std[:, None] * std[None, :])
+    c = corr.shape[0]
+    off = corr - torch.diag(torch.diagonal(corr))
+    return off.pow(2).sum() / max(c * (c - 1), 1)
