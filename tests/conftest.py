@@ -76,3 +76,13 @@ def bus_image() -> Path:
 # Ultralytics binds its log handler to the sys.stdout of its first import; importing it here (after the offline
 # setup above) keeps that from being a test's captured, later closed, stream.
 import ultralytics  # noqa: E402,F401
+
+
+@pytest.fixture(scope="session")
+def calib_batches(shapes_data):
+    """Two calibration batches of 4 shapes images at 128 px, with labels."""
+    from ultralytics.data.utils import check_det_dataset
+
+    from yolo_ldac.pruning.calibration import build_calibration_batches
+
+    return build_calibration_batches(check_det_dataset(str(shapes_data)), imgsz=128, batch=4, n_batches=2)
