@@ -3,7 +3,7 @@
 It builds a tiny dataset of coloured shapes (offline, deterministic), takes the COCO YOLO11n (``yolo11n.pt``,
 resolved like Ultralytics does: a local file, else ``../shared/weights/yolo11n-coco.pt`` in this workplace, else
 Ultralytics' download; with no network and no file it falls back to an untrained ``yolo11n.yaml``), removes 30 %
-of its FLOPs with the ``l2`` criterion over 2 rounds with training between them, fine-tunes, and prints the
+of its FLOPs with LDAC over 2 rounds with training between them, fine-tunes, and prints the
 before/after report. On 2 CPU cores it takes a few minutes.
 
 The shapes dataset is a smoke test, not a benchmark: its mAP says that the pipeline works, not how well a
@@ -38,7 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)
     parser.add_argument("--ratio", type=float, default=0.3)
-    parser.add_argument("--method", default="l2")
+    parser.add_argument("--method", default="ldac")
     parser.add_argument("--imgsz", type=int, default=160)
     parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs after the last prune step")
     args = parser.parse_args()

@@ -33,7 +33,7 @@ EXPECTED_DEFAULTS = {
     "background": 0,
     "rho": 0.1,
     "data": None,
-    "method": "l2",
+    "method": "ldac",
     "ratio": 0.5,
     "target": "flops",
     "rounds": 4,

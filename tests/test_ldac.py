@@ -142,7 +142,7 @@ def ldac_run(shapes_data, tmp_path_factory):
     project = tmp_path_factory.mktemp("ldac")
     return YOLOLDAC("yolov8n.yaml").compress(data=str(shapes_data), ratio=0.5, method="ldac", rounds=2,
                                              epochs_per_round=1, finetune_epochs=1, imgsz=128, batch=8,
-                                             project=str(project), name="x", plots=False)
+                                             project=str(project), name="x", plots=True)
 
 
 def test_ldac_end_to_end_meets_target(ldac_run):
@@ -165,3 +165,8 @@ def test_ldac_checkpoint_and_report_line_per_round(ldac_run):
         assert (ldac_run.run_dir / "weights" / f"round{r['round']}.pt").is_file()
         assert len(r["J_per_level"]) == 3 and all(j >= 0 for j in r["J_per_level"])
         assert r["map50_95_before_step"] is not None and r["map50_95_after_step"] is not None
+
+
+def test_ldac_plots(ldac_run):
+    for name in ("ldac_objective.png", "ldac_projection.png", "channels.png"):
+        assert (ldac_run.run_dir / name).stat().st_size > 1000, name

@@ -262,6 +262,9 @@ class YOLOLDAC:
             "flops_imgsz": 640, "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         }
         write_report(run_dir, report)
+        if cfg["plots"] and criterion is not None:
+            names = data_dict["names"] if data_dict else None
+            report["plots"] = [str(p) for p in criterion.write_plots(run_dir, rounds_log, names)]
         result = CompressResult(run_dir, best, portable, before, after, removed, layers, rounds_log, report["timings"],
                                 report)
         LOGGER.info("\n" + result.table + f"\nReport: {run_dir / 'report.md'}")

@@ -117,8 +117,10 @@ class LDACCriterion(Criterion):
             model.train(was_training)
         self.scores = {conv: (s / s.mean()).float() if s.mean() > 0 else s.float() for conv, s in sums.items()}
         self.level_objective = [st.objective(cfg.rho) if st.num_samples else 0.0 for st in stats]
-        if snapshot is not None and snap_x:
-            self.projections.append((snapshot, torch.cat(snap_x), torch.cat(snap_y)))
+        if snap_x:
+            self.last_samples = (torch.cat(snap_x), torch.cat(snap_y), k)
+            if snapshot is not None:
+                self.projections.append((snapshot, *self.last_samples[:2]))
 
     def __call__(self, group) -> torch.Tensor:
         n = len(group[0].idxs)
@@ -165,3 +167,14 @@ class LDACCriterion(Criterion):
 
     def round_info(self) -> dict:
         return {"J_per_level": [round(float(j), 4) for j in self.level_objective]}
+
+    def write_plots(self, run_dir, rounds: list[dict], names: dict | None = None) -> list:
+        """``ldac_objective.png`` (J per level per round) and ``ldac_projection.png`` (before/after the push)."""
+        from yolo_ldac.ldac.plots import plot_objective, plot_projection
+
+        out = [plot_objective(rounds, run_dir / "ldac_objective.png")]
+        last = getattr(self, "last_samples", None)
+        if last is not None:
+            snaps = self.projections[:1] + [("after push", last[0], last[1])]
+            out.append(plot_projection(snaps, last[2], run_dir / "ldac_projection.png", names))
+        return [p for p in out if p is not None]

@@ -81,6 +81,10 @@ class Criterion(tp.importance.Importance):
         """Extra per-round figures for the report (e.g. LDAC's J per pyramid level)."""
         return {}
 
+    def write_plots(self, run_dir, rounds: list[dict], names: dict | None = None) -> list:
+        """Criterion-specific plots written into the run directory; returns their paths."""
+        return []
+
 
 @register_criterion("random")
 class RandomCriterion(Criterion):
