@@ -1,0 +1,100 @@
+"""LDAC's costs: push-loss overhead per training epoch, and one trace against one validation pass.
+
+1. Trains the same model for 3 epochs with the plain detection loss and with the LDAC push loss
+   (PrunedDetectionTrainer vs LDACTrainer, validation off) and compares the mean duration of epochs 2-3
+   (from results.csv's cumulative ``time`` column; epoch 1 carries the set-up).
+2. Times ``LDACCriterion.prepare`` (the gradient-x-activation trace) over the calibration batches against one
+   Ultralytics validation pass of the same model on the val split, in total and per image.
+
+Writes benchmarks/results/ldac_overhead.json with the machine. Default: COCO YOLO11n from ../shared/weights
+on a generated shapes set (64 train / 16 val, 160 px), CPU.
+
+Usage: python benchmarks/ldac_overhead.py [--model PATH] [--imgsz 160] [--epochs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import yolo_ldac  # noqa: E402,F401
+from yolo_ldac.data.shapes import make_shapes_dataset  # noqa: E402
+from yolo_ldac.utils.env import machine_info  # noqa: E402
+
+
+def epoch_seconds(results_csv: Path) -> list[float]:
+    rows = list(csv.DictReader(open(results_csv)))
+    t = [float(r["time"].strip() if "time" in r else r[" time"]) for r in rows]
+    return [b - a for a, b in zip([0.0] + t[:-1], t)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=str(ROOT.parent / "shared" / "weights" / "yolo11n-coco.pt"))
+    ap.add_argument("--imgsz", type=int, default=160)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ldac_overhead.json"))
+    args = ap.parse_args()
+
+    from ultralytics.data.utils import check_det_dataset
+
+    from yolo_ldac.api import validate
+    from yolo_ldac.engine.trainer import LDACTrainer, PrunedDetectionTrainer
+    from yolo_ldac.ldac.criterion import LDACCriterion
+    from yolo_ldac.nn.adapter import adapt_head_to_names, load_detection_model, rewrite_split_blocks
+    from yolo_ldac.pruning.calibration import build_calibration_batches
+
+    data = make_shapes_dataset(ROOT / "datasets" / "shapes-bench", n_train=64, n_val=16, imgsz=args.imgsz)
+    info = check_det_dataset(str(data))
+    base = adapt_head_to_names(load_detection_model(args.model), info["names"], verbose=False)
+    rewrite_split_blocks(base)
+    common = dict(data=str(data), epochs=args.epochs, imgsz=args.imgsz, batch=16, workers=0, plots=False, val=False,
+                  seed=0, deterministic=True, verbose=False)
+    epochs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label in ("detection loss", "LDAC push loss"):
+            model = copy.deepcopy(base)
+            ov = dict(common, project=tmp, name=label.replace(" ", "_"), exist_ok=True)
+            trainer = (PrunedDetectionTrainer(model, overrides=ov) if label == "detection loss" else
+                       LDACTrainer(model, overrides=ov, push={"alpha": 0.05, "beta": 0.01, "gamma": 1e-3}))
+            trainer.train()
+            epochs[label] = epoch_seconds(Path(trainer.save_dir) / "results.csv")
+    steady = {k: sum(v[1:]) / max(len(v) - 1, 1) for k, v in epochs.items()}
+    overhead = steady["LDAC push loss"] / steady["detection loss"] - 1
+
+    calib = build_calibration_batches(info, imgsz=args.imgsz, batch=8, n_batches=4)
+    n_calib = sum(len(b["img"]) for b in calib)
+    crit = LDACCriterion()
+    model = copy.deepcopy(base)
+    crit.prepare(model, calib)  # warm-up
+    t = time.perf_counter()
+    crit.prepare(model, calib)
+    trace_s = time.perf_counter() - t
+    cfg = {"data": str(data)}
+    validate(model, cfg, {"imgsz": args.imgsz, "batch": 16})  # warm-up
+    t = time.perf_counter()
+    validate(model, cfg, {"imgsz": args.imgsz, "batch": 16})
+    val_s = time.perf_counter() - t
+    n_val = 16
+    result = {
+        "model": Path(args.model).name, "imgsz": args.imgsz, "train_images": 64, "epochs": args.epochs,
+        "epoch_seconds": epochs, "steady_epoch_seconds": steady, "push_overhead_pct": round(100 * overhead, 1),
+        "trace_seconds": round(trace_s, 3), "trace_images": n_calib, "val_seconds": round(val_s, 3),
+        "val_images": n_val, "trace_vs_val": round(trace_s / val_s, 2),
+        "trace_vs_val_per_image": round((trace_s / n_calib) / (val_s / n_val), 2), "machine": machine_info(),
+    }
+    Path(args.out).write_text(json.dumps(result, indent=1, default=str))
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
