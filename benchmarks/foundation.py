@@ -32,20 +32,25 @@ from yolo_ldac.utils.env import machine_info  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--weights", default=str(ROOT.parent / "shared" / "weights"))
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "foundation.json"))
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--preset", choices=("foundation", "ldac-default"), default="foundation",
+                    help="foundation: the issue-2 command (l2, 2 rounds, 1+1 epochs, 160 px); ldac-default: "
+                         "`compress model=M data=D ratio=0.5` with every other setting at its default")
     args = ap.parse_args()
+    out = args.out or str(ROOT / "benchmarks" / "results" / f"{args.preset}.json")
     data = make_shapes_dataset(ROOT / "datasets" / "shapes-bench", n_train=64, n_val=16, imgsz=160)
     cli = Path(sys.executable).parent / "yolo-ldac"
-    project = ROOT / "runs" / "foundation"
+    project = ROOT / "runs" / args.preset
     rows = []
     for name in ("yolo11n-coco.pt", "yolov8s-fall.pt"):
         model = Path(args.weights) / name
         if not model.is_file():
             print(f"skip {name}: not found in {args.weights}")
             continue
-        cmd = [str(cli), "compress", f"model={model}", f"data={data}", "ratio=0.5", "method=l2", "rounds=2",
-               "epochs_per_round=1", "finetune_epochs=1", "imgsz=160", f"project={project}", f"name={model.stem}",
-               "plots=False"]
+        cmd = [str(cli), "compress", f"model={model}", f"data={data}", "ratio=0.5", f"project={project}",
+               f"name={model.stem}"]
+        if args.preset == "foundation":
+            cmd += ["method=l2", "rounds=2", "epochs_per_round=1", "finetune_epochs=1", "imgsz=160", "plots=False"]
         t = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=ROOT)
         wall = time.perf_counter() - t
@@ -56,21 +61,23 @@ def main() -> None:
 
         from yolo_ldac.export import check_onnx_parity, export_model
 
-        onnx_path = export_model(best, format="onnx", imgsz=160, parity=False)
-        parity = check_onnx_parity(YOLO(str(best)).model.float(), onnx_path, imgsz=160)
+        imgsz = report["settings"].get("imgsz", 160) if isinstance(report.get("settings"), dict) else 160
+        onnx_path = export_model(best, format="onnx", imgsz=imgsz, parity=False)
+        parity = check_onnx_parity(YOLO(str(best)).model.float(), onnx_path, imgsz=imgsz)
         script = ("from ultralytics import YOLO; from ultralytics.utils import ASSETS; "
-                  f"m = YOLO({str(best)!r}); r = m.predict(ASSETS / 'bus.jpg', imgsz=160, verbose=False); "
+                  f"m = YOLO({str(best)!r}); r = m.predict(ASSETS / 'bus.jpg', imgsz={imgsz}, verbose=False); "
                   "print(type(m.model).__name__, len(r[0].boxes))")
         reload = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd="/",
                                 env=dict(os.environ))
-        rows.append({"model": name, "command": " ".join(cmd[1:]), "wall_s": round(wall, 1),
+        rows.append({"model": name, "command": " ".join(cmd[1:]), "wall_s": round(wall, 1), "rounds": report["rounds"],
                      "before": report["before"], "after": report["after"], "removed": report["removed"],
                      "timings": report["timings"], "onnx_parity": {k: parity[k] for k in ("max_abs_diff",
                                                                                           "max_rel_diff", "ok")},
                      "fresh_process_yolo_load": reload.returncode == 0 and "DetectionModel" in reload.stdout})
         print(json.dumps(rows[-1], indent=1))
-    Path(args.out).write_text(json.dumps({"machine": machine_info(), "runs": rows}, indent=1, default=str))
-    print(f"wrote {args.out}")
+    Path(out).write_text(json.dumps({"machine": machine_info(), "preset": args.preset, "data": str(data),
+                                     "runs": rows}, indent=1, default=str))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -22,8 +22,8 @@ def box_samples(
 
     The box's cells are those whose centres lie inside the box (inclusive bounds). A box that covers no
     cell centre uses the single cell that holds its centre (clamped to the map), so small objects are never
-    dropped. The cell ranges are computed vectorised; the pooling is a python loop over boxes (each box's
-    cells form a rectangle, pooled by slicing, which avoids a B*M*C*H*W mask). Gradients flow to feat.
+    dropped. A box's cells form a rectangle; all boxes are pooled at once over rectangle masks, in chunks of
+    boxes that bound memory. Gradients flow to feat.
 
     Returns:
         (M, C) samples in feat's dtype; (0, C) when there are no boxes.
@@ -65,8 +65,20 @@ def box_samples(
     nx = torch.where(covered, nx, torch.ones_like(nx))
     ny = torch.where(covered, ny, torch.ones_like(ny))
 
+    # Pool every box at once over a rectangle mask; boxes go in chunks so the (boxes, C, H, W) gather stays small.
+    rows = torch.arange(H)[None, :]
+    cols = torch.arange(W)[None, :]
+    row_in = (rows >= i0[:, None]) & (rows < (i0 + ny)[:, None])  # (M, H)
+    col_in = (cols >= j0[:, None]) & (cols < (j0 + nx)[:, None])  # (M, W)
+    mask_all = (row_in[:, :, None] & col_in[:, None, :]).to(feat.device)  # (M, H, W)
+    bidx = bidx.to(feat.device)
+    chunk = max(1, (1 << 22) // max(C * H * W, 1))
     out = []
-    for b, i, j, h, w in zip(bidx.tolist(), i0.tolist(), j0.tolist(), ny.tolist(), nx.tolist()):
-        cells = feat[b, :, i : i + h, j : j + w]
-        out.append(cells.amax(dim=(1, 2)) if pool == "max" else cells.mean(dim=(1, 2)))
-    return torch.stack(out, 0)
+    for s in range(0, M, chunk):
+        x = feat[bidx[s : s + chunk]]  # (m, C, H, W)
+        mask = mask_all[s : s + chunk, None]
+        if pool == "max":
+            out.append(x.masked_fill(~mask, float("-inf")).amax(dim=(2, 3)))
+        else:
+            out.append((x * mask).sum(dim=(2, 3)) / mask.sum(dim=(2, 3)).clamp(min=1))
+    return torch.cat(out, 0)
