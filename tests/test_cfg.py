@@ -31,6 +31,8 @@ EXPECTED_DEFAULTS = {
     "align_gamma": 0.001,
     "pool": "max",
     "background": 0,
+    "level_assign": False,
+    "tracer": "gradient",
     "rho": 0.1,
     "data": None,
     "method": "ldac",

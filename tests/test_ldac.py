@@ -170,3 +170,45 @@ def test_ldac_checkpoint_and_report_line_per_round(ldac_run):
 def test_ldac_plots(ldac_run):
     for name in ("ldac_objective.png", "ldac_projection.png", "channels.png"):
         assert (ldac_run.run_dir / name).stat().st_size > 1000, name
+
+
+def test_weights_tracer_blind_branch_zero_and_scores_finite():
+    torch.manual_seed(0)
+    model = ToyDetector()
+    crit = LDACCriterion(tracer="weights")
+    crit.prepare(model, [_batch(2, [0, 1, 0, 1])])
+    sa, sb = crit.scores[model.a.conv], crit.scores[model.b.conv]
+    assert torch.isfinite(sa).all() and (sa >= 0).all() and sa.sum() > 0
+    assert torch.equal(sb, torch.zeros_like(sb))
+
+
+def test_weights_tracer_on_yolo11n(calib_batches):
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_ldac.nn.adapter import rewrite_split_blocks
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolo11n.yaml", nc=3, verbose=False)
+    rewrite_split_blocks(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    crit = LDACCriterion(tracer="weights")
+    crit.prepare(model, calib_batches)
+    assert all(torch.isfinite(s).all() and (s >= 0).all() for s in crit.scores.values())
+    assert sum(float(s.sum()) for s in crit.scores.values()) > 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # hooks leave the model as it was
+    model.eval()
+    model(torch.rand(1, 3, 64, 64))  # and it still runs normally
+
+
+def test_level_assignment_by_size():
+    from yolo_ldac.ldac.objective import assigned_level
+
+    boxes = torch.tensor([[0, 0, 32, 32], [0, 0, 100, 100], [0, 0, 300, 300]], dtype=torch.float32)
+    assert assigned_level(boxes, [8.0, 16.0, 32.0], 3).tolist() == [0, 1, 2]
+    feats = [torch.randn(1, 4, 40, 40), torch.randn(1, 4, 20, 20), torch.randn(1, 4, 10, 10)]
+    batch = {"bboxes": torch.tensor([[0.1, 0.1, 0.05, 0.05], [0.5, 0.5, 0.5, 0.5]]), "cls": torch.tensor([[0.], [1.]]),
+             "batch_idx": torch.tensor([0, 0])}
+    per_level = level_samples(feats, [8.0, 16.0, 32.0], batch, 2, SampleConfig(level_assign=True))
+    assert [len(y) for _, y in per_level] == [1, 0, 1]
+    every = level_samples(feats, [8.0, 16.0, 32.0], batch, 2, SampleConfig())
+    assert [len(y) for _, y in every] == [2, 2, 2]

@@ -146,7 +146,8 @@ class YOLOLDAC:
         ratio_free = cfg.get("ratio_free", False)
         criterion = None if ratio_free else build_criterion(
             cfg["method"], seed=cfg["seed"], alpha=cfg["ld_alpha"], beta=cfg["cov_beta"], gamma=cfg["align_gamma"],
-            pool=cfg["pool"], background=cfg["background"], rho=cfg["rho"])
+            pool=cfg["pool"], background=cfg["background"], rho=cfg["rho"], tracer=cfg["tracer"],
+            level_assign=cfg["level_assign"])
         if criterion is not None and criterion.needs_data and data_dict is None:
             raise LDACError(f"method '{cfg['method']}' needs data=... for calibration")
 

@@ -213,6 +213,10 @@ def _validate(cfg: dict, explicit: dict) -> None:
     for key in ("ld_alpha", "cov_beta", "align_gamma"):
         if not (_is_number(cfg[key]) and cfg[key] >= 0):
             raise LDACError(f"{key} must be a number >= 0, got {cfg[key]!r}")
+    if cfg["tracer"] not in ("gradient", "weights"):
+        raise LDACError(f"tracer must be gradient or weights, got {cfg['tracer']!r}")
+    if not isinstance(cfg["level_assign"], bool):
+        raise LDACError(f"level_assign must be True or False, got {cfg['level_assign']!r}")
     if cfg["pool"] not in ("max", "mean"):
         raise LDACError(f"pool must be max or mean, got {cfg['pool']!r}")
     _check_int(cfg, "background", 0)

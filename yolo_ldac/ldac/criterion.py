@@ -49,10 +49,16 @@ class LDACCriterion(Criterion):
     train_before_first_step = True
 
     def __init__(self, seed: int = 0, alpha: float = 0.05, beta: float = 0.01, gamma: float = 1e-3,
-                 pool: str = "max", background: int = 0, rho: float = 0.1, **kw: object):
+                 pool: str = "max", background: int = 0, rho: float = 0.1, tracer: str = "gradient",
+                 level_assign: bool = False, **kw: object):
         super().__init__(seed=seed)
+        if tracer not in ("gradient", "weights"):
+            from yolo_ldac.errors import LDACError
+
+            raise LDACError(f"tracer must be gradient or weights, got {tracer!r}")
+        self.tracer = tracer
         self.alpha, self.beta, self.gamma = alpha, beta, gamma
-        self.samples = SampleConfig(pool=pool, background=background, rho=rho)
+        self.samples = SampleConfig(pool=pool, background=background, rho=rho, level_assign=level_assign)
         self.scores: dict[nn.Conv2d, torch.Tensor] = {}
         self.level_objective: list[float] = []
         self.align_masks: dict[str, torch.Tensor] = {}
@@ -68,7 +74,7 @@ class LDACCriterion(Criterion):
             LOGGER.info(f"LDAC: one class in the data, background cells ({SINGLE_CLASS_BACKGROUND} per image) "
                         "become the second class")
             self._warned_single = True
-        return SampleConfig(self.samples.pool, SINGLE_CLASS_BACKGROUND, self.samples.rho)
+        return SampleConfig(self.samples.pool, SINGLE_CLASS_BACKGROUND, self.samples.rho, self.samples.level_assign)
 
     def prepare(self, model: nn.Module, batches: Iterable[dict], snapshot: str | None = None) -> None:
         """Trace J over ``batches``: per-channel scores of every Conv block, and J per level."""
@@ -103,7 +109,7 @@ class LDACCriterion(Criterion):
                     snap_x.append(samples[0][0].detach().cpu())
                     snap_y.append(samples[0][1].cpu())
                     j = sum(objective_per_level(samples, int(model.model[-1].nc), cfg))
-                    if not j.requires_grad:
+                    if self.tracer != "gradient" or not j.requires_grad:
                         continue
                     mods = list(acts)
                     grads = torch.autograd.grad(j, [acts[m] for m in mods], allow_unused=True)
@@ -115,6 +121,13 @@ class LDACCriterion(Criterion):
             for h in handles:
                 h.remove()
             model.train(was_training)
+        if self.tracer == "weights" and stats:
+            from yolo_ldac.ldac.backproject import backproject_scores
+
+            utilities = [st.channel_utility(rho=cfg.rho).float() if st.num_samples else
+                         torch.zeros(st.sums.shape[1]) for st in stats]
+            images = torch.cat([b["img"] for b in batches][:1]).to(device)
+            sums = backproject_scores(model, wrappers, images, utilities)
         self.scores = {conv: (s / s.mean()).float() if s.mean() > 0 else s.float() for conv, s in sums.items()}
         self.level_objective = [st.objective(cfg.rho) if st.num_samples else 0.0 for st in stats]
         if snap_x:

@@ -23,6 +23,7 @@ class SampleConfig:
     pool: str = "max"
     background: int = 0
     rho: float = 0.1
+    level_assign: bool = False  # a box feeds only the level matching its size (<8, <16, >=16 strides of P3)
 
 
 def boxes_in_pixels(batch: dict, imgsz_hw: tuple[int, int], device) -> tuple[Tensor, Tensor, Tensor]:
@@ -65,16 +66,27 @@ def level_samples(feats: list[Tensor], strides: list[float], batch: dict, num_cl
     """(samples, labels) for every level; background samples get label ``num_classes`` when enabled."""
     h, w = feats[0].shape[2] * strides[0], feats[0].shape[3] * strides[0]
     boxes, cls, idx = boxes_in_pixels(batch, (int(h), int(w)), feats[0].device)
+    level = assigned_level(boxes, strides, len(feats)) if cfg.level_assign else None
     out = []
-    for feat, stride in zip(feats, strides):
-        x = box_samples(feat, float(stride), boxes, idx, pool=cfg.pool)
-        y = cls
+    for li, (feat, stride) in enumerate(zip(feats, strides)):
+        keep = slice(None) if level is None else level == li
+        x = box_samples(feat, float(stride), boxes[keep], idx[keep], pool=cfg.pool)
+        y = cls[keep]
         if cfg.background > 0:
             bg = background_samples(feat, float(stride), boxes, idx, cfg.background)
             x = torch.cat([x, bg])
-            y = torch.cat([cls, torch.full((len(bg),), num_classes, dtype=torch.long, device=cls.device)])
+            y = torch.cat([y, torch.full((len(bg),), num_classes, dtype=torch.long, device=cls.device)])
         out.append((x, y))
     return out
+
+
+def assigned_level(boxes_xyxy: Tensor, strides: list[float], n_levels: int) -> Tensor:
+    """Level of each box by size: sqrt(area) below 8 P3 strides -> P3, below 16 -> P4, else P5 (for stride 8:
+    64 and 128 px, the usual YOLO split)."""
+    wh = (boxes_xyxy[:, 2:] - boxes_xyxy[:, :2]).clamp(min=1e-6)
+    size = wh.prod(dim=1).sqrt()
+    level = torch.floor(torch.log2(size / (8 * float(strides[0])))) + 1
+    return level.clamp(0, n_levels - 1).long()
 
 
 def total_classes(num_classes: int, cfg: SampleConfig) -> int:
