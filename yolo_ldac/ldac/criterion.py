@@ -48,7 +48,7 @@ class LDACCriterion(Criterion):
     needs_data = True
     train_before_first_step = True
 
-    def __init__(self, seed: int = 0, alpha: float = 0.05, beta: float = 0.01, gamma: float = 1e-3,
+    def __init__(self, seed: int = 0, alpha: float = 0.01, beta: float = 0.01, gamma: float = 1e-4,
                  pool: str = "max", background: int = 0, rho: float = 0.1, tracer: str = "gradient",
                  level_assign: bool = False, **kw: object):
         super().__init__(seed=seed)

@@ -25,7 +25,7 @@ class LDACDetectionLoss(v8DetectionLoss):
         samples: sampling and ridge settings.
     """
 
-    def __init__(self, model, alpha: float = 0.05, beta: float = 0.01, gamma: float = 1e-3,
+    def __init__(self, model, alpha: float = 0.01, beta: float = 0.01, gamma: float = 1e-4,
                  align: list | None = None, samples: SampleConfig | None = None):
         super().__init__(model)
         self.alpha, self.beta, self.gamma = alpha, beta, gamma
