@@ -228,3 +228,17 @@ def test_no_ultralytics_import():
         "assert 'ultralytics' not in sys.modules, 'ultralytics imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_batch_objective_sw_prior_mixing():
+    import torch
+
+    from yolo_ldac.ldac.stats import batch_objective, within_scatter
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(30, 5, generator=g, dtype=torch.float64)
+    y = torch.arange(30) % 3
+    sw = within_scatter(x, y, 3)
+    # mixing the batch's own Sw changes nothing; a larger prior Sw lowers J
+    assert float(batch_objective(x, y, 3, sw_prior=sw, prior_weight=0.5)) == pytest.approx(float(batch_objective(x, y, 3)))
+    assert float(batch_objective(x, y, 3, sw_prior=4 * sw, prior_weight=0.5)) < float(batch_objective(x, y, 3))

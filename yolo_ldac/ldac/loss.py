@@ -32,6 +32,7 @@ class LDACDetectionLoss(v8DetectionLoss):
         self.align = align or []
         self.samples = samples or SampleConfig()
         self.num_classes = int(model.model[-1].nc)
+        self.running_sw: list = []  # EMA of Sw per level, mixed in for batches with few samples per class
 
     def __call__(self, preds, batch):
         out = self.parse_output(preds)
@@ -43,7 +44,7 @@ class LDACDetectionLoss(v8DetectionLoss):
         if self.alpha or self.beta:
             samples = level_samples(feats, self.stride.tolist(), batch, self.num_classes, self.samples)
             if self.alpha:
-                ld = -sum(objective_per_level(samples, self.num_classes, self.samples))
+                ld = -sum(objective_per_level(samples, self.num_classes, self.samples, self.running_sw))
             if self.beta:
                 cov = sum(decorrelation(x) for x, _ in samples) / len(samples)
         align = zero

@@ -93,14 +93,31 @@ def total_classes(num_classes: int, cfg: SampleConfig) -> int:
     return num_classes + (1 if cfg.background > 0 else 0)
 
 
-def objective_per_level(samples: list[tuple[Tensor, Tensor]], num_classes: int, cfg: SampleConfig) -> list[Tensor]:
+def objective_per_level(samples: list[tuple[Tensor, Tensor]], num_classes: int, cfg: SampleConfig,
+                        running_sw: list | None = None, momentum: float = 0.9, min_per_class: int = 4) -> list[Tensor]:
     """Differentiable J of every level, divided by the number of discriminant directions (classes present - 1),
-    so that levels and data sets with different class counts weigh alike."""
+    so that levels and data sets with different class counts weigh alike.
+
+    With ``running_sw`` (a list, one slot per level, updated in place) an EMA of Sw is kept; a batch where some
+    present class has fewer than ``min_per_class`` samples mixes it in half and half (no gradient through it).
+    """
+    from yolo_ldac.ldac.stats import within_scatter
+
     k = total_classes(num_classes, cfg)
     out = []
-    for x, y in samples:
+    for li, (x, y) in enumerate(samples):
         present = int(torch.unique(y).numel()) if len(y) else 0
-        j = batch_objective(x.float(), y, k, rho=cfg.rho)
+        prior, weight = None, 0.0
+        if running_sw is not None and len(y):
+            while len(running_sw) <= li:
+                running_sw.append(None)
+            sw = within_scatter(x.float(), y, k)
+            prev = running_sw[li]
+            running_sw[li] = sw if prev is None or prev.shape != sw.shape else momentum * prev + (1 - momentum) * sw
+            counts = torch.bincount(y, minlength=k)
+            if prev is not None and prev.shape == sw.shape and int(counts[counts > 0].min()) < min_per_class:
+                prior, weight = running_sw[li], 0.5
+        j = batch_objective(x.float(), y, k, rho=cfg.rho, sw_prior=prior, prior_weight=weight)
         out.append(j / max(present - 1, 1))
     return out
 

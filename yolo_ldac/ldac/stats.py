@@ -220,11 +220,14 @@ class DiscriminantStats:
             raise RuntimeError("no statistics yet: call update() first or pass num_channels")
 
 
-def batch_objective(x: Tensor, y: Tensor, num_classes: int, rho: float = 1e-3) -> Tensor:
+def batch_objective(x: Tensor, y: Tensor, num_classes: int, rho: float = 1e-3, sw_prior: Optional[Tensor] = None,
+                    prior_weight: float = 0.0) -> Tensor:
     """Differentiable J of one batch, in x's dtype (scalar; gradients flow to x).
 
     Same definition as `DiscriminantStats.objective` (Sw computed directly from class-centred samples).
     Returns a zero that is still attached to x's graph when fewer than 2 classes are present.
+    ``sw_prior`` (a running estimate of Sw, no gradient) is mixed in as
+    ``(1 - prior_weight) * Sw_batch + prior_weight * sw_prior`` for batches with too few samples per class.
     """
     _check_xy(x, y, num_classes)
     y = y.to(device=x.device, dtype=torch.long)
@@ -241,5 +244,17 @@ def batch_objective(x: Tensor, y: Tensor, num_classes: int, rho: float = 1e-3) -
     Sw = xw.T @ xw / N
     d = (mu_k - mu) * torch.sqrt(counts / N)[:, None]
     Sb = d.T @ d
+    if sw_prior is not None and prior_weight > 0:
+        Sw = (1 - prior_weight) * Sw + prior_weight * sw_prior.detach().to(Sw)
     A = Sw + ridge_value(Sw, St, rho) * torch.eye(C, dtype=x.dtype, device=x.device)
     return torch.trace(torch.linalg.solve(A, Sb))
+
+
+def within_scatter(x: Tensor, y: Tensor, num_classes: int) -> Tensor:
+    """Sw of one batch (class-centred second moment, normalised by the sample count), without gradient."""
+    x = x.detach()
+    y = y.to(device=x.device, dtype=torch.long)
+    counts = torch.bincount(y, minlength=num_classes).to(x.dtype).clamp(min=1.0)
+    mu_k = torch.zeros(num_classes, x.shape[1], dtype=x.dtype, device=x.device).index_add(0, y, x) / counts[:, None]
+    xw = x - mu_k[y]
+    return xw.T @ xw / max(len(x), 1)
