@@ -51,10 +51,11 @@ def main() -> None:
         plots=False,
     )
     b, a = result.before.get("map50_95"), result.after.get("map50_95")
+    epochs = sum(len(f.read_text().strip().splitlines()) - 1 for f in result.run_dir.rglob("results.csv"))
     if b is not None and a is not None:
         verdict = "kept" if a >= b - 0.005 else "lost"
         print(f"\nmAP50-95 {b:.3f} -> {a:.3f}: {verdict} {abs(a - b) * 100:.1f} points with "
-              f"{result.removed['flops_pct']:.1f} % fewer FLOPs after {args.epochs + 1} epochs of training "
+              f"{result.removed['flops_pct']:.1f} % fewer FLOPs after {epochs} epochs of training "
               f"on {64} images at {args.imgsz} px (a smoke test, not a benchmark).")
     print(f"Report: {result.run_dir / 'report.md'}\nWeights: {result.best}")
 
