@@ -17,7 +17,7 @@ RUN_ENV := OMP_NUM_THREADS=1 YOLO_OFFLINE=1 YOLO_AUTOINSTALL=False YOLO_CONFIG_D
 
 PYTEST_ARGS ?=
 
-.PHONY: install test demo clean distclean
+.PHONY: install test demo bench-data clean distclean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ test: install
 demo: install
 	@mkdir -p .cache/ultralytics
 	$(RUN_ENV) $(PY) examples/demo.py
+
+# Real photos for the composite benchmark set: Debian's opencv-doc ships ~100 stills and vtest.avi (needs root).
+bench-data:
+	apt-get update -qq && apt-get install -y -qq opencv-doc
 
 # Build and run outputs. The virtual environment is kept: `make distclean` removes it too.
 clean:
