@@ -212,3 +212,4 @@ def test_level_assignment_by_size():
     assert [len(y) for _, y in per_level] == [1, 0, 1]
     every = level_samples(feats, [8.0, 16.0, 32.0], batch, 2, SampleConfig())
     assert [len(y) for _, y in every] == [2, 2, 2]
+

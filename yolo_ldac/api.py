@@ -200,15 +200,18 @@ class YOLOLDAC:
                                  compensate=cfg["compensate"] and bool(calib), tolerance=cfg["tolerance"])
 
         for i in bar:
-            if cfg["epochs_per_round"] > 0 and (i > 1 or criterion.train_before_first_step):
+            trained = cfg["epochs_per_round"] > 0 and (i > 1 or criterion.train_before_first_step)
+            if trained:
                 t = time.perf_counter()
                 criterion.before_push(model, make_pruner(model), cfg["ratio"] * i / n_rounds, calib)
                 model = train(model, cfg, ultra, epochs=int(cfg["epochs_per_round"]), run_dir=run_dir, name=f"round{i}",
                               criterion=criterion)
                 timings["train"] += time.perf_counter() - t
             t = time.perf_counter()
-            map_before = validate(model, cfg, ultra) if (cfg["val_steps"] and data_dict is not None and i > 1) else (
-                before_metrics if i == 1 else {})
+            if i == 1 and not trained:
+                map_before = before_metrics  # the model is still the dense one validated above
+            else:
+                map_before = validate(model, cfg, ultra) if (cfg["val_steps"] and data_dict is not None) else {}
             step = make_pruner(model).step(cfg["ratio"] * i / n_rounds, calib)
             timings["prune"] += time.perf_counter() - t
             map_after = validate(model, cfg, ultra) if (cfg["val_steps"] and data_dict is not None) else {}
