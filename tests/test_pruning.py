@@ -250,3 +250,23 @@ def test_l2_removes_low_norm_channels():
     survivors_match_low = [bool(torch.isclose(w, f).flatten(1).all(1).any()) for f in low_filters]
     assert not any(survivors_match_low), "a scaled-down filter survived l2 pruning"
     assert torch.equal(w, kept_filters)  # the others survive, in order
+
+
+@pytest.mark.parametrize("method", sorted(CRITERIA))
+def test_every_criterion_prunes_a_frozen_model(method, batches):
+    """Ultralytics' checkpoint loader returns models with every parameter frozen (requires_grad False): the
+    state a model is in after each training phase of the schedule. Every criterion must still score it."""
+    torch.manual_seed(0)
+    from ultralytics.nn.tasks import DetectionModel
+
+    model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    rewrite_split_blocks(model)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    prot = protected_layers(model)
+    dense = measure(model, 128, protected=prot)
+    pruner = ChannelPruner(model, build_criterion(method), dense, layer_channels(model), prot, imgsz=128)
+    result = pruner.step(0.2, batches)
+    assert abs(result.reached_ratio - 0.2) <= 0.01
+    model.eval()
+    model(torch.rand(1, 3, 64, 64))

@@ -151,12 +151,19 @@ class TaylorCriterion(_Delegating):
 
         model.zero_grad(set_to_none=True)
         was_training = model.training
+        # Ultralytics' checkpoint loader freezes every parameter: Taylor needs their gradients.
+        frozen = [p for p in model.parameters() if not p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(True)
         model.eval()  # gradients without touching BN running statistics
         try:
-            for batch in batches:
-                detection_loss(model, batch).backward()
+            with torch.enable_grad():
+                for batch in batches:
+                    detection_loss(model, batch).backward()
         finally:
             model.train(was_training)
+            for p in frozen:
+                p.requires_grad_(False)
 
 
 # Criteria defined in other modules register themselves on import.
