@@ -213,3 +213,29 @@ def test_level_assignment_by_size():
     every = level_samples(feats, [8.0, 16.0, 32.0], batch, 2, SampleConfig())
     assert [len(y) for _, y in every] == [2, 2, 2]
 
+
+
+def test_head_inner_convs_fall_back_to_group_norm(calib_batches):
+    """J is measured at the head inputs: the head's own convolutions get no gradient from it, so they must not be
+    ranked as worthless (which would prune the box and class branches first)."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_ldac.nn.adapter import protected_layers, rewrite_split_blocks
+    from yolo_ldac.pruning.engine import build_graph
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolov8n.yaml", nc=3, verbose=False)
+    rewrite_split_blocks(model)
+    crit = LDACCriterion()
+    crit.prepare(model, calib_batches)
+    head = model.model[-1]
+    graph = build_graph(model)
+    seen = 0
+    for group in graph.get_all_groups(ignored_layers=protected_layers(model), root_module_types=[nn.Conv2d]):
+        root = group[0].dep.target.module
+        if any(root is m for m in head.modules()):
+            assert torch.equal(crit.scores[root], torch.zeros_like(crit.scores[root]))  # the raw trace is blind
+            scores = crit(group)
+            assert torch.isfinite(scores).all() and scores.sum() > 0
+            seen += 1
+    assert seen > 0

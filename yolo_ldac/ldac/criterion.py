@@ -4,7 +4,8 @@
 convolution (its activation after BN and SiLU), where J is the summed location-aware objective at the head
 inputs. Autograd carries J back through concat, residual adds and splits, so no hand-written graph walk is
 needed. Scores are normalised per layer (divided by the layer's mean) and averaged over the coupled layers of a
-dependency group. Before each push phase the criterion also marks the channels the next prune step would
+dependency group. The head's inner convolutions lie downstream of the head inputs, where J is measured, so
+J cannot rank them: their groups are scored by the group L2 norm (DepGraph) instead. Before each push phase the criterion also marks the channels the next prune step would
 remove; the push loss's alignment term drives their BN scales to zero, so the fold makes their removal exact.
 
 Example:
@@ -129,6 +130,9 @@ class LDACCriterion(Criterion):
             images = torch.cat([b["img"] for b in batches][:1]).to(device)
             sums = backproject_scores(model, wrappers, images, utilities)
         self.scores = {conv: (s / s.mean()).float() if s.mean() > 0 else s.float() for conv, s in sums.items()}
+        # Convolutions inside the head sit downstream of the head inputs where J is measured: J cannot rank them
+        # (their gradient is exactly zero), so their groups fall back to the group L2 norm (see __call__).
+        self.head_convs = {m for m in model.model[-1].modules() if isinstance(m, nn.Conv2d)}
         self.level_objective = [st.objective(cfg.rho) if st.num_samples else 0.0 for st in stats]
         if snap_x:
             self.last_samples = (torch.cat(snap_x), torch.cat(snap_y), k)
@@ -136,6 +140,8 @@ class LDACCriterion(Criterion):
                 self.projections.append((snapshot, *self.last_samples[:2]))
 
     def __call__(self, group) -> torch.Tensor:
+        if group[0].dep.target.module in getattr(self, "head_convs", ()):
+            return self._head_fallback(group)
         n = len(group[0].idxs)
         total = torch.zeros(n)
         count = torch.zeros(n)
@@ -149,6 +155,8 @@ class LDACCriterion(Criterion):
                 total.index_add_(0, ridx[ok], scores[idxs[ok]])
                 count.index_add_(0, ridx[ok], torch.ones(int(ok.sum())))
         return total / count.clamp(min=1)
+
+    _head_fallback = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer="mean")
 
     # --- schedule hooks -------------------------------------------------------------------------------------
     def before_push(self, model: nn.Module, pruner, next_ratio: float, batches: list[dict]) -> None:
