@@ -168,3 +168,5 @@ class TaylorCriterion(_Delegating):
 
 # Criteria defined in other modules register themselves on import.
 import yolo_ldac.ldac.criterion  # noqa: E402,F401
+import yolo_ldac.pruning.rank_criteria  # noqa: E402,F401
+import yolo_ldac.pruning.fisher_px  # noqa: E402,F401
