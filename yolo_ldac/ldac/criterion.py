@@ -24,9 +24,8 @@ import torch_pruning as tp
 
 from yolo_ldac.ldac.objective import SampleConfig, level_samples, objective_per_level, total_classes
 from yolo_ldac.ldac.stats import DiscriminantStats
-from yolo_ldac.pruning.criteria import Criterion, register_criterion
+from yolo_ldac.pruning.criteria import OUT_FNS, Criterion, group_mean_of_channel_scores, register_criterion  # noqa: F401
 
-OUT_FNS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels)
 SINGLE_CLASS_BACKGROUND = 16  # background cells per image when the data has one class
 
 
@@ -142,19 +141,8 @@ class LDACCriterion(Criterion):
     def __call__(self, group) -> torch.Tensor:
         if group[0].dep.target.module in getattr(self, "head_convs", ()):
             return self._head_fallback(group)
-        n = len(group[0].idxs)
-        total = torch.zeros(n)
-        count = torch.zeros(n)
-        for item in group:
-            mod = item.dep.target.module
-            if item.dep.handler in OUT_FNS and mod in self.scores:
-                scores = self.scores[mod]
-                idxs = torch.as_tensor([int(i) for i in item.idxs], dtype=torch.long)
-                ridx = torch.as_tensor([int(i) for i in item.root_idxs], dtype=torch.long)
-                ok = (idxs < len(scores)) & (ridx < n)
-                total.index_add_(0, ridx[ok], scores[idxs[ok]])
-                count.index_add_(0, ridx[ok], torch.ones(int(ok.sum())))
-        return total / count.clamp(min=1)
+        scores = group_mean_of_channel_scores(group, self.scores)
+        return scores if scores is not None else torch.zeros(len(group[0].idxs))
 
     _head_fallback = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer="mean")
 

@@ -36,9 +36,8 @@ import torch_pruning as tp
 
 from yolo_ldac.errors import LDACError
 from yolo_ldac.pruning.complexity import conv_flops
-from yolo_ldac.pruning.criteria import Criterion, register_criterion
+from yolo_ldac.pruning.criteria import OUT_FNS, Criterion, register_criterion
 
-OUT_FNS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels)
 IN_FNS = (tp.prune_conv_in_channels,)
 
 

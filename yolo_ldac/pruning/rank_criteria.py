@@ -24,33 +24,12 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from yolo_ldac.pruning.criteria import Criterion, register_criterion
-
-OUT_FNS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels)
-
-
-def group_mean_of_channel_scores(group, scores: dict[nn.Module, torch.Tensor]) -> torch.Tensor | None:
-    """Mean, over the out-channel items of ``group`` whose module has per-channel ``scores``, of those scores.
-
-    Each item's ``idxs`` index the module's channels and its ``root_idxs`` the group's (root) channels; a conv
-    coupled twice (e.g. through a concat) counts twice. Returns ``None`` when no item of the group is scored.
-    """
-    n = len(group[0].idxs)
-    total = torch.zeros(n)
-    count = torch.zeros(n)
-    for item in group:
-        mod = item.dep.target.module
-        if item.dep.handler in OUT_FNS and mod in scores:
-            s = scores[mod]
-            idxs = torch.as_tensor([int(i) for i in item.idxs], dtype=torch.long)
-            ridx = torch.as_tensor([int(i) for i in item.root_idxs], dtype=torch.long)
-            ok = (idxs < len(s)) & (ridx < n)
-            total.index_add_(0, ridx[ok], s[idxs[ok]].float())
-            count.index_add_(0, ridx[ok], torch.ones(int(ok.sum())))
-    if not bool((count > 0).any()):
-        return None
-    return total / count.clamp(min=1)
-
+from yolo_ldac.pruning.criteria import (  # noqa: F401  (re-exported for callers of this module)
+    OUT_FNS,
+    Criterion,
+    group_mean_of_channel_scores,
+    register_criterion,
+)
 
 def feature_map_rank(x: torch.Tensor) -> torch.Tensor:
     """Rank of every (H, W) map of ``x`` (B, C, H, W) -> (B, C) float, with torch's default tolerance
