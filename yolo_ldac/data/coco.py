@@ -32,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from yolo_ldac.data.kitti import _check_out_dir, _link_or_copy, _prepare_out_dir
+from yolo_ldac.data._common import run_cli
 from yolo_ldac.errors import LDACError
 
 LOGGER = logging.getLogger(__name__)
@@ -278,15 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--copy", action="store_true", help="copy images instead of symlinking them")
     parser.add_argument("--segments", action="store_true", help="write polygon (segmentation) labels")
     args = parser.parse_args(argv)
-    if not LOGGER.handlers and not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        path = convert_coco(args.json, args.images, args.out, use_segments=args.segments, copy=args.copy)
-    except LDACError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    return run_cli(lambda: convert_coco(args.json, args.images, args.out, use_segments=args.segments,
+                                        copy=args.copy), LOGGER)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 import yaml
 
+from yolo_ldac.data._common import clear_split_files
 from yolo_ldac.errors import LDACError
 
 LOGGER = logging.getLogger(__name__)
@@ -580,13 +581,7 @@ def build_composite(
         }
 
     out_dir = Path(out_dir).expanduser().resolve()
-    for sub in ("images", "labels", "masks"):
-        for split in ("train", "val"):
-            d = out_dir / sub / split
-            if d.is_dir():
-                for f in d.iterdir():
-                    if f.is_file():
-                        f.unlink()
+    clear_split_files(out_dir, ("images", "labels", "masks"))
     counts = {}
     for si, (split, n) in enumerate((("train", n_train), ("val", n_val))):
         pools, bgs = data[split]

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import yaml
 
+from yolo_ldac.data._common import run_cli
 from yolo_ldac.errors import LDACError
 
 LOGGER = logging.getLogger(__name__)
@@ -397,24 +398,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--copy", action="store_true", help="copy images instead of symlinking them")
     args = parser.parse_args(argv)
-    if not LOGGER.handlers and not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
+    def build() -> Path:
         class_map = None if args.class_map is None else _parse_class_map_arg(args.class_map)
-        path = convert_kitti(
-            args.root,
-            args.out,
-            class_map=class_map,
-            val_fraction=args.val_fraction,
-            seed=args.seed,
-            split_file=args.split_file,
-            copy=args.copy,
-        )
-    except LDACError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+        return convert_kitti(args.root, args.out, class_map=class_map, val_fraction=args.val_fraction,
+                             seed=args.seed, split_file=args.split_file, copy=args.copy)
+
+    return run_cli(build, LOGGER)
 
 
 if __name__ == "__main__":

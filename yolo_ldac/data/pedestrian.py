@@ -49,6 +49,7 @@ import numpy as np
 import yaml
 
 from yolo_ldac.data.composite import _OPENCV_DOC, _file_sha256
+from yolo_ldac.data._common import clear_split_files, run_cli
 from yolo_ldac.errors import LDACError
 
 LOGGER = logging.getLogger(__name__)
@@ -254,13 +255,7 @@ def build_pedestrian(
     n_train = min(len(frames) - 1, max(1, int(round(_TRAIN_FRAC * len(frames)))))
 
     (out_dir / META_FILE).unlink(missing_ok=True)  # an interrupted build is never taken as cached
-    for sub in ("images", "labels"):
-        for split in ("train", "val"):
-            d = out_dir / sub / split
-            if d.is_dir():
-                for f in d.iterdir():
-                    if f.is_file():
-                        f.unlink()
+    clear_split_files(out_dir)
     for f in (out_dir / "labels").glob("*.cache") if (out_dir / "labels").is_dir() else ():
         f.unlink()
 
@@ -327,16 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--weights", default=None, help="COCO detector checkpoint (default yolo11n-coco.pt)")
     parser.add_argument("--max-frames", type=int, default=None, help="use at most N selected frames")
     args = parser.parse_args(argv)
-    if not LOGGER.handlers and not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        path = build_pedestrian(args.out, video=args.video, every=args.every, imgsz=args.imgsz, conf=args.conf,
-                                weights=args.weights, max_frames=args.max_frames)
-    except LDACError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    return run_cli(lambda: build_pedestrian(args.out, video=args.video, every=args.every, imgsz=args.imgsz,
+                                            conf=args.conf, weights=args.weights, max_frames=args.max_frames), LOGGER)
 
 
 if __name__ == "__main__":
