@@ -1,23 +1,28 @@
-"""Export pruned detectors through Ultralytics' exporter, with an ONNX-vs-PyTorch parity check on a real image.
+"""Export (pruned) detectors for edge runtimes and check every export against PyTorch before handing it over.
 
-A pruned model is an ordinary Ultralytics ``DetectionModel`` with narrower convolutions, so Ultralytics' own
-exporter handles it (ONNX, OpenVINO, TensorRT, ...). For ONNX the exported graph is then run with onnxruntime on a
-real, letterboxed image and compared with the PyTorch model, so a broken export fails loudly instead of shipping.
+Formats with a runtime check (:mod:`yolo_ldac.deploy.runtimes`): ``onnx`` (ONNX Runtime), ``litert`` (alias
+``tflite``; LiteRT, converted by litert-torch, no TensorFlow) and ``openvino``, each in ``fp32``, ``fp16``
+(``half=True``) or ``int8`` (``int8=True``, calibrated on images of ``data``'s train split). Any other Ultralytics
+format (``torchscript``, ``engine``, ...) is exported as Ultralytics does it, without the runtime check.
 
-Parity metrics (see :func:`check_onnx_parity`), with ``a`` the PyTorch output and ``b`` the ONNX output:
+Every export is written to a temporary folder, checked there, and only then moved next to the model, named by its
+precision (``best.onnx``, ``best_fp16.onnx``, ``best_int8.onnx``, ``best_int8.tflite``,
+``best_fp16_openvino_model/``, ...), so a failed export never replaces a good one. Checks
+(:mod:`yolo_ldac.deploy.parity`):
 
-- ``max_abs_diff``: ``max |a - b|``.
-- ``max_rel_diff``: ``max |a - b| / max |a|``, i.e. relative to the output's largest magnitude. This is robust to
-  near-zero entries (an elementwise ratio explodes on them). A detector's output concatenates box coordinates (in
-  pixels, up to ``imgsz``) and class scores (0..1): each part is measured against its own largest magnitude and the
-  worse of the two is reported, so a score error cannot hide behind the scale of the boxes. The check passes when
-  ``max_rel_diff <= rtol``.
-- ``max_elem_rel_diff``: the elementwise ``max |a - b| / (|a| + 1e-3 * max |a|)`` (per part likewise); reported for
-  diagnosis, not used for pass/fail.
+1. raw outputs against PyTorch on real images (Ultralytics' bus.jpg and zidane.jpg, plus two val images when
+   ``data`` is given), with the precision's tolerance;
+2. with ``data``: mAP50-95 of the exported file on the val set against PyTorch's (0.5 points for fp32/fp16,
+   2 points for int8).
+
+LiteRT has no fp16 file in Ultralytics 8.4 (its runtime casts an fp32 model to fp16 on GPU delegates); ``half=True``
+for ``litert`` writes the fp32 model with its weights stored as float16 (ai-edge-quantizer's float casting), the
+classic TFLite "float16 quantization": half the file size, computed in fp32 on CPU and in fp16 on GPU delegates.
 
 Example:
     >>> from yolo_ldac.export import export_model
-    >>> onnx_path = export_model("runs/prune/best.pt", format="onnx", imgsz=640)  # raises LDACError on mismatch
+    >>> export_model("runs/ldac/exp/weights/best.pt", format="litert", int8=True, data="kitti.yaml", imgsz=640)
+    PosixPath('runs/ldac/exp/weights/best_int8.tflite')
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ import importlib.util
 import logging
 import shutil
 import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +41,52 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from yolo_ldac.deploy.parity import (  # noqa: F401  (parity_metrics, preprocess_image: public API of this module)
+    check_map_parity,
+    check_raw_parity,
+    parity_metrics,
+    shape2,
+    val_images,
+    validate_map,
+)
+from yolo_ldac.deploy.parity import preprocess_image as _preprocess
 from yolo_ldac.errors import LDACError
 
 LOGGER = logging.getLogger(__name__)
 
-ELEM_FLOOR = 1e-3  # floor of the elementwise relative difference's denominator, as a fraction of max |a|
-_EPS = 1e-12
+FORMAT_ALIASES = {"tflite": "litert"}
+CHECKED_FORMATS = ("onnx", "litert", "openvino")  # formats whose runtime the parity check runs
+PRECISIONS = ("fp32", "fp16", "int8")
+INT8_CALIB_IMAGES = 300  # calibration images for int8 (Ultralytics recommends >= 300)
+
+# What each format needs beyond the base install to export, per precision; the pip extra that installs it.
+EXPORT_REQUIREMENTS: dict[str, dict[str, tuple[tuple[str, ...], str]]] = {
+    "litert": {
+        "fp32": (("litert_torch", "ai_edge_litert"), "litert"),
+        "fp16": (("litert_torch", "ai_edge_litert", "ai_edge_quantizer"), "litert"),
+        "int8": (("litert_torch", "ai_edge_litert", "ai_edge_quantizer"), "litert"),
+    },
+    "openvino": {
+        "fp32": (("openvino",), "openvino"),
+        "fp16": (("openvino",), "openvino"),
+        "int8": (("openvino", "nncf"), "openvino"),
+    },
+}
+
+
+@dataclass
+class ExportResult:
+    """An export and its checks (``parity``: raw outputs; ``accuracy``: mAP against PyTorch, when data was given)."""
+
+    path: Path
+    format: str
+    precision: str
+    imgsz: int | tuple[int, int]
+    size_mb: float
+    seconds: float
+    parity: dict | None = None
+    accuracy: dict | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def _first_line(e: BaseException) -> str:
@@ -46,71 +94,65 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
-def _default_image() -> Path:
-    from ultralytics.utils import ASSETS
-
-    return Path(ASSETS) / "bus.jpg"
-
-
-def _shape2(imgsz: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    if isinstance(imgsz, (list, tuple)):
-        if len(imgsz) == 1:
-            return int(imgsz[0]), int(imgsz[0])
-        return int(imgsz[0]), int(imgsz[1])
-    return int(imgsz), int(imgsz)
+def normalise_format(fmt: str) -> str:
+    """``fmt`` lower-cased, with ``tflite`` read as ``litert``."""
+    f = str(fmt).strip().lower()
+    return FORMAT_ALIASES.get(f, f)
 
 
+def precision_of(half: bool = False, int8: bool = False) -> str:
+    """``fp32``, ``fp16`` or ``int8`` from Ultralytics-style flags; both flags at once is an error."""
+    if half and int8:
+        raise LDACError("half=True and int8=True exclude each other: pick one precision")
+    return "int8" if int8 else "fp16" if half else "fp32"
+
+
+def export_name(stem: str, fmt: str, precision: str) -> str:
+    """File (or folder) name of an export: ``best.onnx``, ``best_fp16.tflite``, ``best_int8_openvino_model``, ..."""
+    tag = "" if precision == "fp32" else f"_{precision}"
+    if fmt == "openvino":
+        return f"{stem}{tag}_openvino_model"
+    ext = {"onnx": ".onnx", "litert": ".tflite"}.get(fmt)
+    if ext is None:
+        raise LDACError(f"no file name rule for format '{fmt}'")
+    return f"{stem}{tag}{ext}"
+
+
+def check_export_requirements(fmt: str, precision: str) -> None:
+    """Raise :class:`LDACError` naming the pip extra when ``fmt`` at ``precision`` cannot be exported here."""
+    modules, extra = EXPORT_REQUIREMENTS.get(fmt, {}).get(precision, ((), ""))
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise LDACError(
+            f"{fmt} {precision} export needs {', '.join(missing)}, which is not installed: "
+            f"pip install 'yolo-ldac[{extra}]'"
+        )
+
+
+def split_images(data: str | Path, split: str) -> int:
+    """Number of image files in ``data``'s ``split`` (0 when it cannot be read)."""
+    from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
+
+    try:
+        folders = check_det_dataset(str(data)).get(split)
+    except Exception:
+        return 0
+    n = 0
+    for folder in folders if isinstance(folders, list) else [folders]:
+        p = Path(str(folder))
+        if p.is_dir():
+            n += sum(1 for f in p.rglob("*") if f.suffix[1:].lower() in IMG_FORMATS)
+        elif p.suffix == ".txt" and p.is_file():
+            n += sum(1 for line in p.read_text().splitlines() if line.strip())
+    return n
+
+
+# --------------------------------------------------------------------------------------------------- ONNX (legacy API)
 def preprocess_image(image: str | Path | None, imgsz: int | tuple[int, int] = 640) -> np.ndarray:
-    """Read ``image`` (default: Ultralytics' ``bus.jpg``) and return it letterboxed to ``imgsz`` as a
-    ``(1, 3, H, W)`` float32 RGB array in ``[0, 1]``, exactly as Ultralytics' predictor prepares it."""
-    import cv2
-    from ultralytics.data.augment import LetterBox
+    """``image`` (default Ultralytics' ``bus.jpg``) letterboxed to ``imgsz``: ``(1, 3, H, W)`` float32 in [0, 1]."""
+    from yolo_ldac.deploy.parity import default_images
 
-    path = Path(image) if image is not None else _default_image()
-    if not path.is_file():
-        raise LDACError(f"parity image '{path}' not found")
-    img = cv2.imread(str(path))
-    if img is None:
-        raise LDACError(f"parity image '{path}' could not be read as an image")
-    img = LetterBox(new_shape=_shape2(imgsz), auto=False, stride=32)(image=img)
-    x = img[..., ::-1].transpose(2, 0, 1)[None]  # BGR HWC -> RGB CHW, add batch
-    return np.ascontiguousarray(x, dtype=np.float32) / 255.0
-
-
-def _first_tensor(out: Any) -> torch.Tensor:
-    """The prediction tensor of a model output: Detect in eval mode returns ``(y, preds)``."""
-    while isinstance(out, (tuple, list)):
-        out = out[0]
-    if isinstance(out, dict):  # training-style outputs; not expected in eval mode
-        raise LDACError("the PyTorch model returned raw head outputs; it must be in eval mode with a Detect head")
-    if not isinstance(out, torch.Tensor):
-        raise LDACError(f"the PyTorch model returned {type(out).__name__}, not a tensor")
-    return out
-
-
-def _parts(a: np.ndarray, model: nn.Module) -> list[slice]:
-    """Channel slices measured separately: boxes and class scores of a Detect output, else the whole tensor."""
-    head = model.model[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else None
-    nc = getattr(head, "nc", None)
-    if a.ndim == 3 and nc is not None and a.shape[1] == 4 + int(nc) and not getattr(head, "end2end", False):
-        return [slice(0, 4), slice(4, None)]
-    return [slice(None)]
-
-
-def parity_metrics(a: np.ndarray, b: np.ndarray, parts: list[slice] | None = None) -> dict[str, float]:
-    """``max_abs_diff``, ``max_rel_diff`` and ``max_elem_rel_diff`` of ``b`` against the reference ``a`` (module
-    docstring); ``parts`` are channel slices (axis 1) measured against their own largest magnitude."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    max_abs = float(np.abs(a - b).max()) if a.size else 0.0
-    rel = elem = 0.0
-    for sl in parts or [slice(None)]:
-        pa, pb = (a[:, sl], b[:, sl]) if a.ndim > 1 else (a, b)
-        if not pa.size:
-            continue
-        d, scale = np.abs(pa - pb), float(np.abs(pa).max())
-        rel = max(rel, float(d.max()) / max(scale, _EPS))
-        elem = max(elem, float((d / (np.abs(pa) + max(ELEM_FLOOR * scale, _EPS))).max()))
-    return {"max_abs_diff": max_abs, "max_rel_diff": rel, "max_elem_rel_diff": elem}
+    return _preprocess(image if image is not None else default_images()[0], shape2(imgsz))
 
 
 def check_onnx_parity(
@@ -120,20 +162,9 @@ def check_onnx_parity(
     imgsz: int | tuple[int, int] = 640,
     rtol: float = 1e-3,
 ) -> dict[str, Any]:
-    """Compare ``pt_model`` (eval mode) with the ONNX file on one real image; raise :class:`LDACError` on mismatch.
-
-    Args:
-        pt_model: the PyTorch reference, e.g. ``YOLO(path).model`` (fused or not: folding BN changes outputs
-            by float rounding only).
-        onnx_path: the exported ``.onnx`` file (run with onnxruntime's CPUExecutionProvider).
-        image: a real image (default Ultralytics' ``bus.jpg``), letterboxed to ``imgsz``.
-        imgsz: input size, an int (square) or ``(h, w)``; must match a static ONNX input shape.
-        rtol: the largest accepted ``max_rel_diff`` (see the module docstring).
-
-    Returns:
-        ``{"max_abs_diff", "max_rel_diff", "max_elem_rel_diff", "rtol", "ok", "shape", "image"}``.
-    """
-    import onnxruntime as ort
+    """Compare a PyTorch model (a ``DetectionModel`` or a ``YOLO`` wrapper) with an fp32 ONNX file on one real image
+    (default bus.jpg); raise :class:`LDACError` when ``max_rel_diff > rtol``. See :func:`check_raw_parity`."""
+    from yolo_ldac.deploy.runtimes import ModuleRuntime
 
     if not isinstance(getattr(pt_model, "model", None), nn.Sequential) and isinstance(
         getattr(pt_model, "model", None), nn.Module
@@ -142,54 +173,23 @@ def check_onnx_parity(
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise LDACError(f"ONNX file '{onnx_path}' not found")
-    try:
-        sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise LDACError(f"onnxruntime cannot load '{onnx_path}' ({_first_line(e)})") from e
-    inp = sess.get_inputs()[0]
-    h, w = _shape2(imgsz)
-    static = [d for d in inp.shape[2:4]]
-    if len(static) == 2 and all(isinstance(d, int) for d in static) and tuple(static) != (h, w):
-        raise LDACError(f"'{onnx_path.name}' takes {static[0]}x{static[1]} images, not imgsz {h}x{w}")
-    x = preprocess_image(image, (h, w))
-    if isinstance(inp.shape[0], int) and inp.shape[0] > 1:  # static batch: the same image in every slot
-        x = np.repeat(x, inp.shape[0], axis=0)
-
-    param = next(pt_model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    was_training = pt_model.training
-    pt_model.eval()
-    try:
-        with torch.no_grad():
-            a = _first_tensor(pt_model(torch.from_numpy(x).to(device=device, dtype=dtype))).float().cpu().numpy()
-    except LDACError:
-        raise
-    except Exception as e:
-        raise LDACError(f"the PyTorch model failed on the parity image ({_first_line(e)})") from e
-    finally:
-        pt_model.train(was_training)
-    try:
-        b = sess.run(None, {inp.name: x.astype(np.float16) if "float16" in inp.type else x})[0]
-    except Exception as e:
-        raise LDACError(f"onnxruntime failed to run '{onnx_path.name}' ({_first_line(e)})") from e
-    b = np.asarray(b, dtype=np.float32)
-    if a.shape != b.shape:
-        raise LDACError(f"ONNX output shape {tuple(b.shape)} differs from PyTorch output shape {tuple(a.shape)}")
-    if not np.isfinite(b).all():
-        raise LDACError(f"ONNX output of '{onnx_path.name}' contains NaN or Inf")
-
-    result = {**parity_metrics(a, b, _parts(a, pt_model)), "rtol": float(rtol), "shape": list(a.shape)}
-    result["ok"] = bool(result["max_rel_diff"] <= rtol)
-    result["image"] = str(Path(image) if image is not None else _default_image())
-    if not result["ok"]:
-        raise LDACError(
-            f"ONNX parity check failed for '{onnx_path.name}': max relative difference "
-            f"{result['max_rel_diff']:.3g} > rtol {rtol:g} (max abs diff {result['max_abs_diff']:.3g})"
-        )
+    images = [image] if image is not None else None
+    if image is not None and not Path(image).is_file():
+        raise LDACError(f"parity image '{image}' not found")
+    nc = getattr(pt_model.model[-1], "nc", None) if isinstance(getattr(pt_model, "model", None), nn.Sequential) else None
+    result = check_raw_parity(ModuleRuntime(pt_model), onnx_path, images=images or _one_default(), imgsz=imgsz,
+                              precision="fp32", rtol=rtol, nc=nc)
+    result["rtol"] = float(rtol)
     return result
 
 
+def _one_default() -> list[Path]:
+    from yolo_ldac.deploy.parity import default_images
+
+    return default_images()[:1]
+
+
+# ------------------------------------------------------------------------------------------------------------ export
 def _onnxslim_available() -> bool:
     return importlib.util.find_spec("onnxslim") is not None
 
@@ -203,36 +203,220 @@ def _ultralytics_export(pt_path: Path, **args: Any) -> Path:
     return Path(out)
 
 
-def _portable_to_pt(path: Path, tmp: Path) -> Path:
-    """Write a portable checkpoint (``.json``/``.safetensors``) as an Ultralytics ``.pt`` in ``tmp``."""
-    import ultralytics
+def _to_pt(src: Path, tmp: Path) -> Path:
+    """``src`` as an Ultralytics ``.pt`` inside ``tmp`` (a copy, or a portable checkpoint written as ``.pt``)."""
+    if src.suffix in {".json", ".safetensors"}:
+        import ultralytics
 
-    from yolo_ldac.checkpoint import load_portable, portable_paths
+        from yolo_ldac.checkpoint import load_portable, portable_paths
 
-    model = load_portable(path)
-    model.args = dict(getattr(model, "args", None) or {})
-    pt = tmp / (portable_paths(path)[0].stem + ".pt")
-    torch.save({"model": model, "train_args": model.args, "date": None, "version": ultralytics.__version__}, pt)
+        model = load_portable(src)
+        model.args = dict(getattr(model, "args", None) or {})
+        pt = tmp / (portable_paths(src)[0].stem + ".pt")
+        torch.save({"model": model, "train_args": model.args, "date": None, "version": ultralytics.__version__}, pt)
+        return pt
+    pt = tmp / src.name
+    shutil.copy2(src, pt)
     return pt
 
 
-def _precision_args(half: bool, int8: bool, kwargs: dict) -> dict:
-    """``half``/``int8`` as this Ultralytics wants them: its unified ``quantize`` (8, 16 or None) when it has one
-    (passing the legacy flags, even False, prints a deprecation warning), else the legacy flags themselves.
-    An explicit ``quantize`` in ``kwargs`` wins."""
-    from ultralytics.cfg import DEFAULT_CFG_DICT
+def _precision_from_quantize(quantize: Any, precision: str) -> str:
+    """An explicit Ultralytics ``quantize`` (8, 16, 32) as a precision; other schemes are not checked here."""
+    q = str(quantize).strip().lower()
+    mapped = {"8": "int8", "int8": "int8", "16": "fp16", "fp16": "fp16", "32": "fp32", "fp32": "fp32", "none": "fp32"}
+    if q not in mapped:
+        raise LDACError(f"quantize={quantize!r} is not supported here: use half=True (fp16) or int8=True")
+    if precision != "fp32" and mapped[q] != precision:
+        raise LDACError(f"quantize={quantize!r} contradicts the requested {precision}")
+    return mapped[q]
 
+
+def _precision_args(precision: str, fmt: str) -> dict:
+    """The precision as Ultralytics 8.4's ``quantize``."""
+    if precision == "int8":
+        return {"quantize": 8}
+    if precision == "fp16" and fmt != "litert":  # LiteRT fp16 is made from the fp32 file (module docstring)
+        return {"quantize": 16}
+    return {}
+
+
+def litert_fp16(src: Path, dst: Path) -> Path:
+    """Write ``src`` (an fp32 ``.tflite``) to ``dst`` with its weights stored as float16 (float casting), keeping
+    the metadata Ultralytics appends to the file."""
+    from ai_edge_quantizer import qtyping, quantizer, recipe_manager
+    from ai_edge_quantizer.recipe import AlgorithmName, TFLOperationName
+
+    manager = recipe_manager.RecipeManager()
+    manager.add_quantization_config(
+        regex=".*",
+        operation_name=TFLOperationName.ALL_SUPPORTED,
+        op_config=qtyping.OpQuantizationConfig(
+            weight_tensor_config=qtyping.TensorQuantizationConfig(num_bits=16, dtype=qtyping.TensorDataType.FLOAT),
+            compute_precision=qtyping.ComputePrecision.FLOAT,
+            explicit_dequantize=True,
+        ),
+        algorithm_key=AlgorithmName.FLOAT_CASTING,
+    )
+    q = quantizer.Quantizer(str(src))
+    q.load_quantization_recipe(manager.get_quantization_recipe())
+    q.quantize().export_model(str(dst), overwrite=True)
+    try:
+        with zipfile.ZipFile(src) as zf:
+            meta = zf.read("metadata.json")
+    except (zipfile.BadZipFile, KeyError):
+        meta = None
+    if meta is not None:
+        with zipfile.ZipFile(dst, "a", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("metadata.json", meta)
+    return dst
+
+
+def _size_mb(path: Path) -> float:
+    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+    return sum(f.stat().st_size for f in files) / 1e6
+
+
+def _model_files_mb(path: Path) -> float:
+    """Size of what a device loads: the file, or an OpenVINO folder's .xml + .bin."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.iterdir() if f.suffix in {".xml", ".bin"}) / 1e6
+    return _size_mb(path)
+
+
+def _replace(src: Path, dst: Path) -> Path:
+    """Move ``src`` to ``dst``, replacing what is there."""
+    if src.resolve() == dst.resolve():
+        return dst
+    if dst.is_dir():
+        shutil.rmtree(dst)
+    elif dst.exists():
+        dst.unlink()
+    return Path(shutil.move(str(src), str(dst)))
+
+
+def export_checked(
+    model_path: str | Path,
+    format: str = "onnx",
+    imgsz: int | tuple[int, int] = 640,
+    half: bool = False,
+    int8: bool = False,
+    data: str | Path | None = None,
+    parity: bool = True,
+    rtol: float | None = None,
+    image: str | Path | None = None,
+    map_check: bool = True,
+    calib_images: int = INT8_CALIB_IMAGES,
+    reference_map: dict | None = None,
+    **kwargs: Any,
+) -> ExportResult:
+    """Export ``model_path`` and check it (module docstring); return the file and the checks' figures.
+
+    Args:
+        model_path: an Ultralytics ``.pt`` checkpoint or a portable checkpoint (``.safetensors``/``.json``); the
+            export is written next to it.
+        format: ``onnx``, ``litert`` (or ``tflite``), ``openvino``, or any other Ultralytics format (unchecked).
+        imgsz: input size of the exported model (an int, or ``(h, w)``).
+        half, int8: precision (``fp16`` / ``int8``; default ``fp32``). ``int8`` needs ``data``.
+        data: dataset yaml: int8 calibration images (train split) and the mAP check (val split).
+        parity: run the checks (raw outputs always, mAP when ``data`` is given and ``map_check``).
+        rtol: overrides the raw ``max_rel_diff`` tolerance of the precision.
+        image: one parity image instead of Ultralytics' bus.jpg and zidane.jpg.
+        map_check: with ``data``, also compare mAP50-95 against PyTorch on the val split.
+        calib_images: int8 calibration images taken from the train split (a fraction of it when it is larger).
+        reference_map: PyTorch's mAP on ``data`` at ``imgsz`` (batch 1, rect off) when already known.
+        **kwargs: passed to ``YOLO.export`` (``opset``, ``dynamic``, ``batch``, ``simplify``, ``quantize``, ...).
+
+    Raises:
+        LDACError: bad input, a missing optional runtime (with its pip command), an export failure, or a failed
+            check (the export is then discarded; ``parity=False`` keeps it).
+    """
+    src = Path(model_path)
+    if not src.is_file():
+        raise LDACError(f"model file '{src}' not found")
+    fmt = normalise_format(format)
+    precision = precision_of(half, int8)
     if "quantize" in kwargs:
-        return {}
-    if "quantize" in DEFAULT_CFG_DICT:
-        return {"quantize": 8 if int8 else 16} if (int8 or half) else {}
-    return {"half": bool(half), "int8": bool(int8)}
+        precision = _precision_from_quantize(kwargs.pop("quantize"), precision)
+    if precision == "int8" and not data:
+        raise LDACError("int8 export needs data=... (its train images calibrate the quantization)")
+    if precision != "fp32" and fmt not in CHECKED_FORMATS:
+        LOGGER.warning(f"{fmt}: {precision} is passed to Ultralytics as is and not checked against PyTorch")
+    check_export_requirements(fmt, precision)
+    if parity and fmt in CHECKED_FORMATS:
+        from yolo_ldac.deploy.runtimes import check_runtime
+
+        check_runtime(fmt)
+
+    args: dict[str, Any] = {"format": fmt, "imgsz": imgsz, **_precision_args(precision, fmt), **kwargs}
+    if fmt in CHECKED_FORMATS:
+        args.setdefault("device", "cpu")  # these runtimes are checked and timed on the CPU
+    if data is not None and precision == "int8":
+        n_train = split_images(data, "train")
+        if n_train == 0:
+            raise LDACError(f"int8 calibration found no training images in '{data}'")
+        args.update(data=str(data), split="train")
+        args.setdefault("fraction", min(1.0, calib_images / n_train))
+    if fmt == "onnx":
+        args.setdefault("simplify", True)
+        if args["simplify"] and not _onnxslim_available():
+            LOGGER.warning("onnxslim is not installed: exporting ONNX without simplification")
+            args["simplify"] = False
+
+    t0 = time.perf_counter()
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="yolo-ldac-export-") as tmp:
+        pt_path = _to_pt(src, Path(tmp))
+        out = _export_in(pt_path, fmt, args)
+        if fmt == "litert" and precision == "fp16":
+            out = litert_fp16(out, out.with_name(export_name(pt_path.stem, fmt, "fp16")))
+            notes.append("fp16 weights, fp32 compute on CPU (float16 on GPU delegates)")
+        named = out
+        if fmt in CHECKED_FORMATS:
+            named = out.with_name(export_name(pt_path.stem, fmt, precision))
+            if named != out:
+                named = _replace(out, named)
+        raw = acc = None
+        if parity and fmt in CHECKED_FORMATS:
+            images = [Path(image)] if image is not None else None
+            if images is None:
+                from yolo_ldac.deploy.parity import default_images
+
+                images = default_images() + val_images(data, 2)
+            try:
+                raw = check_raw_parity(pt_path, named, images=images, imgsz=imgsz, precision=precision, rtol=rtol)
+                LOGGER.info(f"{fmt} {precision} parity ok: max rel diff {raw['max_rel_diff']:.2e}, "
+                            f"mean rel diff {raw['mean_rel_diff']:.2e}")
+                if data is not None and map_check:
+                    size = max(shape2(imgsz))
+                    acc = check_map_parity(pt_path, named, data, size, precision=precision,
+                                           reference_map=reference_map)
+                    LOGGER.info(f"{fmt} {precision} mAP50-95 {acc['map50_95']:.4f} vs PyTorch "
+                                f"{acc['map50_95_pytorch']:.4f}")
+            except LDACError as e:
+                raise LDACError(f"{e}; export discarded (parity=False keeps it)") from None
+        elif parity and fmt not in CHECKED_FORMATS:
+            notes.append(f"no runtime check for {fmt}")
+        final = _replace(named, src.parent / named.name)
+    return ExportResult(path=final, format=fmt, precision=precision, imgsz=imgsz, size_mb=_model_files_mb(final),
+                        seconds=time.perf_counter() - t0, parity=raw, accuracy=acc, notes=notes)
 
 
-def _reduced_precision(args: dict) -> bool:
-    q = args.get("quantize")
-    legacy = bool(args.get("half")) or bool(args.get("int8"))
-    return legacy or (q is not None and str(q).strip().lower() not in {"32", "fp32", "none", "false", "0"})
+def _export_in(pt_path: Path, fmt: str, args: dict) -> Path:
+    """Run Ultralytics' exporter on ``pt_path`` (in the temporary folder); ONNX retries without onnxslim."""
+    try:
+        try:
+            return _ultralytics_export(pt_path, **args)
+        except LDACError:
+            raise
+        except Exception as e:
+            if fmt != "onnx" or not args.get("simplify"):
+                raise
+            LOGGER.warning(f"ONNX export with simplify=True failed ({_first_line(e)}); retrying without onnxslim")
+            return _ultralytics_export(pt_path, **{**args, "simplify": False})
+    except LDACError:
+        raise
+    except Exception as e:
+        raise LDACError(f"export of '{pt_path.name}' to {fmt} failed ({_first_line(e)})") from e
 
 
 def export_model(
@@ -241,80 +425,17 @@ def export_model(
     imgsz: int | tuple[int, int] = 640,
     half: bool = False,
     int8: bool = False,
-    data: str | None = None,
+    data: str | Path | None = None,
     parity: bool = True,
-    rtol: float = 1e-3,
+    rtol: float | None = None,
     image: str | Path | None = None,
     **kwargs: Any,
 ) -> Path:
-    """Export a (pruned) detector with Ultralytics' exporter and return the exported file or directory.
+    """Export and check a detector (see :func:`export_checked`); return the exported file or folder.
 
-    Args:
-        model_path: an Ultralytics ``.pt`` checkpoint, or a portable checkpoint (``.safetensors``/``.json``, see
-            :mod:`yolo_ldac.checkpoint`; converted to a temporary ``.pt`` first, output written next to it).
-        format: any Ultralytics export format (``onnx``, ``openvino``, ``engine``, ``torchscript``, ...).
-        imgsz, half, int8, data: as in ``YOLO.export`` (``data`` is the calibration dataset for int8). Ultralytics
-            8.4 replaced ``half``/``int8`` by ``quantize=16/8``; they are translated (an explicit ``quantize``
-            keyword wins).
-        parity: for ONNX, compare the exported file with the PyTorch model on ``image`` and raise on mismatch.
-            Skipped (with a warning) for ``half``/``int8`` exports, whose numerics differ by design.
-        rtol: tolerance of the parity check (max relative difference, see :func:`check_onnx_parity`).
-        image: the parity image (default Ultralytics' ``bus.jpg``).
-        **kwargs: passed to ``YOLO.export`` (e.g. ``opset``, ``dynamic``, ``batch``, ``device``). For ONNX,
-            ``simplify`` defaults to True; if onnxslim is missing or fails, the export is redone without it.
-
-    Raises:
-        LDACError: missing model file, export failure, or an ONNX parity mismatch.
+    Example:
+        >>> export_model("best.pt", format="onnx", imgsz=640)
+        PosixPath('best.onnx')
     """
-    from ultralytics import YOLO
-
-    src = Path(model_path)
-    if not src.is_file():
-        raise LDACError(f"model file '{src}' not found")
-    fmt = str(format).lower()
-    args = {"format": fmt, "imgsz": imgsz, **_precision_args(half, int8, kwargs), **kwargs}
-    if data is not None:
-        args["data"] = data
-    reduced = _reduced_precision(args)
-    if fmt == "onnx":
-        args.setdefault("simplify", True)
-        if args["simplify"] and not _onnxslim_available():
-            LOGGER.warning("onnxslim is not installed: exporting ONNX without simplification")
-            args["simplify"] = False
-
-    with tempfile.TemporaryDirectory(prefix="yolo-ldac-export-") as tmp:
-        portable = src.suffix in {".json", ".safetensors"}
-        pt_path = _portable_to_pt(src, Path(tmp)) if portable else src
-        try:
-            try:
-                out = _ultralytics_export(pt_path, **args)
-            except LDACError:
-                raise
-            except Exception as e:
-                if fmt != "onnx" or not args.get("simplify"):
-                    raise
-                LOGGER.warning(f"ONNX export with simplify=True failed ({_first_line(e)}); retrying without onnxslim")
-                out = _ultralytics_export(pt_path, **{**args, "simplify": False})
-        except LDACError:
-            raise
-        except Exception as e:
-            raise LDACError(f"export of '{src}' to {fmt} failed ({_first_line(e)})") from e
-
-        if fmt == "onnx" and parity:
-            if reduced:
-                LOGGER.warning("ONNX parity check skipped: half/int8 exports differ from the float32 model by design")
-            else:
-                reference = YOLO(str(pt_path)).model
-                result = check_onnx_parity(reference, out, image=image, imgsz=imgsz, rtol=rtol)
-                LOGGER.info(
-                    f"ONNX parity ok: max rel diff {result['max_rel_diff']:.2e} <= {rtol:g} "
-                    f"(max abs diff {result['max_abs_diff']:.2e})"
-                )
-        if portable:  # move the export out of the temporary directory, next to the portable checkpoint
-            dst = src.parent / out.name
-            if dst.is_dir():
-                shutil.rmtree(dst)
-            elif dst.exists():
-                dst.unlink()
-            out = Path(shutil.move(str(out), str(dst)))
-    return out
+    return export_checked(model_path, format=format, imgsz=imgsz, half=half, int8=int8, data=data, parity=parity,
+                          rtol=rtol, image=image, **kwargs).path

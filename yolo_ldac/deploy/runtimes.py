@@ -1,0 +1,288 @@
+"""Run an exported detector in its own runtime (ONNX Runtime, LiteRT, OpenVINO) or in PyTorch, with a set thread count.
+
+Every runtime takes a ``(B, 3, H, W)`` float32 RGB batch in ``[0, 1]`` (letterboxed, as Ultralytics' predictor
+prepares it) and returns the detector's raw prediction in PyTorch's convention: ``(B, 4 + nc, anchors)`` with
+boxes ``xywh`` in input pixels, before NMS. Format quirks are undone here, so outputs compare directly:
+
+- LiteRT files written by Ultralytics 8.4 (litert-torch) hold box coordinates divided by the input size (so that
+  int8 quantization keeps the class-score resolution); they are multiplied back, as Ultralytics' LiteRT backend does.
+- OpenVINO on CPUs with AMX/AVX-512 BF16 runs float32 models in bfloat16 by default; a float32 IR is run with the
+  ``f32`` precision hint, so fp32 means fp32 (fp16/int8 IRs keep the plugin's default, which is what users get).
+- ONNX files converted to fp16 by Ultralytics keep float32 inputs and outputs; a file with fp16 inputs is fed fp16.
+
+Example:
+    >>> from yolo_ldac.deploy.runtimes import load_runtime
+    >>> rt = load_runtime("best_int8.tflite", threads=1)
+    >>> y = rt(x)  # x: (1, 3, 640, 640) float32 in [0, 1]  ->  y: (1, 84, 8400)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from yolo_ldac.errors import LDACError
+
+# Format name -> (python modules its runtime needs, the pip extra that installs them).
+RUNTIME_REQUIREMENTS: dict[str, tuple[tuple[str, ...], str | None]] = {
+    "pytorch": ((), None),
+    "onnx": (("onnxruntime",), None),
+    "litert": (("ai_edge_litert",), "litert"),
+    "openvino": (("openvino",), "openvino"),
+}
+
+
+def format_of(path: str | Path) -> str:
+    """The format of an exported model from its name: ``pytorch``, ``onnx``, ``litert`` or ``openvino``."""
+    p = Path(path)
+    name = p.name
+    if name.endswith("_openvino_model") or p.suffix == ".xml":
+        return "openvino"
+    if p.suffix == ".tflite":
+        return "litert"
+    if p.suffix == ".onnx":
+        return "onnx"
+    if p.suffix == ".pt":
+        return "pytorch"
+    raise LDACError(f"cannot tell the format of '{p}' (expected .pt, .onnx, .tflite or *_openvino_model/)")
+
+
+def check_runtime(fmt: str) -> None:
+    """Raise :class:`LDACError` with the install command when ``fmt``'s runtime is not installed."""
+    if fmt not in RUNTIME_REQUIREMENTS:
+        raise LDACError(f"no runtime for format '{fmt}' (runtimes: {', '.join(RUNTIME_REQUIREMENTS)})")
+    modules, extra = RUNTIME_REQUIREMENTS[fmt]
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        how = f"pip install 'yolo-ldac[{extra}]'" if extra else f"pip install {' '.join(missing)}"
+        raise LDACError(f"format '{fmt}' needs {', '.join(missing)}, which is not installed: {how}")
+
+
+def all_threads() -> int:
+    """The number of CPU cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class Runtime:
+    """One loaded model. Call it on a ``(B, 3, H, W)`` float32 array; ``input_shape`` is ``(B, 3, H, W)``."""
+
+    format = ""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.threads = int(threads) if threads else all_threads()
+        if not self.path.exists():
+            raise LDACError(f"exported model '{self.path}' not found")
+        check_runtime(self.format)
+        try:
+            self._load()
+        except LDACError:
+            raise
+        except Exception as e:
+            raise LDACError(f"{self.format} runtime cannot load '{self.path}' ({_first_line(e)})") from e
+
+    def _load(self) -> None:
+        raise NotImplementedError
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        try:
+            y = self._run(x)
+        except Exception as e:
+            raise LDACError(f"{self.format} runtime failed to run '{self.path.name}' ({_first_line(e)})") from e
+        return np.asarray(y, dtype=np.float32)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+class OnnxRuntime(Runtime):
+    """ONNX Runtime, CPU execution provider, ``threads`` intra-op threads."""
+
+    format = "onnx"
+
+    def _load(self) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_fp16 = "float16" in inp.type
+        self.input_shape = tuple(d if isinstance(d, int) else -1 for d in inp.shape)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x.astype(np.float16) if self.input_fp16 else x})[0]
+
+
+def read_litert_metadata(path: str | Path) -> dict:
+    """The ``metadata.json`` Ultralytics appends to a ``.tflite`` file as a zip entry (``{}`` when absent)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return json.loads(zf.read("metadata.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError):
+        return {}
+
+
+class LiteRTRuntime(Runtime):
+    """The LiteRT (TFLite) interpreter with ``threads`` threads (XNNPACK on CPU)."""
+
+    format = "litert"
+
+    def _load(self) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.outputs = self.interpreter.get_output_details()
+        shape = tuple(int(d) for d in self.input["shape"])
+        self.nhwc = shape[-1] == 3 and shape[1] != 3
+        self.input_shape = (shape[0], shape[3], shape[1], shape[2]) if self.nhwc else shape
+        meta = read_litert_metadata(self.path)
+        # litert-torch exports of detect heads hold normalised box coordinates (see the module docstring).
+        self.normalised_boxes = bool(meta) and not meta.get("end2end", False) and meta.get("head") != "RTDETRDecoder"
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        h, w = x.shape[2:4]
+        if self.nhwc:
+            x = x.transpose(0, 2, 3, 1)
+        if self.input["dtype"] in (np.int8, np.int16):  # full-integer graph input
+            scale, zero = self.input["quantization"]
+            info = np.iinfo(self.input["dtype"])
+            x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(self.input["dtype"])
+        self.interpreter.set_tensor(self.input["index"], np.ascontiguousarray(x))
+        self.interpreter.invoke()
+        out = self.outputs[0]
+        y = self.interpreter.get_tensor(out["index"])
+        if out["dtype"] in (np.int8, np.int16):
+            scale, zero = out["quantization"]
+            y = (y.astype(np.float32) - zero) * scale
+        y = np.array(y, dtype=np.float32)  # a copy: the interpreter reuses its buffers
+        if self.normalised_boxes and y.ndim == 3:
+            y[:, [0, 2]] *= w
+            y[:, [1, 3]] *= h
+        return y
+
+
+class OpenVINORuntime(Runtime):
+    """OpenVINO on CPU with ``threads`` inference threads (latency hint); fp32 IRs run in f32 (module docstring)."""
+
+    format = "openvino"
+
+    def _load(self) -> None:
+        import openvino as ov
+
+        xml = self.path if self.path.suffix == ".xml" else next(iter(sorted(self.path.glob("*.xml"))), None)
+        if xml is None:
+            raise LDACError(f"no .xml model in '{self.path}'")
+        core = ov.Core()
+        model = core.read_model(str(xml))
+        config: dict[str, Any] = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY"}
+        if self.precision_of_ir(model) == "fp32":
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        self.compiled = core.compile_model(model, "CPU", config)
+        self.request = self.compiled.create_infer_request()
+        pshape = model.inputs[0].get_partial_shape()
+        self.input_shape = tuple(int(d.get_length()) if d.is_static else -1 for d in pshape)
+
+    @staticmethod
+    def precision_of_ir(model: Any) -> str:
+        """``int8`` when the IR holds FakeQuantize/quantized ops, ``fp16`` when it holds fp16 constants, else ``fp32``."""
+        import openvino as ov
+
+        ops = list(model.get_ops())
+        if any(op.get_type_name() in {"FakeQuantize", "FakeConvert"} for op in ops):
+            return "int8"
+        if any(op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.f16 for op in ops):
+            return "fp16"
+        return "fp32"
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        self.request.infer({0: x})
+        return self.request.get_output_tensor(0).data.copy()
+
+
+class TorchRuntime(Runtime):
+    """The PyTorch model itself (fused, eval mode, CPU), for the reference numbers."""
+
+    format = "pytorch"
+
+    def _load(self) -> None:
+        import torch
+        from ultralytics.nn.tasks import load_checkpoint
+
+        model, _ = load_checkpoint(str(self.path), device="cpu", fuse=True)
+        self.model = model.float().eval()
+        self.input_shape = (1, 3, -1, -1)
+        self._torch = torch
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode():
+                y = self.model(torch.from_numpy(x))
+        finally:
+            torch.set_num_threads(previous)
+        while isinstance(y, (tuple, list)):
+            y = y[0]
+        return y.numpy()
+
+
+class ModuleRuntime(TorchRuntime):
+    """A PyTorch model already in memory (not copied: it is run in eval mode and its mode restored)."""
+
+    def __init__(self, model: Any, threads: int | None = None) -> None:  # noqa: D107 (no file to load)
+        import torch
+
+        self.path = Path("<module>")
+        self.threads = int(threads) if threads else all_threads()
+        self.model, self._torch = model, torch
+        self.input_shape = (1, 3, -1, -1)
+        param = next(model.parameters(), None)
+        self.device = param.device if param is not None else torch.device("cpu")
+        self.dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                y = self.model(torch.from_numpy(x).to(device=self.device, dtype=self.dtype))
+        finally:
+            self.model.train(was_training)
+        while isinstance(y, (tuple, list)):
+            y = y[0]
+        if not isinstance(y, torch.Tensor):
+            raise LDACError(f"the PyTorch model returned {type(y).__name__}, not a tensor")
+        return y.float().cpu().numpy()
+
+
+RUNTIMES: dict[str, Callable[..., Runtime]] = {
+    "pytorch": TorchRuntime,
+    "onnx": OnnxRuntime,
+    "litert": LiteRTRuntime,
+    "openvino": OpenVINORuntime,
+}
+
+
+def load_runtime(path: str | Path, threads: int | None = None) -> Runtime:
+    """Load ``path`` (``.pt``, ``.onnx``, ``.tflite`` or ``*_openvino_model/``) in its runtime with ``threads``
+    threads (default: every core); raises :class:`LDACError` with the install command if the runtime is missing."""
+    return RUNTIMES[format_of(path)](path, threads=threads)
