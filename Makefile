@@ -27,7 +27,7 @@ $(PY):
 # Re-run only when the project's metadata changes (or the venv is new); a no-op otherwise.
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --progress-bar off $(TORCH_PINS)
-	$(PIP) install --progress-bar off -e ".[dev]"
+	$(PIP) install --progress-bar off -e ".[dev,export]"
 	@touch $(STAMP)
 
 test: install

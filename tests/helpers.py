@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -92,3 +93,42 @@ def _calibration_batch(g: torch.Generator, n: int = 4, size: int = 160) -> torch
         x = int(torch.randint(0, img.shape[1] - size + 1, (1,), generator=g))
         crops.append(torch.from_numpy(img[y : y + size, x : x + size].copy()).permute(2, 0, 1))
     return torch.stack(crops).float() / 255.0
+
+
+def teacher_dataset(model_path, out_dir, imgsz: int = 160, conf: float = 0.4):
+    """A tiny detection set labelled by ``model_path`` itself: bus.jpg and zidane.jpg, their mirror images (val)
+    and 80 % centre crops of both (train), with the model's own detections at ``conf`` as labels.
+
+    On it the PyTorch model scores a high mAP against its own detections, so an export that changes the
+    detections loses mAP visibly: a detection-level parity test with real photos and no download.
+    Returns the data.yaml path.
+    """
+    from pathlib import Path
+
+    import cv2
+    import yaml
+    from ultralytics import YOLO
+    from ultralytics.utils import ASSETS
+
+    out = Path(out_dir)
+    model = YOLO(str(model_path))
+    images = {"train": [], "val": []}
+    for name in ("bus.jpg", "zidane.jpg"):
+        img = cv2.imread(str(Path(ASSETS) / name))
+        h, w = img.shape[:2]
+        crop = img[h // 10: h - h // 10, w // 10: w - w // 10]
+        images["val"] += [(f"{name[:-4]}", img), (f"{name[:-4]}_flip", img[:, ::-1])]
+        images["train"] += [(f"{name[:-4]}_crop", crop), (f"{name[:-4]}_crop_flip", crop[:, ::-1])]
+    for split, items in images.items():
+        (out / "images" / split).mkdir(parents=True, exist_ok=True)
+        (out / "labels" / split).mkdir(parents=True, exist_ok=True)
+        for stem, img in items:
+            path = out / "images" / split / f"{stem}.jpg"
+            cv2.imwrite(str(path), np.ascontiguousarray(img))
+            boxes = model.predict(str(path), imgsz=imgsz, conf=conf, verbose=False, device="cpu")[0].boxes
+            rows = [f"{int(c)} {x:.6f} {y:.6f} {bw:.6f} {bh:.6f}"
+                    for c, (x, y, bw, bh) in zip(boxes.cls.tolist(), boxes.xywhn.tolist())]
+            (out / "labels" / split / f"{stem}.txt").write_text("\n".join(rows) + ("\n" if rows else ""))
+    data = {"path": str(out), "train": "images/train", "val": "images/val", "names": dict(model.names)}
+    (out / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return out / "data.yaml"

@@ -184,14 +184,14 @@ def test_export_onnx_with_parity(compressed, monkeypatch):
     import yolo_ldac.export as export_mod
 
     calls = []
-    real = export_mod.check_onnx_parity
+    real = export_mod.check_raw_parity
 
     def spy(*args, **kwargs):
         res = real(*args, **kwargs)
         calls.append(res)
         return res
 
-    monkeypatch.setattr(export_mod, "check_onnx_parity", spy)
+    monkeypatch.setattr(export_mod, "check_raw_parity", spy)
     out = YOLOLDAC(str(compressed[1].best)).export(format="onnx", imgsz=IMGSZ)
     assert isinstance(out, Path) and out.suffix == ".onnx" and out.is_file()
     assert len(calls) == 1 and calls[0]["ok"], calls

@@ -96,20 +96,73 @@ class YOLOLDAC:
         return {**metrics, **self._complexity(model)}
 
     def export(self, format: str | None = None, **kwargs: Any) -> Path:
-        """Export through Ultralytics' exporter; for ONNX the file is checked against PyTorch on a real image."""
-        from yolo_ldac.export import export_model
+        """Export to ``format`` (onnx, litert/tflite, openvino, ... ; ``half=True`` / ``int8=True data=...``) and check
+        the file against PyTorch in its own runtime (raw outputs; with ``data`` also mAP). See :mod:`yolo_ldac.export`.
+
+        Example:
+            >>> YOLOLDAC("best.pt").export(format="litert", int8=True, data="kitti.yaml")  # doctest: +SKIP
+            PosixPath('best_int8.tflite')
+        """
+        from yolo_ldac.export import export_checked
 
         cfg = get_cfg({k: v for k, v in dict(kwargs, format=format).items() if v is not None}, mode="export")
-        if not isinstance(self.source, (str, Path)) or Path(self.source).suffix != ".pt":
-            raise LDACError("export needs a .pt checkpoint: pass model=path/to/best.pt")
+        if not isinstance(self.source, (str, Path)) or Path(self.source).suffix not in {".pt", ".json", ".safetensors"}:
+            raise LDACError("export needs a checkpoint file: pass model=path/to/best.pt")
         ldac, ultra = split_args(cfg)
         skip = {"imgsz", "data", "model", "project", "name", "exist_ok", "epochs", "seed", "workers", "plots",
-                "verbose", "batch"}
+                "verbose", "batch", "device"}
         extra = {k: v for k, v in ultra.items() if k not in skip}
-        if "batch" in kwargs:  # the training batch default (16) is no export batch: only an explicit one is
-            extra["batch"] = kwargs["batch"]
-        return export_model(self.source, format=cfg["format"], imgsz=cfg["imgsz"], parity=cfg["parity"],
-                            rtol=cfg["parity_rtol"], data=cfg.get("data"), **extra)
+        for key in ("batch", "device"):  # training defaults are no export settings: only explicit ones are
+            if kwargs.get(key) is not None:
+                extra[key] = kwargs[key]
+        result = export_checked(self.source, format=cfg["format"], imgsz=cfg["imgsz"], half=cfg["half"],
+                                int8=cfg["int8"], data=cfg.get("data"), parity=cfg["parity"], rtol=cfg["parity_rtol"],
+                                calib_images=cfg["calib_images"], **extra)
+        self.last_export = result
+        if cfg["verbose"]:
+            print(result.summary())
+        return result.path
+
+    def benchmark(self, **kwargs: Any):
+        """Export this model (and ``baseline``, its dense original) to every runtime in ``formats`` at every precision
+        in ``precisions``, check each export, and time it (median / p90 over ``runs``, 1 thread and all threads);
+        with ``data``, mAP per runtime. Writes benchmark.md/.csv/.json/.png to ``project/name``.
+
+        Example:
+            >>> res = YOLOLDAC("best.pt").benchmark(baseline="yolo11n.pt", formats="onnx,litert", imgsz=320)  # doctest: +SKIP
+            >>> print(res.table)  # doctest: +SKIP
+        """
+        from ultralytics.utils.files import increment_path
+
+        from yolo_ldac.deploy.benchmark import parse_list, parse_threads, run_benchmark
+
+        cfg = get_cfg(kwargs, mode="benchmark")
+        if not isinstance(self.source, (str, Path)) or Path(self.source).suffix != ".pt":
+            raise LDACError("benchmark needs a .pt checkpoint: pass model=path/to/best.pt")
+        models: dict[str, Path] = {}
+        if cfg["baseline"]:
+            models["dense"] = Path(cfg["baseline"])
+            models["compressed"] = Path(self.source)
+        else:
+            models[Path(self.source).stem] = Path(self.source)
+        if cfg["data"]:
+            check_data(cfg["data"])
+        formats = parse_list(cfg["formats"], "formats")
+        precisions = parse_list(cfg["precisions"], "precisions")
+        threads = parse_threads(cfg["threads"])
+        imgsz = cfg["imgsz"]
+        if not isinstance(imgsz, int):
+            raise LDACError(f"benchmark takes a square imgsz (one integer), got {imgsz!r}")
+        name = cfg["name"] if "name" in kwargs else "benchmark"
+        out_dir = increment_path(Path(cfg["project"]) / name, exist_ok=cfg["exist_ok"]).resolve()
+        result = run_benchmark(models, formats=formats, precisions=precisions, imgsz=imgsz, data=cfg["data"],
+                               runs=cfg["runs"], warmup=cfg["warmup"], threads=threads, out_dir=out_dir,
+                               plots=cfg["plots"])
+        print(result.table)
+        print(f"Results saved to {out_dir}")
+        if result.failed:
+            print(f"WARNING: {len(result.failed)} export(s) failed their checks: see the status column")
+        return result
 
     def info(self, imgsz: int | None = None, **kwargs: Any) -> dict:
         """FLOPs (G), parameters (M) and per-layer output channels; ``table`` holds a printable summary."""

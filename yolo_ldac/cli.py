@@ -23,7 +23,8 @@ MODE_HELP = {
     "prune": "prune once to the target ratio, without training; save the pruned model",
     "finetune": "train a (pruned) model for `epochs` epochs (default: finetune_epochs)",
     "val": "validate a model on `data`",
-    "export": "export a model to `format` (default onnx) and check parity against PyTorch",
+    "export": "export a model to `format` (onnx, litert, openvino, ...) and check it against PyTorch in its runtime",
+    "benchmark": "export to every runtime in `formats`, check, and time it (and `baseline`): latency, size, mAP",
     "info": "print a model's FLOPs, parameters and channels per layer",
 }
 
@@ -56,6 +57,8 @@ Examples:
     yolo-ldac finetune model=runs/ldac/exp/weights/pruned.pt data=coco8.yaml epochs=20 lr0=0.002
     yolo-ldac val model=runs/ldac/exp/weights/best.pt data=coco8.yaml
     yolo-ldac export model=runs/ldac/exp/weights/best.pt format=onnx imgsz=640
+    yolo-ldac export model=runs/ldac/exp/weights/best.pt format=litert int8=True data=coco8.yaml
+    yolo-ldac benchmark model=runs/ldac/exp/weights/best.pt baseline=yolo11n.pt formats=onnx,litert,openvino
     yolo-ldac info model=runs/ldac/exp/weights/best.pt
 
 Arguments are key=value pairs; values are read as YAML (0.5, True, none, [640,480]). Any Ultralytics

@@ -88,6 +88,17 @@ class ExportResult:
     accuracy: dict | None = None
     notes: list[str] = field(default_factory=list)
 
+    def summary(self) -> str:
+        """One line: file, size, time and what the checks measured."""
+        parts = [f"exported {self.format} {self.precision} to {self.path} ({self.size_mb:.2f} MB, {self.seconds:.1f} s)"]
+        if self.parity:
+            parts.append(f"raw outputs vs PyTorch: max rel diff {self.parity['max_rel_diff']:.2e}, "
+                         f"mean {self.parity['mean_rel_diff']:.2e} on {len(self.parity['images'])} images")
+        if self.accuracy:
+            parts.append(f"mAP50-95 {self.accuracy['map50_95']:.4f} vs PyTorch {self.accuracy['map50_95_pytorch']:.4f}")
+        parts += self.notes
+        return "; ".join(parts)
+
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
@@ -307,6 +318,7 @@ def export_checked(
     map_check: bool = True,
     calib_images: int = INT8_CALIB_IMAGES,
     reference_map: dict | None = None,
+    max_map_drop: float | None = None,
     **kwargs: Any,
 ) -> ExportResult:
     """Export ``model_path`` and check it (module docstring); return the file and the checks' figures.
@@ -324,6 +336,7 @@ def export_checked(
         map_check: with ``data``, also compare mAP50-95 against PyTorch on the val split.
         calib_images: int8 calibration images taken from the train split (a fraction of it when it is larger).
         reference_map: PyTorch's mAP on ``data`` at ``imgsz`` (batch 1, rect off) when already known.
+        max_map_drop: overrides the precision's allowed mAP50-95 loss (a fraction: 0.005 = 0.5 points).
         **kwargs: passed to ``YOLO.export`` (``opset``, ``dynamic``, ``batch``, ``simplify``, ``quantize``, ...).
 
     Raises:
@@ -389,7 +402,7 @@ def export_checked(
                 if data is not None and map_check:
                     size = max(shape2(imgsz))
                     acc = check_map_parity(pt_path, named, data, size, precision=precision,
-                                           reference_map=reference_map)
+                                           reference_map=reference_map, max_drop=max_map_drop)
                     LOGGER.info(f"{fmt} {precision} mAP50-95 {acc['map50_95']:.4f} vs PyTorch "
                                 f"{acc['map50_95_pytorch']:.4f}")
             except LDACError as e:

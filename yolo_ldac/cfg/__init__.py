@@ -31,7 +31,7 @@ from yolo_ldac.errors import LDACError
 
 DEFAULT_CFG_PATH = Path(__file__).resolve().parent / "default.yaml"
 
-MODES = ("compress", "prune", "finetune", "val", "export", "info")
+MODES = ("compress", "prune", "finetune", "val", "export", "benchmark", "info")
 TARGETS = ("flops", "params", "channels")
 
 # Keys that are ours AND Ultralytics': split_args() forwards them to Ultralytics too (when not None).
@@ -41,7 +41,7 @@ SHARED_KEYS = frozenset(
 )
 
 # Our keys that must be exactly True or False.
-_BOOL_KEYS = ("compensate", "val_steps", "portable", "parity", "exist_ok", "plots", "verbose")
+_BOOL_KEYS = ("compensate", "val_steps", "portable", "parity", "exist_ok", "plots", "verbose", "half", "int8")
 
 _INT_RE = re.compile(r"[-+]?\d[\d_]*")
 _FLOAT_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
@@ -229,8 +229,16 @@ def _validate(cfg: dict, explicit: dict) -> None:
     if not (_is_number(tol) and 0 <= tol < 1):
         raise LDACError(f"tolerance must be in [0, 1), got {tol!r}")
     rtol = cfg["parity_rtol"]
-    if not (_is_number(rtol) and rtol > 0):
-        raise LDACError(f"parity_rtol must be a number > 0, got {rtol!r}")
+    if rtol is not None and not (_is_number(rtol) and rtol > 0):
+        raise LDACError(f"parity_rtol must be a number > 0 (or empty), got {rtol!r}")
+    if cfg["half"] and cfg["int8"]:
+        raise LDACError("half=True and int8=True exclude each other: pick one precision")
+    _check_int(cfg, "calib_images", 1)
+    _check_int(cfg, "runs", 1)
+    _check_int(cfg, "warmup", 0)
+    for key in ("formats", "precisions", "threads"):
+        if not isinstance(cfg[key], (str, int, list)) or cfg[key] in ("", []):
+            raise LDACError(f"{key} must be a comma-separated list, got {cfg[key]!r}")
     if cfg["epochs"] is not None and not (_is_int(cfg["epochs"]) and cfg["epochs"] >= 0):
         raise LDACError(f"epochs must be an integer >= 0 (or none), got {cfg['epochs']!r}")
     for key in _BOOL_KEYS:

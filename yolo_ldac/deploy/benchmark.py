@@ -1,0 +1,332 @@
+"""Benchmark detectors per runtime: latency (1 thread and all threads), file size and mAP, dense against compressed.
+
+For every model (the compressed one and, optionally, its dense ``baseline``) and every format x precision, the model
+is exported with :func:`yolo_ldac.export.export_checked` (raw-output and, with ``data``, mAP parity checks), loaded in
+its own runtime and timed on a real letterboxed image: ``warmup`` untimed runs, then ``runs`` timed runs at batch 1,
+once per thread setting; median and p90 in milliseconds. PyTorch (CPU, fused) is the reference row.
+
+Results go to ``out_dir``: ``benchmark.json`` (everything, with the machine), ``benchmark.csv``, ``benchmark.md``
+(the table) and ``benchmark.png`` (latency bars per runtime, dense against compressed, and mAP).
+
+Example:
+    >>> from yolo_ldac.deploy.benchmark import run_benchmark
+    >>> res = run_benchmark({"compressed": "best.pt", "dense": "yolo11n.pt"}, formats=["onnx", "litert"],
+    ...                     precisions=["fp32", "int8"], imgsz=640, data="kitti.yaml", out_dir="runs/bench")
+    >>> print(res.table)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from yolo_ldac.deploy.runtimes import all_threads, check_runtime, load_runtime
+from yolo_ldac.errors import LDACError
+
+LOGGER = logging.getLogger(__name__)
+
+DEFAULT_FORMATS = ("onnx", "litert", "openvino")
+
+
+@dataclass
+class BenchRow:
+    """One model in one runtime at one precision."""
+
+    model: str  # label, e.g. "dense" or "compressed"
+    format: str
+    precision: str
+    status: str = "ok"  # "ok", "failed: ...", "skipped: ..."
+    file: str | None = None
+    size_mb: float | None = None
+    latency: dict[str, dict[str, float]] = field(default_factory=dict)  # threads -> {median_ms, p90_ms, ...}
+    map50_95: float | None = None
+    map50: float | None = None
+    parity: dict | None = None
+    flops_g: float | None = None
+    params_m: float | None = None
+    export_s: float | None = None
+
+
+@dataclass
+class BenchmarkResult:
+    rows: list[BenchRow]
+    table: str
+    out_dir: Path
+    files: dict[str, Path]
+
+    @property
+    def failed(self) -> list[BenchRow]:
+        return [r for r in self.rows if r.status.startswith("failed")]
+
+
+def time_runtime(runtime: Any, x: np.ndarray, runs: int = 50, warmup: int = 10) -> dict[str, float]:
+    """Median, p90, mean and min latency (ms) of ``runtime(x)`` over ``runs`` timed calls after ``warmup``.
+
+    Example:
+        >>> time_runtime(lambda x: x * 2, np.zeros(3), runs=5, warmup=1)["runs"]
+        5
+    """
+    if runs < 1:
+        raise LDACError(f"runs must be >= 1, got {runs}")
+    for _ in range(max(0, warmup)):
+        runtime(x)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        runtime(x)
+        times.append((time.perf_counter() - t) * 1e3)
+    return {"median_ms": statistics.median(times), "p90_ms": float(np.percentile(times, 90)),
+            "mean_ms": statistics.fmean(times), "min_ms": min(times), "runs": runs, "warmup": warmup}
+
+
+def parse_list(value: Any, name: str) -> list[str]:
+    """``"onnx,litert"`` or ``["onnx", "litert"]`` -> ``["onnx", "litert"]`` (lower-case, no blanks)."""
+    if value is None:
+        return []
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    out = [str(v).strip().lower() for v in items if str(v).strip()]
+    if not out:
+        raise LDACError(f"{name} is empty")
+    return out
+
+
+def parse_threads(value: Any) -> list[int]:
+    """``"1,all"``, ``[1, 4]`` or ``2`` -> thread counts (``all`` = every usable core), without duplicates."""
+    out: list[int] = []
+    for v in parse_list(value, "threads"):
+        n = all_threads() if v in ("all", "0") else None
+        if n is None:
+            try:
+                n = int(v)
+            except ValueError:
+                raise LDACError(f"threads must be integers >= 1 or 'all', got {v!r}") from None
+            if n < 1:
+                raise LDACError(f"threads must be integers >= 1 or 'all', got {v!r}")
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def _complexity(pt: Path, imgsz: int) -> dict[str, float]:
+    from ultralytics.nn.tasks import load_checkpoint
+
+    from yolo_ldac.nn.adapter import protected_layers
+    from yolo_ldac.pruning.complexity import measure
+
+    model, _ = load_checkpoint(str(pt), device="cpu")
+    c = measure(model.float(), imgsz, protected=protected_layers(model))
+    return {"flops_g": c.flops_g, "params_m": c.params / 1e6}
+
+
+def _latencies(path: Path, x: np.ndarray, threads: list[int], runs: int, warmup: int) -> dict[str, dict]:
+    out = {}
+    for n in threads:
+        runtime = load_runtime(path, threads=n)
+        out[str(n)] = time_runtime(runtime, x, runs=runs, warmup=warmup)
+        del runtime
+    return out
+
+
+def run_benchmark(
+    models: dict[str, str | Path],
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    precisions: Sequence[str] = ("fp32",),
+    imgsz: int = 640,
+    data: str | Path | None = None,
+    runs: int = 50,
+    warmup: int = 10,
+    threads: Sequence[int] | None = None,
+    out_dir: str | Path = "runs/ldac/benchmark",
+    image: str | Path | None = None,
+    plots: bool = True,
+) -> BenchmarkResult:
+    """Export, check and time every model in every format x precision (module docstring).
+
+    Args:
+        models: label -> ``.pt`` checkpoint, e.g. ``{"dense": "yolo11n.pt", "compressed": "best.pt"}``.
+        formats: runtimes to export to (``onnx``, ``litert``/``tflite``, ``openvino``); PyTorch is always timed.
+        precisions: ``fp32``, ``fp16``, ``int8`` (int8 needs ``data``; without it the int8 rows are skipped).
+        imgsz: square input size of every export and of the timing image.
+        data: dataset yaml: mAP per format on its val split, and int8 calibration images.
+        runs, warmup: timed and untimed runs per thread setting.
+        threads: thread counts to time (default: 1 and every usable core).
+        out_dir: folder of the exports and result files (created; reused if it exists).
+        image: the timing image (default Ultralytics' bus.jpg).
+        plots: write ``benchmark.png``.
+
+    Returns:
+        :class:`BenchmarkResult` with one :class:`BenchRow` per model x runtime x precision.
+    """
+    from yolo_ldac.deploy.parity import default_images, preprocess_image, validate_map
+    from yolo_ldac.export import PRECISIONS, export_checked, normalise_format
+
+    if not models:
+        raise LDACError("no model to benchmark")
+    for label, path in models.items():
+        if not Path(path).is_file() or Path(path).suffix != ".pt":
+            raise LDACError(f"{label} model '{path}' must be an existing .pt checkpoint")
+    formats = [normalise_format(f) for f in formats]
+    for f in formats:
+        if f not in DEFAULT_FORMATS:
+            raise LDACError(f"benchmark formats are {', '.join(DEFAULT_FORMATS)} (tflite = litert), got {f!r}")
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise LDACError(f"precisions are {', '.join(PRECISIONS)}, got {p!r}")
+    threads = list(threads) if threads else sorted({1, all_threads()})
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    x = preprocess_image(Path(image) if image else default_images()[0], (imgsz, imgsz))
+
+    from tqdm import tqdm
+
+    rows: list[BenchRow] = []
+    jobs = [(label, fmt, prec) for label in models for fmt, prec in [("pytorch", "fp32")]
+            + [(f, p) for f in formats for p in precisions]]
+    bar = tqdm(jobs, desc="benchmark", unit="export")
+    local: dict[str, Path] = {}
+    refs: dict[str, dict] = {}
+    comp: dict[str, dict] = {}
+    for label, fmt, prec in bar:
+        bar.set_postfix_str(f"{label} {fmt} {prec}")
+        if label not in local:  # each model's exports go to the benchmark folder, not next to the user's weights
+            (out_dir / label).mkdir(exist_ok=True)
+            local[label] = out_dir / label / f"{label}.pt"
+            shutil.copy2(models[label], local[label])
+            comp[label] = _complexity(local[label], imgsz)
+        row = BenchRow(model=label, format=fmt, precision=prec, **comp[label])
+        rows.append(row)
+        try:
+            if fmt == "pytorch":
+                row.file, row.size_mb = str(local[label]), local[label].stat().st_size / 1e6
+                if data is not None:
+                    refs[label] = validate_map(local[label], data, imgsz)
+                    row.map50_95, row.map50 = refs[label]["map50_95"], refs[label]["map50"]
+                row.latency = _latencies(local[label], x, threads, runs, warmup)
+                continue
+            if prec == "int8" and data is None:
+                row.status = "skipped: int8 needs data= for calibration"
+                continue
+            try:
+                check_runtime(fmt)
+            except LDACError as e:
+                row.status = f"skipped: {e}"
+                continue
+            res = export_checked(local[label], format=fmt, imgsz=imgsz, half=prec == "fp16", int8=prec == "int8",
+                                 data=data, reference_map=refs.get(label))
+            row.file, row.size_mb, row.export_s, row.parity = str(res.path), res.size_mb, res.seconds, res.parity
+            if res.accuracy:
+                row.map50_95, row.map50 = res.accuracy["map50_95"], res.accuracy["map50"]
+            row.latency = _latencies(res.path, x, threads, runs, warmup)
+        except LDACError as e:
+            row.status = f"failed: {e}"
+            LOGGER.warning(f"benchmark {label} {fmt} {prec}: {e}")
+
+    table = format_table(rows, threads)
+    files = write_results(rows, table, threads, out_dir, imgsz=imgsz, data=data, runs=runs, warmup=warmup,
+                          plots=plots)
+    return BenchmarkResult(rows=rows, table=table, out_dir=out_dir, files=files)
+
+
+def _fmt(v: float | None, spec: str = ".1f") -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def format_table(rows: list[BenchRow], threads: Sequence[int]) -> str:
+    """Markdown table: model, runtime, precision, size, FLOPs, params, mAP, latency per thread count, speed-up of
+    each compressed row against the first model's row of the same runtime and precision."""
+    base_label = rows[0].model if rows else None
+    base = {(r.format, r.precision): r for r in rows if r.model == base_label}
+    lat_cols = [f"{n} thr median / p90 ms" for n in threads]
+    head = ["model", "runtime", "precision", "size MB", "GFLOPs", "params M", "mAP50-95", "mAP50", *lat_cols,
+            f"speed-up vs {base_label} ({threads[-1]} thr)", "status"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        lat = [f"{r.latency[str(n)]['median_ms']:.2f} / {r.latency[str(n)]['p90_ms']:.2f}" if str(n) in r.latency
+               else "–" for n in threads]
+        b = base.get((r.format, r.precision))
+        key = str(threads[-1])
+        speed = "–"
+        if r.model != base_label and b is not None and key in r.latency and key in b.latency:
+            speed = f"{b.latency[key]['median_ms'] / r.latency[key]['median_ms']:.2f}x"
+        cells = [r.model, r.format, r.precision, _fmt(r.size_mb, ".2f"), _fmt(r.flops_g, ".2f"),
+                 _fmt(r.params_m, ".2f"), _fmt(r.map50_95, ".3f"), _fmt(r.map50, ".3f"), *lat, speed,
+                 r.status.split(";")[0][:120]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_results(rows: list[BenchRow], table: str, threads: Sequence[int], out_dir: Path, plots: bool = True,
+                  **settings: Any) -> dict[str, Path]:
+    """Write benchmark.json / .csv / .md (and .png) to ``out_dir``; return their paths."""
+    from yolo_ldac.utils.env import machine_info
+
+    files = {"json": out_dir / "benchmark.json", "csv": out_dir / "benchmark.csv", "md": out_dir / "benchmark.md"}
+    record = {"settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items()},
+                           "threads": list(threads)},
+              "machine": machine_info(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "rows": [asdict(r) for r in rows]}
+    files["json"].write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
+    with open(files["csv"], "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "format", "precision", "status", "size_mb", "flops_g", "params_m", "map50_95", "map50",
+                    *[f"median_ms_{n}thr" for n in threads], *[f"p90_ms_{n}thr" for n in threads], "file"])
+        for r in rows:
+            w.writerow([r.model, r.format, r.precision, r.status, r.size_mb, r.flops_g, r.params_m, r.map50_95,
+                        r.map50, *[r.latency.get(str(n), {}).get("median_ms") for n in threads],
+                        *[r.latency.get(str(n), {}).get("p90_ms") for n in threads], r.file])
+    files["md"].write_text(table + "\n", encoding="utf-8")
+    if plots:
+        files["png"] = plot_benchmark(rows, threads, out_dir / "benchmark.png")
+    return files
+
+
+def plot_benchmark(rows: list[BenchRow], threads: Sequence[int], path: Path) -> Path:
+    """Horizontal bars: median latency per runtime x precision for each model, one panel per thread count, and
+    mAP50-95 when it was measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(dict.fromkeys(r.model for r in rows))
+    configs = list(dict.fromkeys((r.format, r.precision) for r in rows))
+    has_map = any(r.map50_95 is not None for r in rows)
+    panels = len(threads) + int(has_map)
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 0.45 * len(configs) * len(labels) + 1.6),
+                             squeeze=False)
+    height = 0.8 / max(1, len(labels))
+    by = {(r.model, r.format, r.precision): r for r in rows}
+    y = np.arange(len(configs))
+    titles = [f"median latency, {n} thread{'s' if n > 1 else ''} (ms)" for n in threads]
+    if has_map:
+        titles.append("mAP50-95")
+    for p, ax in enumerate(axes[0]):
+        for i, label in enumerate(labels):
+            vals = []
+            for fmt, prec in configs:
+                r = by.get((label, fmt, prec))
+                if r is None:
+                    vals.append(np.nan)
+                elif p < len(threads):
+                    vals.append(r.latency.get(str(threads[p]), {}).get("median_ms", np.nan))
+                else:
+                    vals.append(np.nan if r.map50_95 is None else r.map50_95)
+            ax.barh(y + (i - (len(labels) - 1) / 2) * height, vals, height, label=label)
+        ax.set_yticks(y, [f"{f} {q}" for f, q in configs])
+        ax.invert_yaxis()
+        ax.set_title(titles[p], fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
