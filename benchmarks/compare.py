@@ -348,6 +348,19 @@ def aggregate(records: list[dict], ratios: list[float], methods: list[str]) -> d
     return {k: dict(sorted(v.items(), key=lambda kv: order.get(kv[0], 99))) for k, v in sorted(groups.items())}
 
 
+SECTION_START, SECTION_END = "<!-- section:", "<!-- /section:"
+
+
+def kept_sections(report_path: Path) -> str:
+    """Sections other scripts wrote into the report between ``<!-- section:NAME -->`` and ``<!-- /section:NAME -->``
+    (e.g. benchmarks/edge.py's latency tables): kept when this script rewrites the report."""
+    if not report_path.is_file():
+        return ""
+    text = report_path.read_text(encoding="utf-8")
+    i = text.find(SECTION_START)
+    return text[i:].strip() + "\n" if i >= 0 else ""
+
+
 def write_report(records: list[dict], report_path: Path, plot_path: Path, ratios: list[float], methods: list[str],
                  command: str, planned: int) -> None:
     groups = aggregate(records, ratios, methods)
@@ -412,7 +425,9 @@ def write_report(records: list[dict], report_path: Path, plot_path: Path, ratios
         lines.append("")
     lines += [f"![mAP50-95 against FLOPs]({_rel(plot_path, report_path.parent)})", ""]
     report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text("\n".join(lines), encoding="utf-8")
+    text = "\n".join(lines)
+    kept = kept_sections(report_path)
+    report_path.write_text(text + ("\n\n" + kept if kept else ""), encoding="utf-8")
     write_plot(records, plot_path, methods)
 
 

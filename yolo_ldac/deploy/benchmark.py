@@ -148,6 +148,7 @@ def run_benchmark(
     out_dir: str | Path = "runs/ldac/benchmark",
     image: str | Path | None = None,
     plots: bool = True,
+    accuracy: bool = True,
 ) -> BenchmarkResult:
     """Export, check and time every model in every format x precision (module docstring).
 
@@ -162,6 +163,8 @@ def run_benchmark(
         out_dir: folder of the exports and result files (created; reused if it exists).
         image: the timing image (default Ultralytics' bus.jpg).
         plots: write ``benchmark.png``.
+        accuracy: measure mAP with ``data`` (False: ``data`` only calibrates int8, e.g. when timing at an input
+            size the model was not trained for).
 
     Returns:
         :class:`BenchmarkResult` with one :class:`BenchRow` per model x runtime x precision.
@@ -207,7 +210,7 @@ def run_benchmark(
         try:
             if fmt == "pytorch":
                 row.file, row.size_mb = str(local[label]), local[label].stat().st_size / 1e6
-                if data is not None:
+                if data is not None and accuracy:
                     refs[label] = validate_map(local[label], data, imgsz)
                     row.map50_95, row.map50 = refs[label]["map50_95"], refs[label]["map50"]
                 row.latency = _latencies(local[label], x, threads, runs, warmup)
@@ -221,7 +224,7 @@ def run_benchmark(
                 row.status = f"skipped: {e}"
                 continue
             res = export_checked(local[label], format=fmt, imgsz=imgsz, half=prec == "fp16", int8=prec == "int8",
-                                 data=data, reference_map=refs.get(label))
+                                 data=data, reference_map=refs.get(label), map_check=accuracy)
             row.file, row.size_mb, row.export_s, row.parity = str(res.path), res.size_mb, res.seconds, res.parity
             if res.accuracy:
                 row.map50_95, row.map50 = res.accuracy["map50_95"], res.accuracy["map50"]
@@ -232,7 +235,7 @@ def run_benchmark(
 
     table = format_table(rows, threads)
     files = write_results(rows, table, threads, out_dir, imgsz=imgsz, data=data, runs=runs, warmup=warmup,
-                          plots=plots)
+                          accuracy=accuracy, models={k: str(v) for k, v in models.items()}, plots=plots)
     return BenchmarkResult(rows=rows, table=table, out_dir=out_dir, files=files)
 
 

@@ -144,7 +144,8 @@ def machine_info() -> dict:
     Returns:
         A JSON-serialisable dict: ``cpu`` (model name), ``cores`` (logical CPUs), ``cores_usable`` (CPUs this
         process may run on), ``ram_gb`` (GiB), ``os``, ``python``, the versions of ``torch``, ``torchvision``,
-        ``ultralytics``, ``torch_pruning`` and ``onnxruntime`` (None if not installed), ``torch_threads``,
+        ``ultralytics``, ``torch_pruning``, ``onnxruntime``, ``ai_edge_litert``, ``litert_torch`` and ``openvino`` (None if
+        not installed), ``torch_threads``,
         and ``gpu`` (CUDA device name, or None).
     """
     try:
@@ -163,6 +164,9 @@ def machine_info() -> dict:
         "ultralytics": _version("ultralytics"),
         "torch_pruning": _version("torch-pruning"),
         "onnxruntime": _version("onnxruntime"),
+        "ai_edge_litert": _version("ai-edge-litert"),
+        "litert_torch": _version("litert-torch"),
+        "openvino": _version("openvino"),
         "torch_threads": None,
         "gpu": None,
     }
