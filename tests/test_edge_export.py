@@ -167,13 +167,15 @@ def test_failed_check_discards_the_export_and_keeps_the_old_one(pt, monkeypatch)
     before = good.read_bytes()
 
     def fail(*a, **k):
-        raise LDACError("onnx fp32 parity check failed for 'x': max relative difference 1 > 0.001")
+        return {"ok": False, "error": "onnx fp32 parity check failed for 'x': max relative difference 1 > 0.001"}
 
     monkeypatch.setattr(export_mod, "check_raw_parity", fail)
     with pytest.raises(LDACError, match="export discarded"):
         export_checked(pt, format="onnx", imgsz=IMGSZ)
     assert good.read_bytes() == before  # the good export is untouched, nothing new was written beside it
     assert sorted(p.name for p in pt.parent.iterdir() if p.name.startswith("pruned")) == ["pruned.onnx", "pruned.pt"]
+    kept = export_checked(pt, format="onnx", imgsz=IMGSZ, strict=False)  # the benchmark's way: kept, and marked
+    assert kept.failure.startswith("onnx fp32 parity check failed") and "CHECK FAILED" in kept.summary()
 
 
 # ------------------------------------------------------------------------------------------------ LiteRT
@@ -269,3 +271,42 @@ def test_benchmark_skips_int8_without_data_and_rejects_bad_input(pt, tmp_path):
         run_benchmark({"m": pt}, formats=["coreml"], out_dir=tmp_path / "c")
     with pytest.raises(LDACError, match="must be an existing .pt"):
         run_benchmark({"m": tmp_path / "nope.pt"}, out_dir=tmp_path / "d")
+
+
+# ------------------------------------------------------------------------------------------------ command line
+@pytest.mark.slow
+def test_cli_export_and_benchmark(pt, tmp_path, capsys):
+    from yolo_ldac.cli import main
+
+    assert main(["export", f"model={pt}", "format=onnx", f"imgsz={IMGSZ}", "half=True"]) == 0
+    out = capsys.readouterr().out
+    assert "exported onnx fp16 to" in out and "max rel diff" in out and pt.with_name("pruned_fp16.onnx").is_file()
+    assert main(["benchmark", f"model={pt}", "formats=onnx", f"imgsz={IMGSZ}", "runs=2", "warmup=0", "threads=1",
+                 f"project={tmp_path}", "plots=False"]) == 0
+    out = capsys.readouterr().out
+    assert "| pruned | onnx | fp32 |" in out and (tmp_path / "benchmark" / "benchmark.md").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["format=onnx", "int8=True"], "int8 export needs data"),
+        (["format=onnx", "half=True", "int8=True"], "exclude each other"),
+        (["format=litert", "quantize=w8a16"], "not supported here"),
+    ],
+)
+def test_cli_export_bad_input_is_one_line(pt, capsys, args, fragment):
+    from yolo_ldac.cli import main
+
+    assert main(["export", f"model={pt}", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("yolo-ldac: error:") and fragment in err and "\n" not in err
+
+
+def test_cli_benchmark_bad_format(pt, tmp_path, capsys):
+    from yolo_ldac.cli import main
+
+    assert main(["benchmark", f"model={pt}", "formats=onnx,coreml", f"project={tmp_path}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "benchmark formats are onnx, litert, openvino" in err and "\n" not in err
+    assert not (tmp_path / "benchmark").exists()  # nothing half-written

@@ -150,6 +150,7 @@ def check_raw_parity(
     precision: str = "fp32",
     rtol: float | None = None,
     nc: int | None = None,
+    raise_on_fail: bool = True,
 ) -> dict[str, Any]:
     """Run ``exported`` in its runtime and ``reference`` in PyTorch on ``images``; raise on a mismatch.
 
@@ -160,6 +161,7 @@ def check_raw_parity(
         precision: ``fp32``, ``fp16`` or ``int8``: picks the tolerance (:data:`TOLERANCES`).
         rtol: overrides the precision's ``max_rel_diff`` tolerance (and switches that check on for int8).
         nc: number of classes (boxes and scores are measured apart); read from the ``.pt`` when None.
+        raise_on_fail: False returns a failed result (``ok`` False, ``error`` the message) instead of raising.
 
     Returns:
         the :func:`parity_metrics` keys (worst over the images) and ``"max_rel_tol", "mean_rel_tol", "ok",
@@ -207,10 +209,10 @@ def check_raw_parity(
         failed.append(f"mean relative difference {worst['mean_rel_diff']:.3g} > {mean_tol:g}")
     result["ok"] = not failed
     if failed:
-        raise LDACError(
-            f"{runtime.format} {precision} parity check failed for '{Path(exported).name}': {'; '.join(failed)} "
-            f"(max abs diff {worst['max_abs_diff']:.3g})"
-        )
+        result["error"] = (f"{runtime.format} {precision} parity check failed for '{Path(exported).name}': "
+                           f"{'; '.join(failed)} (max abs diff {worst['max_abs_diff']:.3g})")
+        if raise_on_fail:
+            raise LDACError(result["error"])
     return result
 
 
@@ -278,11 +280,13 @@ def check_map_parity(
     precision: str = "fp32",
     max_drop: float | None = None,
     reference_map: dict[str, float] | None = None,
+    raise_on_fail: bool = True,
 ) -> dict[str, Any]:
     """mAP50-95 of ``exported`` against ``reference_pt`` on ``data``; raise when it is lower by more than the
     precision's tolerance (:data:`TOLERANCES`; ``max_drop`` overrides it, as a fraction: 0.005 = 0.5 points).
 
-    ``reference_map`` reuses a PyTorch result already computed under the same settings.
+    ``reference_map`` reuses a PyTorch result already computed under the same settings; ``raise_on_fail=False``
+    returns a failed result (``ok`` False, ``error`` the message) instead of raising.
     """
     tol = _tolerance(precision).map_drop if max_drop is None else float(max_drop)
     ref = reference_map or validate_map(reference_pt, data, imgsz)
@@ -293,8 +297,8 @@ def check_map_parity(
               "map50_pytorch": ref["map50"], "drop": drop, "max_drop": tol, "precision": precision}
     result["ok"] = bool(drop <= tol + 1e-9)
     if not result["ok"]:
-        raise LDACError(
-            f"{precision} export '{Path(exported).name}' loses {100 * drop:.2f} mAP50-95 points against PyTorch "
-            f"({100 * got['map50_95']:.2f} vs {100 * ref['map50_95']:.2f}; allowed {100 * tol:.1f})"
-        )
+        result["error"] = (f"{precision} export '{Path(exported).name}' loses {100 * drop:.2f} mAP50-95 points against "
+                           f"PyTorch ({100 * got['map50_95']:.2f} vs {100 * ref['map50_95']:.2f}; allowed {100 * tol:.1f})")
+        if raise_on_fail:
+            raise LDACError(result["error"])
     return result
