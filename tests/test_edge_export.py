@@ -133,6 +133,17 @@ def test_benchmark_table_speedup_and_parsing():
     assert len(calls) == 10 and stats["runs"] == 7 and stats["min_ms"] <= stats["median_ms"] <= stats["p90_ms"]
 
 
+def test_timing_is_interleaved(monkeypatch):
+    """Blocks of runs alternate between files, so a slow spell of the machine hits every row alike."""
+    import yolo_ldac.deploy.benchmark as bench
+
+    calls = []
+    monkeypatch.setattr(bench, "load_runtime", lambda path, threads: lambda x: calls.append((str(path), threads)))
+    out = bench.time_interleaved({"a": "A", "b": "B"}, np.zeros(1), threads=[1], runs=4, warmup=1, rounds=2)
+    assert [c[0] for c in calls] == ["A", "B"] + ["A", "A", "B", "B"] * 2
+    assert out["a"]["1"]["runs"] == 4 and out["b"]["1"]["warmup"] == 1
+
+
 # ------------------------------------------------------------------------------------------------ ONNX
 @pytest.mark.slow
 def test_onnx_fp16_and_int8(coco):

@@ -3,7 +3,8 @@
 For every model (the compressed one and, optionally, its dense ``baseline``) and every format x precision, the model
 is exported with :func:`yolo_ldac.export.export_checked` (raw-output and, with ``data``, mAP parity checks), loaded in
 its own runtime and timed on a real letterboxed image: ``warmup`` untimed runs, then ``runs`` timed runs at batch 1,
-once per thread setting; median and p90 in milliseconds. PyTorch (CPU, fused) is the reference row.
+once per thread setting; median and p90 in milliseconds. PyTorch (CPU, fused) is the reference row. The timed
+runs of all files are interleaved in blocks (:func:`time_interleaved`), so machine noise does not favour one row.
 
 Results go to ``out_dir``: ``benchmark.json`` (everything, with the machine), ``benchmark.csv``, ``benchmark.md``
 (the table) and ``benchmark.png`` (latency bars per runtime, dense against compressed, and mAP).
@@ -84,8 +85,7 @@ def time_runtime(runtime: Any, x: np.ndarray, runs: int = 50, warmup: int = 10) 
         t = time.perf_counter()
         runtime(x)
         times.append((time.perf_counter() - t) * 1e3)
-    return {"median_ms": statistics.median(times), "p90_ms": float(np.percentile(times, 90)),
-            "mean_ms": statistics.fmean(times), "min_ms": min(times), "runs": runs, "warmup": warmup}
+    return latency_stats(times, warmup)
 
 
 def parse_list(value: Any, name: str) -> list[str]:
@@ -127,12 +127,33 @@ def _complexity(pt: Path, imgsz: int) -> dict[str, float]:
     return {"flops_g": c.flops_g, "params_m": c.params / 1e6}
 
 
-def _latencies(path: Path, x: np.ndarray, threads: list[int], runs: int, warmup: int) -> dict[str, dict]:
-    out = {}
-    for n in threads:
-        runtime = load_runtime(path, threads=n)
-        out[str(n)] = time_runtime(runtime, x, runs=runs, warmup=warmup)
-        del runtime
+def latency_stats(times_ms: Sequence[float], warmup: int) -> dict[str, float]:
+    """Median, p90, mean and min of timed runs (ms)."""
+    return {"median_ms": statistics.median(times_ms), "p90_ms": float(np.percentile(times_ms, 90)),
+            "mean_ms": statistics.fmean(times_ms), "min_ms": min(times_ms), "runs": len(times_ms), "warmup": warmup}
+
+
+def time_interleaved(paths: dict[Any, Path], x: np.ndarray, threads: Sequence[int], runs: int, warmup: int,
+                     rounds: int = 5) -> dict[Any, dict[str, dict]]:
+    """Time every model file at every thread count, interleaved: the ``runs`` timed runs of each are split into
+    ``rounds`` blocks, and the blocks of all files alternate, so a slow spell of a shared machine is spread over
+    every configuration instead of landing on whichever happened to run then. Returns key -> threads -> stats."""
+    sessions = {(key, n): load_runtime(path, threads=n) for key, path in paths.items() for n in threads}
+    times: dict[tuple, list[float]] = {k: [] for k in sessions}
+    for runtime in sessions.values():
+        for _ in range(max(0, warmup)):
+            runtime(x)
+    rounds = max(1, min(rounds, runs))
+    blocks = [runs // rounds + (1 if r < runs % rounds else 0) for r in range(rounds)]
+    for block in blocks:
+        for k, runtime in sessions.items():
+            for _ in range(block):
+                t = time.perf_counter()
+                runtime(x)
+                times[k].append((time.perf_counter() - t) * 1e3)
+    out: dict[Any, dict[str, dict]] = {key: {} for key in paths}
+    for (key, n), ts in times.items():
+        out[key][str(n)] = latency_stats(ts, warmup)
     return out
 
 
@@ -149,6 +170,7 @@ def run_benchmark(
     image: str | Path | None = None,
     plots: bool = True,
     accuracy: bool = True,
+    rounds: int = 5,
 ) -> BenchmarkResult:
     """Export, check and time every model in every format x precision (module docstring).
 
@@ -158,7 +180,9 @@ def run_benchmark(
         precisions: ``fp32``, ``fp16``, ``int8`` (int8 needs ``data``; without it the int8 rows are skipped).
         imgsz: square input size of every export and of the timing image.
         data: dataset yaml: mAP per format on its val split, and int8 calibration images.
-        runs, warmup: timed and untimed runs per thread setting.
+        runs, warmup: timed and untimed runs per model file and thread setting.
+        rounds: the timed runs are taken in this many blocks, alternating between all model files
+            (:func:`time_interleaved`).
         threads: thread counts to time (default: 1 and every usable core).
         out_dir: folder of the exports and result files (created; reused if it exists).
         image: the timing image (default Ultralytics' bus.jpg).
@@ -213,7 +237,6 @@ def run_benchmark(
                 if data is not None and accuracy:
                     refs[label] = validate_map(local[label], data, imgsz)
                     row.map50_95, row.map50 = refs[label]["map50_95"], refs[label]["map50"]
-                row.latency = _latencies(local[label], x, threads, runs, warmup)
                 continue
             if prec == "int8" and data is None:
                 row.status = "skipped: int8 needs data= for calibration"
@@ -225,19 +248,32 @@ def run_benchmark(
                 continue
             res = export_checked(local[label], format=fmt, imgsz=imgsz, half=prec == "fp16", int8=prec == "int8",
                                  data=data, reference_map=refs.get(label), map_check=accuracy, strict=False)
+            if not res.path.exists():
+                raise LDACError(f"export '{res.path}' vanished")
             row.file, row.size_mb, row.export_s, row.parity = str(res.path), res.size_mb, res.seconds, res.parity
             if res.accuracy:
                 row.map50_95, row.map50 = res.accuracy["map50_95"], res.accuracy["map50"]
             if res.failure:  # timed all the same, and marked: a user should see both numbers
                 row.status = f"failed: {res.failure}"
-            row.latency = _latencies(res.path, x, threads, runs, warmup)
         except LDACError as e:
             row.status = f"failed: {e}"
             LOGGER.warning(f"benchmark {label} {fmt} {prec}: {e}")
 
+    timed = {i: Path(r.file) for i, r in enumerate(rows) if r.file and not r.status.startswith("skipped")}
+    print(f"timing {len(timed)} models x {len(threads)} thread settings, interleaved ({runs} runs each)...")
+    try:
+        for i, lat in time_interleaved(timed, x, threads, runs, warmup, rounds=rounds).items():
+            rows[i].latency = lat
+    except LDACError as e:  # a file that passed its checks but cannot be timed: say so, keep the rest
+        LOGGER.warning(f"timing failed ({e}); timing one model at a time")
+        for i, path in timed.items():
+            try:
+                rows[i].latency = time_interleaved({i: path}, x, threads, runs, warmup, rounds=rounds)[i]
+            except LDACError as e2:
+                rows[i].status = f"failed: {e2}"
     table = format_table(rows, threads)
     files = write_results(rows, table, threads, out_dir, imgsz=imgsz, data=data, runs=runs, warmup=warmup,
-                          accuracy=accuracy, models={k: str(v) for k, v in models.items()}, plots=plots)
+                          rounds=rounds, accuracy=accuracy, models={k: str(v) for k, v in models.items()}, plots=plots)
     return BenchmarkResult(rows=rows, table=table, out_dir=out_dir, files=files)
 
 
