@@ -53,6 +53,7 @@ EXPECTED_DEFAULTS = {
     "int8": False,
     "calib_images": 300,
     "parity": True,
+    "parity_map": True,
     "parity_rtol": None,
     "baseline": None,
     "formats": "onnx,litert,openvino",

@@ -117,7 +117,7 @@ class YOLOLDAC:
                 extra[key] = kwargs[key]
         result = export_checked(self.source, format=cfg["format"], imgsz=cfg["imgsz"], half=cfg["half"],
                                 int8=cfg["int8"], data=cfg.get("data"), parity=cfg["parity"], rtol=cfg["parity_rtol"],
-                                calib_images=cfg["calib_images"], **extra)
+                                calib_images=cfg["calib_images"], map_check=cfg["parity_map"], **extra)
         self.last_export = result
         if cfg["verbose"]:
             print(result.summary())

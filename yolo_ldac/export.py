@@ -46,6 +46,7 @@ from yolo_ldac.deploy.parity import (  # noqa: F401  (parity_metrics, preprocess
     check_raw_parity,
     parity_metrics,
     shape2,
+    split_images,
     val_images,
     validate_map,
 )
@@ -141,24 +142,6 @@ def check_export_requirements(fmt: str, precision: str) -> None:
             f"{fmt} {precision} export needs {', '.join(missing)}, which is not installed: "
             f"pip install 'yolo-ldac[{extra}]'"
         )
-
-
-def split_images(data: str | Path, split: str) -> int:
-    """Number of image files in ``data``'s ``split`` (0 when it cannot be read)."""
-    from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
-
-    try:
-        folders = check_det_dataset(str(data)).get(split)
-    except Exception:
-        return 0
-    n = 0
-    for folder in folders if isinstance(folders, list) else [folders]:
-        p = Path(str(folder))
-        if p.is_dir():
-            n += sum(1 for f in p.rglob("*") if f.suffix[1:].lower() in IMG_FORMATS)
-        elif p.suffix == ".txt" and p.is_file():
-            n += sum(1 for line in p.read_text().splitlines() if line.strip())
-    return n
 
 
 # --------------------------------------------------------------------------------------------------- ONNX (legacy API)
@@ -370,7 +353,7 @@ def export_checked(
     if fmt in CHECKED_FORMATS:
         args.setdefault("device", "cpu")  # these runtimes are checked and timed on the CPU
     if data is not None and precision == "int8":
-        n_train = split_images(data, "train")
+        n_train = len(split_images(data, "train"))
         if n_train == 0:
             raise LDACError(f"int8 calibration found no training images in '{data}'")
         args.update(data=str(data), split="train")

@@ -41,7 +41,8 @@ SHARED_KEYS = frozenset(
 )
 
 # Our keys that must be exactly True or False.
-_BOOL_KEYS = ("compensate", "val_steps", "portable", "parity", "exist_ok", "plots", "verbose", "half", "int8")
+_BOOL_KEYS = ("compensate", "val_steps", "portable", "parity", "exist_ok", "plots", "verbose", "half", "int8",
+              "parity_map")
 
 _INT_RE = re.compile(r"[-+]?\d[\d_]*")
 _FLOAT_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")

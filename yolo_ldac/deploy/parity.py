@@ -92,24 +92,29 @@ def default_images() -> list[Path]:
     return [p for p in (Path(ASSETS) / "bus.jpg", Path(ASSETS) / "zidane.jpg") if p.is_file()]
 
 
-def val_images(data: str | Path | None, n: int = 2) -> list[Path]:
-    """The first ``n`` images of ``data``'s val split (none when ``data`` is None or has no images)."""
-    if not data or n <= 0:
+def split_images(data: str | Path | None, split: str = "val") -> list[Path]:
+    """The image files of ``data``'s ``split`` (a folder, a list of folders, or a .txt list of paths), sorted."""
+    if not data:
         return []
     from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
 
     try:
-        folders = check_det_dataset(str(data)).get("val")
+        folders = check_det_dataset(str(data)).get(split)
     except Exception as e:
         raise LDACError(f"cannot read dataset '{data}' ({type(e).__name__}: {e})") from e
     found: list[Path] = []
-    for folder in folders if isinstance(folders, list) else [folders]:
-        p = Path(folder)
+    for folder in folders if isinstance(folders, list) else [folders] if folders else []:
+        p = Path(str(folder))
         if p.is_dir():
             found += sorted(f for f in p.rglob("*") if f.suffix[1:].lower() in IMG_FORMATS)
         elif p.suffix == ".txt" and p.is_file():  # a list of image paths
             found += [Path(line.strip()) for line in p.read_text().splitlines() if line.strip()]
-    return found[:n]
+    return found
+
+
+def val_images(data: str | Path | None, n: int = 2) -> list[Path]:
+    """The first ``n`` images of ``data``'s val split (none when ``data`` is None)."""
+    return split_images(data, "val")[:n] if n > 0 else []
 
 
 def preprocess_image(image: str | Path, imgsz: tuple[int, int]) -> np.ndarray:
