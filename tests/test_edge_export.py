@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -253,7 +254,10 @@ def test_openvino_all_precisions(coco, pruned, pt, tmp_path):
 def test_benchmark_dense_vs_compressed(coco, tmp_path):
     from yolo_ldac import YOLOLDAC
 
-    model, data = coco
+    import shutil
+
+    data = coco[1]
+    model = Path(shutil.copy2(coco[0], tmp_path / "coco.pt"))  # a folder of its own: other tests export beside coco[0]
     pruned = YOLOLDAC(str(model)).prune(data=str(data), ratio=0.3, method="l2", imgsz=COCO_IMGSZ, batch=2,
                                         calib_batches=1, val_steps=False, plots=False, portable=False,
                                         project=str(tmp_path), name="p").best
