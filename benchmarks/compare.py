@@ -47,12 +47,12 @@ if str(ROOT) not in sys.path:
 
 # Offline Ultralytics with a private config dir, before anything imports ultralytics.
 os.environ.setdefault("YOLO_CONFIG_DIR", str(ROOT / ".cache" / "ultralytics"))
-from yolo_ldac.utils.env import setup_offline_env  # noqa: E402
+from yolo_ldac.utils.env import setup_offline_env, shared_weights_dir  # noqa: E402
 
 setup_offline_env(offline=True)
 
 SCRIPT = "benchmarks/compare.py"
-WEIGHTS = Path(os.environ.get("YOLO_LDAC_SHARED_WEIGHTS") or ROOT.parent / "shared" / "weights")
+WEIGHTS = shared_weights_dir()
 MODELS = {"yolo11n-coco": WEIGHTS / "yolo11n-coco.pt", "yolov8s-fall": WEIGHTS / "yolov8s-fall.pt"}
 SEG_WEIGHTS = WEIGHTS / "yolo11n-seg-coco.pt"
 IMG_SUFFIXES = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp"}

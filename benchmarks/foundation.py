@@ -26,12 +26,12 @@ sys.path.insert(0, str(ROOT))
 
 import yolo_ldac  # noqa: E402,F401
 from yolo_ldac.data.shapes import make_shapes_dataset  # noqa: E402
-from yolo_ldac.utils.env import machine_info  # noqa: E402
+from yolo_ldac.utils.env import machine_info, shared_weights_dir  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--weights", default=str(ROOT.parent / "shared" / "weights"))
+    ap.add_argument("--weights", default=str(shared_weights_dir()))
     ap.add_argument("--out", default=None)
     ap.add_argument("--preset", choices=("foundation", "ldac-default"), default="foundation",
                     help="foundation: the issue-2 command (l2, 2 rounds, 1+1 epochs, 160 px); ldac-default: "

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import yolo_ldac  # noqa: E402,F401
 from yolo_ldac.data.shapes import make_shapes_dataset  # noqa: E402
-from yolo_ldac.utils.env import machine_info  # noqa: E402
+from yolo_ldac.utils.env import machine_info, shared_weights_dir  # noqa: E402
 
 
 def epoch_seconds(results_csv: Path) -> list[float]:
@@ -41,7 +41,7 @@ def epoch_seconds(results_csv: Path) -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default=str(ROOT.parent / "shared" / "weights" / "yolo11n-coco.pt"))
+    ap.add_argument("--model", default=str(shared_weights_dir() / "yolo11n-coco.pt"))
     ap.add_argument("--imgsz", type=int, default=160)
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "ldac_overhead.json"))

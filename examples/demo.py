@@ -27,7 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def resolve_model(name: str = "yolo11n.pt") -> str:
     """A local checkpoint if there is one, else the workplace's shared copy, else the Ultralytics name."""
-    for candidate in (Path(name), ROOT / name, ROOT.parent / "shared" / "weights" / "yolo11n-coco.pt"):
+    from yolo_ldac.utils.env import shared_weights_dir
+
+    for candidate in (Path(name), ROOT / name, shared_weights_dir() / "yolo11n-coco.pt"):
         if candidate.is_file():
             return str(candidate)
     if os.environ.get("YOLO_OFFLINE", "").lower() in {"1", "true"}:

@@ -29,7 +29,6 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config):
@@ -51,7 +50,9 @@ def shared_weights():
     The folder is ``$YOLO_LDAC_SHARED_WEIGHTS`` when set, else ``shared/weights`` beside the repository (the
     developers' and CI's machines have it; a user's clone does not, and the tests that need it skip).
     """
-    folder = Path(os.environ.get("YOLO_LDAC_SHARED_WEIGHTS") or REPO_ROOT.parent / "shared" / "weights")
+    from yolo_ldac.utils.env import shared_weights_dir
+
+    folder = shared_weights_dir()
 
     def get(name: str) -> Path:
         path = folder / name

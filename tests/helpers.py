@@ -95,6 +95,17 @@ def _calibration_batch(g: torch.Generator, n: int = 4, size: int = 160) -> torch
     return torch.stack(crops).float() / 255.0
 
 
+def save_checkpoint(model, path):
+    """Write ``model`` as an Ultralytics-loadable ``.pt`` (the layout ``YOLO(path)`` expects); return ``path``."""
+    import copy
+
+    import ultralytics
+
+    torch.save({"model": copy.deepcopy(model).float(), "train_args": {}, "date": None,
+                "version": ultralytics.__version__}, path)
+    return path
+
+
 def teacher_dataset(model_path, out_dir, imgsz: int = 160, conf: float = 0.4):
     """A tiny detection set labelled by ``model_path`` itself: bus.jpg and zidane.jpg, their mirror images (val)
     and 80 % centre crops of both (train), with the model's own detections at ``conf`` as labels.

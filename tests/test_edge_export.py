@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import save_checkpoint as _save
 from helpers import tiny_pruned_model
 
 import yolo_ldac.export as export_mod
@@ -25,14 +26,6 @@ HAS_LITERT = importlib.util.find_spec("ai_edge_litert") is not None and importli
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None and importlib.util.find_spec("nncf") is not None
 needs_litert = pytest.mark.skipif(not HAS_LITERT, reason="pip install 'yolo-ldac[litert]'")
 needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="pip install 'yolo-ldac[openvino]'")
-
-
-def _save(model, path):
-    import ultralytics
-
-    torch.save({"model": copy.deepcopy(model).float(), "train_args": {}, "date": None,
-                "version": ultralytics.__version__}, path)
-    return path
 
 
 def _perturbed(model):

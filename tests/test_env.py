@@ -43,3 +43,12 @@ def test_machine_info():
     assert info["cores"] >= 1 and info["cpu"]
     assert info["torch"] and info["ultralytics"] and info["python"]
     assert "gpu" in info
+
+
+def test_shared_weights_dir_follows_the_environment(monkeypatch, tmp_path):
+    from yolo_ldac.utils.env import shared_weights_dir
+
+    monkeypatch.setenv("YOLO_LDAC_SHARED_WEIGHTS", str(tmp_path))
+    assert shared_weights_dir() == tmp_path
+    monkeypatch.delenv("YOLO_LDAC_SHARED_WEIGHTS")
+    assert shared_weights_dir().parts[-2:] == ("shared", "weights")

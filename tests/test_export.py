@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 
 import numpy as np
 import pytest
 import torch
+from helpers import save_checkpoint as save_ultralytics_checkpoint
 from helpers import tiny_pruned_model
 
 import yolo_ldac.export as export_mod
@@ -15,15 +15,6 @@ from yolo_ldac.errors import LDACError
 from yolo_ldac.export import check_onnx_parity, export_model, parity_metrics
 
 IMGSZ = 96
-
-
-def save_ultralytics_checkpoint(model, path):
-    """Write ``model`` as an Ultralytics-loadable ``.pt`` (the layout ``YOLO(path)`` expects)."""
-    import ultralytics
-
-    ckpt = {"model": copy.deepcopy(model).float(), "train_args": {}, "date": None, "version": ultralytics.__version__}
-    torch.save(ckpt, path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -420,23 +420,12 @@ def _export_in(pt_path: Path, fmt: str, args: dict) -> Path:
         raise LDACError(f"export of '{pt_path.name}' to {fmt} failed ({_first_line(e)})") from e
 
 
-def export_model(
-    model_path: str | Path,
-    format: str = "onnx",
-    imgsz: int | tuple[int, int] = 640,
-    half: bool = False,
-    int8: bool = False,
-    data: str | Path | None = None,
-    parity: bool = True,
-    rtol: float | None = None,
-    image: str | Path | None = None,
-    **kwargs: Any,
-) -> Path:
-    """Export and check a detector (see :func:`export_checked`); return the exported file or folder.
+def export_model(model_path: str | Path, **kwargs: Any) -> Path:
+    """Export and check a detector; return the exported file or folder. Takes the arguments of
+    :func:`export_checked` (``format``, ``imgsz``, ``half``, ``int8``, ``data``, ``parity``, ...).
 
     Example:
         >>> export_model("best.pt", format="onnx", imgsz=640)
         PosixPath('best.onnx')
     """
-    return export_checked(model_path, format=format, imgsz=imgsz, half=half, int8=int8, data=data, parity=parity,
-                          rtol=rtol, image=image, **kwargs).path
+    return export_checked(model_path, **kwargs).path

@@ -506,9 +506,9 @@ def build_composite(
         raise LDACError(f"need n_train, n_val, max_objects >= 1 and imgsz >= 32, got "
                         f"{n_train}, {n_val}, {max_objects}, {imgsz}")
     if seg_weights is None:
-        folder = os.environ.get("YOLO_LDAC_SHARED_WEIGHTS") or Path(__file__).resolve().parents[2].parent / \
-            "shared" / "weights"
-        seg_weights = Path(folder) / "yolo11n-seg-coco.pt"
+        from yolo_ldac.utils.env import shared_weights_dir
+
+        seg_weights = shared_weights_dir() / "yolo11n-seg-coco.pt"
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     if sources is None:
         sources = collect_sources(extra_dirs, cache_dir=cache_dir)

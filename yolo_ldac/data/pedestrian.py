@@ -82,9 +82,9 @@ def find_vtest() -> Path | None:
 def default_weights() -> Path | str:
     """``yolo11n-coco.pt`` in ``$YOLO_LDAC_SHARED_WEIGHTS`` or ``<repo>/../shared/weights`` if it is there,
     else ``"yolo11n.pt"`` (which Ultralytics finds locally or downloads, when online)."""
-    folder = os.environ.get("YOLO_LDAC_SHARED_WEIGHTS") or Path(__file__).resolve().parents[2].parent / \
-        "shared" / "weights"
-    path = Path(folder) / "yolo11n-coco.pt"
+    from yolo_ldac.utils.env import shared_weights_dir
+
+    path = shared_weights_dir() / "yolo11n-coco.pt"
     return path if path.is_file() else "yolo11n.pt"
 
 

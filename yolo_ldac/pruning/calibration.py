@@ -39,7 +39,7 @@ def build_calibration_batches(data: dict, imgsz: int, batch: int, n_batches: int
     augmentation, in a fixed seeded order, so every criterion sees the same calibration set.
     """
     from ultralytics.cfg import get_cfg
-    from ultralytics.data import build_dataloader, build_yolo_dataset
+    from ultralytics.data import build_yolo_dataset
     from ultralytics.utils import DEFAULT_CFG
 
     cfg = get_cfg(DEFAULT_CFG, {"imgsz": imgsz, "rect": False, "cache": False, "fraction": 1.0})

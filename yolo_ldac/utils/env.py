@@ -138,6 +138,18 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def shared_weights_dir() -> Path:
+    """Folder of the pretrained checkpoints shared with a checkout: ``$YOLO_LDAC_SHARED_WEIGHTS`` when set, else
+    ``shared/weights`` beside the repository (it may not exist: callers check the file they need).
+
+    Example:
+        >>> (shared_weights_dir() / "yolo11n-coco.pt").name
+        'yolo11n-coco.pt'
+    """
+    return Path(os.environ.get("YOLO_LDAC_SHARED_WEIGHTS") or Path(__file__).resolve().parents[2].parent / "shared"
+                / "weights")
+
+
 def machine_info() -> dict:
     """Describe the machine and the library versions, for benchmark records and reports.
 
