@@ -16,6 +16,7 @@ Usage:
     python benchmarks/compare.py --models yolo11n-coco --ratios 0.5 --methods dense ldac group_fisher --seeds 0
     python benchmarks/edge.py                       # ~15 min on 2 CPU cores
     python benchmarks/edge.py --imgsz 160 --runs 20  # quicker
+    python benchmarks/edge.py --report-only         # rewrite the section and the plots from the saved JSON
 """
 
 from __future__ import annotations
@@ -117,6 +118,10 @@ def main() -> None:
         results = []
         for imgsz in args.imgsz:
             record = json.loads((args.out / f"edge-{imgsz}" / "benchmark.json").read_text(encoding="utf-8"))
+            from yolo_ldac.deploy.benchmark import BenchRow, plot_benchmark
+
+            plot_benchmark([BenchRow(**r) for r in record["rows"]], record["settings"]["threads"],
+                           args.out / f"edge-{imgsz}" / "benchmark.png")
             results.append((imgsz, record, (args.out / f"edge-{imgsz}" / "benchmark.md").read_text().strip()))
         write_section(args.report, section(results, record["settings"].get("command", "python benchmarks/edge.py")))
         print(f"wrote {args.report}")

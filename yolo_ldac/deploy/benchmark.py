@@ -332,7 +332,7 @@ def write_results(rows: list[BenchRow], table: str, threads: Sequence[int], out_
 
 def plot_benchmark(rows: list[BenchRow], threads: Sequence[int], path: Path) -> Path:
     """Horizontal bars: median latency per runtime x precision for each model, one panel per thread count, and
-    mAP50-95 when it was measured."""
+    mAP50-95 when it was measured; rows that failed a check are hatched."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -352,21 +352,26 @@ def plot_benchmark(rows: list[BenchRow], threads: Sequence[int], path: Path) -> 
         titles.append("mAP50-95")
     for p, ax in enumerate(axes[0]):
         for i, label in enumerate(labels):
-            vals = []
+            vals, failed = [], []
             for fmt, prec in configs:
                 r = by.get((label, fmt, prec))
+                failed.append(r is not None and r.status.startswith("failed"))
                 if r is None:
                     vals.append(np.nan)
                 elif p < len(threads):
                     vals.append(r.latency.get(str(threads[p]), {}).get("median_ms", np.nan))
                 else:
                     vals.append(np.nan if r.map50_95 is None else r.map50_95)
-            ax.barh(y + (i - (len(labels) - 1) / 2) * height, vals, height, label=label)
+            bars = ax.barh(y + (i - (len(labels) - 1) / 2) * height, vals, height, label=label)
+            for bar, bad in zip(bars, failed):
+                if bad:  # timed, but the export failed a parity or mAP check
+                    bar.set_hatch("///")
         ax.set_yticks(y, [f"{f} {q}" for f, q in configs])
         ax.invert_yaxis()
         ax.set_title(titles[p], fontsize=10)
         ax.grid(axis="x", alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=8, title="hatched: failed a check" if any(
+        r.status.startswith("failed") for r in rows) else None, title_fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
