@@ -19,7 +19,7 @@ from yolo_ldac.cfg import DEFAULT_CFG_PATH, MODES, closest, get_cfg, load_defaul
 from yolo_ldac.errors import LDACError
 
 MODE_HELP = {
-    "compress": "prune in `rounds` steps with training in between, then fine-tune, validate and export",
+    "compress": "prune in `rounds` steps with training in between, then fine-tune and validate",
     "prune": "prune once to the target ratio, without training; save the pruned model",
     "finetune": "train a (pruned) model for `epochs` epochs (default: finetune_epochs)",
     "val": "validate a model on `data`",
