@@ -55,7 +55,6 @@ SCRIPT = "benchmarks/compare.py"
 WEIGHTS = shared_weights_dir()
 MODELS = {"yolo11n-coco": WEIGHTS / "yolo11n-coco.pt", "yolov8s-fall": WEIGHTS / "yolov8s-fall.pt"}
 SEG_WEIGHTS = WEIGHTS / "yolo11n-seg-coco.pt"
-IMG_SUFFIXES = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp"}
 
 # Presets: schedule, sizes and the generated default dataset. The CPU preset is sized so the full default grid
 # (2 models x 2 ratios x 6 criteria + dense, 3 seeds = 78 runs) takes about 3 hours on 2 cores (benchmarks/README.md).
@@ -122,15 +121,9 @@ def count_images(data: Path, split: str = "train") -> int | None:
         info = check_det_dataset(str(data))
     except Exception:
         return None
-    folders = info.get(split)
-    n = 0
-    for f in folders if isinstance(folders, list) else [folders]:
-        p = Path(str(f))
-        if p.is_dir():
-            n += sum(1 for x in p.rglob("*") if x.suffix.lower() in IMG_SUFFIXES)
-        elif p.is_file():
-            n += sum(1 for line in p.read_text().splitlines() if line.strip())
-    return n
+    from yolo_ldac.data._common import split_image_files
+
+    return len(split_image_files(info.get(split)))
 
 
 def default_data(preset: dict) -> list[Path]:

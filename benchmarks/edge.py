@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -148,14 +149,7 @@ def main() -> None:
         record = json.loads(res.files["json"].read_text(encoding="utf-8"))
         results.append((imgsz, record, res.table))
         for label in models:  # the exports are reproducible from the checkpoints; keep only the results
-            for f in (res.out_dir / label).glob("*"):
-                if f.is_file():
-                    f.unlink()
-                else:
-                    import shutil
-
-                    shutil.rmtree(f)
-            (res.out_dir / label).rmdir()
+            shutil.rmtree(res.out_dir / label)
     write_section(args.report, section(results, command.strip()))
     print(f"wrote {args.report}")
 

@@ -95,6 +95,27 @@ def _calibration_batch(g: torch.Generator, n: int = 4, size: int = 160) -> torch
     return torch.stack(crops).float() / 255.0
 
 
+def assert_every_prunable_conv_scored(crit, calib_batches):
+    """Prepare ``crit`` on an untrained YOLO11n (split blocks, seed 0) and check that it scored every Conv block the
+    pruner may touch: one finite score >= 0 per output channel. Returns the prepared criterion."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_ldac.ldac.criterion import conv_wrappers
+    from yolo_ldac.nn.adapter import protected_layers, rewrite_split_blocks
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolo11n.yaml", nc=3, verbose=False)
+    rewrite_split_blocks(model)
+    crit.prepare(model, calib_batches)
+    protected = set(protected_layers(model))
+    wrapped = [c for c in conv_wrappers(model) if c not in protected]
+    assert wrapped and all(c in crit.scores for c in wrapped)
+    for conv in wrapped:
+        s = crit.scores[conv]
+        assert s.shape == (conv.out_channels,) and torch.isfinite(s).all() and (s >= 0).all()
+    return crit
+
+
 def save_checkpoint(model, path):
     """Write ``model`` as an Ultralytics-loadable ``.pt`` (the layout ``YOLO(path)`` expects); return ``path``."""
     import copy

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 from ultralytics.nn.modules import Conv
 
-from yolo_ldac.ldac.criterion import LDACCriterion, conv_wrappers
+from yolo_ldac.ldac.criterion import LDACCriterion
 from yolo_ldac.ldac.objective import SampleConfig, level_samples, objective_per_level
 from yolo_ldac.ldac.stats import DiscriminantStats
 from yolo_ldac.pruning.criteria import CRITERIA, build_criterion
@@ -81,21 +81,9 @@ def test_objective_single_class_without_background_is_zero_not_nan():
 
 
 def test_tracer_scores_every_prunable_layer_of_yolo11n(calib_batches):
-    from ultralytics.nn.tasks import DetectionModel
+    from helpers import assert_every_prunable_conv_scored
 
-    from yolo_ldac.nn.adapter import protected_layers, rewrite_split_blocks
-
-    torch.manual_seed(0)
-    model = DetectionModel("yolo11n.yaml", nc=3, verbose=False)
-    rewrite_split_blocks(model)
-    crit = LDACCriterion()
-    crit.prepare(model, calib_batches)
-    protected = set(protected_layers(model))
-    wrapped = [c for c in conv_wrappers(model) if c not in protected]
-    assert wrapped and all(c in crit.scores for c in wrapped)
-    for conv in wrapped:
-        s = crit.scores[conv]
-        assert s.shape == (conv.out_channels,) and torch.isfinite(s).all() and (s >= 0).all()
+    crit = assert_every_prunable_conv_scored(LDACCriterion(), calib_batches)
     assert len(crit.level_objective) == 3 and all(j >= 0 for j in crit.level_objective)
 
 

@@ -143,19 +143,6 @@ def test_group_mean_returns_none_without_scores():
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["hrank", "chip"])
 def test_every_prunable_conv_of_yolo11n_is_scored(method, calib_batches):
-    from ultralytics.nn.tasks import DetectionModel
+    from helpers import assert_every_prunable_conv_scored
 
-    from yolo_ldac.ldac.criterion import conv_wrappers
-    from yolo_ldac.nn.adapter import protected_layers, rewrite_split_blocks
-
-    torch.manual_seed(0)
-    model = DetectionModel("yolo11n.yaml", nc=3, verbose=False)
-    rewrite_split_blocks(model)
-    crit = build_criterion(method)
-    crit.prepare(model, calib_batches)
-    protected = set(protected_layers(model))
-    wrapped = [c for c in conv_wrappers(model) if c not in protected]
-    assert wrapped and all(c in crit.scores for c in wrapped)
-    for conv in wrapped:
-        s = crit.scores[conv]
-        assert s.shape == (conv.out_channels,) and torch.isfinite(s).all() and (s >= 0).all()
+    assert_every_prunable_conv_scored(build_criterion(method), calib_batches)

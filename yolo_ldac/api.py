@@ -9,7 +9,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,8 +20,6 @@ import torch.nn as nn
 
 from yolo_ldac.cfg import get_cfg, split_args
 from yolo_ldac.errors import LDACError
-
-IMG_SUFFIXES = {".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp", ".pfm", ".heic"}
 
 
 @dataclass
@@ -93,7 +90,7 @@ class YOLOLDAC:
 
         model = adapt_head_to_names(self.model, data_dict["names"])
         metrics = validate(model, cfg, split_args(cfg)[1])
-        return {**metrics, **self._complexity(model)}
+        return {**metrics, **model_complexity(model)}
 
     def export(self, format: str | None = None, **kwargs: Any) -> Path:
         """Export to ``format`` (onnx, litert/tflite, openvino, ... ; ``half=True`` / ``int8=True data=...``) and check
@@ -169,7 +166,7 @@ class YOLOLDAC:
         from yolo_ldac.pruning.complexity import layer_channels
 
         imgsz = int(imgsz or get_cfg(kwargs, mode="info")["imgsz"])
-        comp = self._complexity(self.model, imgsz)
+        comp = model_complexity(self.model, imgsz)
         layers = layer_channels(self.model)
         lines = [f"{'layer':<40} {'out channels':>12}"] + [f"{n:<40} {c:>12}" for n, c in layers.items()]
         lines.append(f"{len(layers)} conv layers, {comp['params_m']:.3f} M params, {comp['flops_g']:.3f} GFLOPs "
@@ -329,13 +326,6 @@ class YOLOLDAC:
         self.source = best
         return result
 
-    @staticmethod
-    def _complexity(model: nn.Module, imgsz: int = 640) -> dict:
-        from yolo_ldac.nn.adapter import protected_layers
-        from yolo_ldac.pruning.complexity import measure
-
-        return _comp_view(measure(model, imgsz, protected=protected_layers(model)))
-
 
 # --- helpers shared by the modes -----------------------------------------------------------------------------
 def check_data(data: str | None) -> dict:
@@ -358,17 +348,12 @@ def check_data(data: str | None) -> dict:
     except Exception as e:
         msg = str(e).strip().splitlines()
         raise LDACError(f"data '{data}' is not a usable dataset: {msg[0] if msg else type(e).__name__}") from None
+    from yolo_ldac.data._common import split_image_files
+
     for split in ("train", "val"):
         folders = info.get(split)
         folders = folders if isinstance(folders, list) else [folders]
-        n = 0
-        for f in folders:
-            p = Path(str(f))
-            if p.is_dir():
-                n += sum(1 for x in p.rglob("*") if x.suffix.lower() in IMG_SUFFIXES)
-            elif p.is_file():
-                n += sum(1 for _ in p.read_text().splitlines() if _.strip())
-        if n == 0:
+        if not split_image_files(folders):
             raise LDACError(f"data '{data}': the {split} split ({', '.join(map(str, folders))}) holds no images")
     return info
 
@@ -376,17 +361,12 @@ def check_data(data: str | None) -> dict:
 def validate(model: nn.Module, cfg: dict, ultra: dict) -> dict:
     """mAP50-95 and mAP50 of ``model`` on the val split of ``cfg['data']`` (validates a copy: the validator
     fuses Conv+BN in place)."""
-    from ultralytics.models.yolo.detect import DetectionValidator
+    from yolo_ldac.engine.validator import detection_map
 
     args = {k: v for k, v in ultra.items() if k in {"imgsz", "batch", "device", "workers", "half", "conf", "iou",
                                                     "max_det", "split", "single_cls", "rect"}}
-    args.update(data=cfg["data"], plots=False, save_json=False, verbose=False, mode="val")
     args.setdefault("rect", False)
-    with tempfile.TemporaryDirectory(prefix="yolo-ldac-val-") as tmp:  # the validator always makes a save dir
-        args.update(project=tmp, name="val", exist_ok=True)
-        validator = DetectionValidator(args=args)
-        stats = validator(model=copy.deepcopy(model).float())
-    return {"map50_95": float(stats.get("metrics/mAP50-95(B)", 0.0)), "map50": float(stats.get("metrics/mAP50(B)", 0.0))}
+    return detection_map(copy.deepcopy(model).float(), **args, data=cfg["data"])
 
 
 def train(model: nn.Module, cfg: dict, ultra: dict, epochs: int, run_dir: Path, name: str, criterion=None,
@@ -444,6 +424,14 @@ def save_ultralytics_checkpoint(model: nn.Module, path: Path, cfg: dict) -> Path
 
 def _metric_view(m: dict) -> dict:
     return {"map50_95": m.get("map50_95"), "map50": m.get("map50")}
+
+
+def model_complexity(model: nn.Module, imgsz: int = 640) -> dict:
+    """``{"flops_g", "params_m", "channels"}`` of a detector at a square ``imgsz`` (FLOPs in G, params in M)."""
+    from yolo_ldac.nn.adapter import protected_layers
+    from yolo_ldac.pruning.complexity import measure
+
+    return _comp_view(measure(model, imgsz, protected=protected_layers(model)))
 
 
 def _comp_view(c) -> dict:

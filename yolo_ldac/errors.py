@@ -3,3 +3,14 @@
 
 class LDACError(Exception):
     """A user-facing error: the CLI prints it on one line and exits with status 2."""
+
+
+def first_line(e: BaseException) -> str:
+    """``Type: first line of the message`` of an exception, to quote it inside a one-line :class:`LDACError`.
+
+    Example:
+        >>> first_line(ValueError("bad shape\\nmore detail"))
+        'ValueError: bad shape'
+    """
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__

@@ -51,7 +51,7 @@ from yolo_ldac.deploy.parity import (  # noqa: F401  (parity_metrics, preprocess
     validate_map,
 )
 from yolo_ldac.deploy.parity import preprocess_image as _preprocess
-from yolo_ldac.errors import LDACError
+from yolo_ldac.errors import LDACError, first_line
 
 LOGGER = logging.getLogger(__name__)
 
@@ -104,11 +104,6 @@ class ExportResult:
         return "; ".join(parts)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
-
-
 def normalise_format(fmt: str) -> str:
     """``fmt`` lower-cased, with ``tflite`` read as ``litert``."""
     f = str(fmt).strip().lower()
@@ -135,13 +130,10 @@ def export_name(stem: str, fmt: str, precision: str) -> str:
 
 def check_export_requirements(fmt: str, precision: str) -> None:
     """Raise :class:`LDACError` naming the pip extra when ``fmt`` at ``precision`` cannot be exported here."""
-    modules, extra = EXPORT_REQUIREMENTS.get(fmt, {}).get(precision, ((), ""))
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        raise LDACError(
-            f"{fmt} {precision} export needs {', '.join(missing)}, which is not installed: "
-            f"pip install 'yolo-ldac[{extra}]'"
-        )
+    from yolo_ldac.deploy.runtimes import require_modules
+
+    modules, extra = EXPORT_REQUIREMENTS.get(fmt, {}).get(precision, ((), None))
+    require_modules(modules, extra, what=f"{fmt} {precision} export")
 
 
 # --------------------------------------------------------------------------------------------------- ONNX (legacy API)
@@ -384,10 +376,13 @@ def export_checked(
                 from yolo_ldac.deploy.parity import default_images
 
                 images = default_images() + val_images(data, 2)
-            raw = check_raw_parity(pt_path, named, images=images, imgsz=imgsz, precision=precision, rtol=rtol,
+            from yolo_ldac.deploy.runtimes import load_runtime
+
+            reference = load_runtime(pt_path)  # loaded once for both checks
+            raw = check_raw_parity(reference, named, images=images, imgsz=imgsz, precision=precision, rtol=rtol,
                                    raise_on_fail=False)
             if data is not None and map_check:
-                acc = check_map_parity(pt_path, named, data, max(shape2(imgsz)), precision=precision,
+                acc = check_map_parity(reference, named, data, max(shape2(imgsz)), precision=precision,
                                        reference_map=reference_map, max_drop=max_map_drop, raise_on_fail=False)
             errors = [r["error"] for r in (raw, acc) if r is not None and not r["ok"]]
             if errors:
@@ -412,12 +407,12 @@ def _export_in(pt_path: Path, fmt: str, args: dict) -> Path:
         except Exception as e:
             if fmt != "onnx" or not args.get("simplify"):
                 raise
-            LOGGER.warning(f"ONNX export with simplify=True failed ({_first_line(e)}); retrying without onnxslim")
+            LOGGER.warning(f"ONNX export with simplify=True failed ({first_line(e)}); retrying without onnxslim")
             return _ultralytics_export(pt_path, **{**args, "simplify": False})
     except LDACError:
         raise
     except Exception as e:
-        raise LDACError(f"export of '{pt_path.name}' to {fmt} failed ({_first_line(e)})") from e
+        raise LDACError(f"export of '{pt_path.name}' to {fmt} failed ({first_line(e)})") from e
 
 
 def export_model(model_path: str | Path, **kwargs: Any) -> Path:

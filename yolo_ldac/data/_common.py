@@ -1,4 +1,5 @@
-"""Pieces every dataset builder and converter shares: clearing a rebuilt layout, and the small CLI wrapper."""
+"""Pieces the dataset builders, converters and readers share: clearing a rebuilt layout, the small CLI wrapper,
+and listing the images of a split."""
 
 from __future__ import annotations
 
@@ -19,6 +20,26 @@ def clear_split_files(out_dir: Path, subdirs: tuple[str, ...] = ("images", "labe
                 for f in d.iterdir():
                     if f.is_file():
                         f.unlink()
+
+
+def split_image_files(folders: str | Path | list | None) -> list[Path]:
+    """The images of one split of a resolved dataset (``check_det_dataset(data)[split]``): every image file under
+    its folder(s), sorted, and the paths listed in a list file (one a line).
+
+    Example:
+        >>> split_image_files(None)
+        []
+    """
+    from ultralytics.data.utils import IMG_FORMATS
+
+    found: list[Path] = []
+    for folder in folders if isinstance(folders, list) else [folders] if folders else []:
+        p = Path(str(folder))
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.suffix[1:].lower() in IMG_FORMATS)
+        elif p.is_file():  # a list of image paths
+            found += [Path(line.strip()) for line in p.read_text().splitlines() if line.strip()]
+    return found
 
 
 def run_cli(build: Callable[[], Path], logger: logging.Logger) -> int:

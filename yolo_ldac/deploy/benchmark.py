@@ -30,7 +30,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from yolo_ldac.deploy.runtimes import all_threads, check_runtime, load_runtime
+from yolo_ldac.deploy.runtimes import check_runtime, load_runtime
+from yolo_ldac.utils.env import usable_cores
 from yolo_ldac.errors import LDACError
 
 LOGGER = logging.getLogger(__name__)
@@ -76,16 +77,7 @@ def time_runtime(runtime: Any, x: np.ndarray, runs: int = 50, warmup: int = 10) 
         >>> time_runtime(lambda x: x * 2, np.zeros(3), runs=5, warmup=1)["runs"]
         5
     """
-    if runs < 1:
-        raise LDACError(f"runs must be >= 1, got {runs}")
-    for _ in range(max(0, warmup)):
-        runtime(x)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        runtime(x)
-        times.append((time.perf_counter() - t) * 1e3)
-    return latency_stats(times, warmup)
+    return _time_blocks({0: runtime}, x, runs, warmup, rounds=1)[0]
 
 
 def parse_list(value: Any, name: str) -> list[str]:
@@ -103,7 +95,7 @@ def parse_threads(value: Any) -> list[int]:
     """``"1,all"``, ``[1, 4]`` or ``2`` -> thread counts (``all`` = every usable core), without duplicates."""
     out: list[int] = []
     for v in parse_list(value, "threads"):
-        n = all_threads() if v in ("all", "0") else None
+        n = usable_cores() if v in ("all", "0") else None
         if n is None:
             try:
                 n = int(v)
@@ -119,12 +111,11 @@ def parse_threads(value: Any) -> list[int]:
 def _complexity(pt: Path, imgsz: int) -> dict[str, float]:
     from ultralytics.nn.tasks import load_checkpoint
 
-    from yolo_ldac.nn.adapter import protected_layers
-    from yolo_ldac.pruning.complexity import measure
+    from yolo_ldac.api import model_complexity
 
     model, _ = load_checkpoint(str(pt), device="cpu")
-    c = measure(model.float(), imgsz, protected=protected_layers(model))
-    return {"flops_g": c.flops_g, "params_m": c.params / 1e6}
+    c = model_complexity(model.float(), imgsz)
+    return {"flops_g": c["flops_g"], "params_m": c["params_m"]}
 
 
 def latency_stats(times_ms: Sequence[float], warmup: int) -> dict[str, float]:
@@ -133,27 +124,35 @@ def latency_stats(times_ms: Sequence[float], warmup: int) -> dict[str, float]:
             "mean_ms": statistics.fmean(times_ms), "min_ms": min(times_ms), "runs": len(times_ms), "warmup": warmup}
 
 
-def time_interleaved(paths: dict[Any, Path], x: np.ndarray, threads: Sequence[int], runs: int, warmup: int,
-                     rounds: int = 5) -> dict[Any, dict[str, dict]]:
-    """Time every model file at every thread count, interleaved: the ``runs`` timed runs of each are split into
-    ``rounds`` blocks, and the blocks of all files alternate, so a slow spell of a shared machine is spread over
-    every configuration instead of landing on whichever happened to run then. Returns key -> threads -> stats."""
-    sessions = {(key, n): load_runtime(path, threads=n) for key, path in paths.items() for n in threads}
-    times: dict[tuple, list[float]] = {k: [] for k in sessions}
+def _time_blocks(sessions: dict[Any, Any], x: np.ndarray, runs: int, warmup: int, rounds: int) -> dict[Any, dict]:
+    """``warmup`` untimed calls of each session, then ``runs`` timed calls of each, taken in ``rounds`` blocks
+    that alternate between the sessions; key -> :func:`latency_stats`."""
+    if runs < 1:
+        raise LDACError(f"runs must be >= 1, got {runs}")
     for runtime in sessions.values():
         for _ in range(max(0, warmup)):
             runtime(x)
     rounds = max(1, min(rounds, runs))
     blocks = [runs // rounds + (1 if r < runs % rounds else 0) for r in range(rounds)]
+    times: dict[Any, list[float]] = {k: [] for k in sessions}
     for block in blocks:
         for k, runtime in sessions.items():
             for _ in range(block):
                 t = time.perf_counter()
                 runtime(x)
                 times[k].append((time.perf_counter() - t) * 1e3)
+    return {k: latency_stats(ts, warmup) for k, ts in times.items()}
+
+
+def time_interleaved(paths: dict[Any, Path], x: np.ndarray, threads: Sequence[int], runs: int, warmup: int,
+                     rounds: int = 5) -> dict[Any, dict[str, dict]]:
+    """Time every model file at every thread count, interleaved: the ``runs`` timed runs of each are split into
+    ``rounds`` blocks, and the blocks of all files alternate, so a slow spell of a shared machine is spread over
+    every configuration instead of landing on whichever happened to run then. Returns key -> threads -> stats."""
+    sessions = {(key, n): load_runtime(path, threads=n) for key, path in paths.items() for n in threads}
     out: dict[Any, dict[str, dict]] = {key: {} for key in paths}
-    for (key, n), ts in times.items():
-        out[key][str(n)] = latency_stats(ts, warmup)
+    for (key, n), stats in _time_blocks(sessions, x, runs, warmup, rounds).items():
+        out[key][str(n)] = stats
     return out
 
 
@@ -208,7 +207,7 @@ def run_benchmark(
     for p in precisions:
         if p not in PRECISIONS:
             raise LDACError(f"precisions are {', '.join(PRECISIONS)}, got {p!r}")
-    threads = list(threads) if threads else sorted({1, all_threads()})
+    threads = list(threads) if threads else sorted({1, usable_cores()})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     x = preprocess_image(Path(image) if image else default_images()[0], (imgsz, imgsz))

@@ -96,20 +96,15 @@ def split_images(data: str | Path | None, split: str = "val") -> list[Path]:
     """The image files of ``data``'s ``split`` (a folder, a list of folders, or a .txt list of paths), sorted."""
     if not data:
         return []
-    from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
+    from ultralytics.data.utils import check_det_dataset
+
+    from yolo_ldac.data._common import split_image_files
 
     try:
         folders = check_det_dataset(str(data)).get(split)
     except Exception as e:
         raise LDACError(f"cannot read dataset '{data}' ({type(e).__name__}: {e})") from e
-    found: list[Path] = []
-    for folder in folders if isinstance(folders, list) else [folders] if folders else []:
-        p = Path(str(folder))
-        if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.suffix[1:].lower() in IMG_FORMATS)
-        elif p.suffix == ".txt" and p.is_file():  # a list of image paths
-            found += [Path(line.strip()) for line in p.read_text().splitlines() if line.strip()]
-    return found
+    return split_image_files(folders)
 
 
 def val_images(data: str | Path | None, n: int = 2) -> list[Path]:
@@ -238,12 +233,19 @@ class RuntimeModule(torch.nn.Module):
         return torch.from_numpy(self.runtime(im.detach().float().cpu().numpy()))
 
 
-def model_meta(pt: str | Path) -> tuple[dict, int]:
-    """Class names and largest stride of a ``.pt`` checkpoint."""
-    from ultralytics.nn.tasks import load_checkpoint
+def model_meta(model: Any) -> tuple[dict, int]:
+    """Class names and largest stride (at least 32) of a ``.pt`` checkpoint or of a PyTorch runtime."""
+    from yolo_ldac.deploy.runtimes import Runtime
 
-    model, _ = load_checkpoint(str(pt), device="cpu")
-    return dict(model.names), int(max(model.stride.max().item(), 32))
+    if isinstance(model, Runtime):
+        net = getattr(model, "model", None)
+        if net is None:
+            raise LDACError(f"validating '{model.path}' needs the class names of the model it was exported from")
+    else:
+        from ultralytics.nn.tasks import load_checkpoint
+
+        net, _ = load_checkpoint(str(model), device="cpu")
+    return dict(net.names), int(max(net.stride.max().item(), 32))
 
 
 def validate_map(model: Any, data: str | Path, imgsz: int, names: dict | None = None, stride: int = 32,
@@ -252,33 +254,23 @@ def validate_map(model: Any, data: str | Path, imgsz: int, names: dict | None = 
     :func:`~yolo_ldac.deploy.runtimes.load_runtime`; ``names`` then come from the ``.pt`` it was made from) or a
     runtime. Batch 1, ``rect=False`` (exported files have a fixed input shape), CPU, no plots; PyTorch and every
     runtime go through the same validator, so only the numerics differ."""
-    import tempfile
-
-    from ultralytics.models.yolo.detect import DetectionValidator
-
     from yolo_ldac.deploy.runtimes import Runtime, load_runtime
+    from yolo_ldac.engine.validator import detection_map
 
     try:
         runtime = model if isinstance(model, Runtime) else load_runtime(model)
         if names is None:
-            names = getattr(getattr(runtime, "model", None), "names", None)
-            if names is None:
-                raise LDACError(f"validating '{model}' needs the class names of the model it was exported from")
-            stride = int(max(runtime.model.stride.max().item(), 32))
-        args = {"data": str(data), "imgsz": imgsz, "batch": 1, "rect": False, "device": "cpu", "plots": False,
-                "verbose": False, "save_json": False, "mode": "val", "half": False, **kwargs}
-        with tempfile.TemporaryDirectory(prefix="yolo-ldac-val-") as tmp:  # the validator always makes a save dir
-            args.update(project=tmp, name="val", exist_ok=True)
-            stats = DetectionValidator(args=args)(model=RuntimeModule(runtime, names, stride))
+            names, stride = model_meta(runtime)
+        args = {"data": str(data), "imgsz": imgsz, "batch": 1, "rect": False, "device": "cpu", "half": False, **kwargs}
+        return detection_map(RuntimeModule(runtime, names, stride), **args)
     except LDACError:
         raise
     except Exception as e:
         raise LDACError(f"validation of '{model}' on '{data}' failed ({type(e).__name__}: {e})") from e
-    return {"map50_95": float(stats.get("metrics/mAP50-95(B)", 0.0)), "map50": float(stats.get("metrics/mAP50(B)", 0.0))}
 
 
 def check_map_parity(
-    reference_pt: str | Path,
+    reference: Any,
     exported: str | Path,
     data: str | Path,
     imgsz: int,
@@ -287,15 +279,16 @@ def check_map_parity(
     reference_map: dict[str, float] | None = None,
     raise_on_fail: bool = True,
 ) -> dict[str, Any]:
-    """mAP50-95 of ``exported`` against ``reference_pt`` on ``data``; raise when it is lower by more than the
-    precision's tolerance (:data:`TOLERANCES`; ``max_drop`` overrides it, as a fraction: 0.005 = 0.5 points).
+    """mAP50-95 of ``exported`` against ``reference`` (a ``.pt`` path or its loaded PyTorch runtime) on ``data``;
+    raise when it is lower by more than the precision's tolerance (:data:`TOLERANCES`; ``max_drop`` overrides it,
+    as a fraction: 0.005 = 0.5 points).
 
     ``reference_map`` reuses a PyTorch result already computed under the same settings; ``raise_on_fail=False``
     returns a failed result (``ok`` False, ``error`` the message) instead of raising.
     """
     tol = _tolerance(precision).map_drop if max_drop is None else float(max_drop)
-    ref = reference_map or validate_map(reference_pt, data, imgsz)
-    names, stride = model_meta(reference_pt)
+    ref = reference_map or validate_map(reference, data, imgsz)
+    names, stride = model_meta(reference)
     got = validate_map(exported, data, imgsz, names=names, stride=stride)
     drop = ref["map50_95"] - got["map50_95"]
     result = {"map50_95_pytorch": ref["map50_95"], "map50_95": got["map50_95"], "map50": got["map50"],

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from yolo_ldac.errors import LDACError
+from yolo_ldac.errors import LDACError, first_line
+from yolo_ldac.utils.env import usable_cores
 
 # Format name -> (python modules its runtime needs, the pip extra that installs them).
 RUNTIME_REQUIREMENTS: dict[str, tuple[tuple[str, ...], str | None]] = {
@@ -54,20 +54,20 @@ def format_of(path: str | Path) -> str:
     raise LDACError(f"cannot tell the format of '{p}' (expected .pt, .onnx, .tflite or *_openvino_model/)")
 
 
+def require_modules(modules: tuple[str, ...], extra: str | None, what: str) -> None:
+    """Raise :class:`LDACError` ``"<what> needs <missing>, which is not installed: <pip command>"`` when any of the
+    python ``modules`` cannot be imported; the command installs the project's ``extra`` (or the modules)."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        how = f"pip install 'yolo-ldac[{extra}]'" if extra else f"pip install {' '.join(missing)}"
+        raise LDACError(f"{what} needs {', '.join(missing)}, which is not installed: {how}")
+
+
 def check_runtime(fmt: str) -> None:
     """Raise :class:`LDACError` with the install command when ``fmt``'s runtime is not installed."""
     if fmt not in RUNTIME_REQUIREMENTS:
         raise LDACError(f"no runtime for format '{fmt}' (runtimes: {', '.join(RUNTIME_REQUIREMENTS)})")
-    modules, extra = RUNTIME_REQUIREMENTS[fmt]
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        how = f"pip install 'yolo-ldac[{extra}]'" if extra else f"pip install {' '.join(missing)}"
-        raise LDACError(f"format '{fmt}' needs {', '.join(missing)}, which is not installed: {how}")
-
-
-def all_threads() -> int:
-    """The number of CPU cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    require_modules(*RUNTIME_REQUIREMENTS[fmt], what=f"format '{fmt}'")
 
 
 class Runtime:
@@ -77,7 +77,7 @@ class Runtime:
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         self.path = Path(path)
-        self.threads = int(threads) if threads else all_threads()
+        self.threads = int(threads) if threads else usable_cores()
         if not self.path.exists():
             raise LDACError(f"exported model '{self.path}' not found")
         check_runtime(self.format)
@@ -86,7 +86,7 @@ class Runtime:
         except LDACError:
             raise
         except Exception as e:
-            raise LDACError(f"{self.format} runtime cannot load '{self.path}' ({_first_line(e)})") from e
+            raise LDACError(f"{self.format} runtime cannot load '{self.path}' ({first_line(e)})") from e
 
     def _load(self) -> None:
         raise NotImplementedError
@@ -99,13 +99,8 @@ class Runtime:
         try:
             y = self._run(x)
         except Exception as e:
-            raise LDACError(f"{self.format} runtime failed to run '{self.path.name}' ({_first_line(e)})") from e
+            raise LDACError(f"{self.format} runtime failed to run '{self.path.name}' ({first_line(e)})") from e
         return np.asarray(y, dtype=np.float32)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 class OnnxRuntime(Runtime):
@@ -223,56 +218,44 @@ class TorchRuntime(Runtime):
     format = "pytorch"
 
     def _load(self) -> None:
-        import torch
         from ultralytics.nn.tasks import load_checkpoint
 
         model, _ = load_checkpoint(str(self.path), device="cpu", fuse=True)
         self.model = model.float().eval()
         self.input_shape = (1, 3, -1, -1)
-        self._torch = torch
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        previous = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            with torch.inference_mode():
-                y = self.model(torch.from_numpy(x))
-        finally:
-            torch.set_num_threads(previous)
-        while isinstance(y, (tuple, list)):
-            y = y[0]
-        return y.numpy()
-
-
-class ModuleRuntime(TorchRuntime):
-    """A PyTorch model already in memory (not copied: it is run in eval mode and its mode restored)."""
-
-    def __init__(self, model: Any, threads: int | None = None) -> None:  # noqa: D107 (no file to load)
         import torch
 
-        self.path = Path("<module>")
-        self.threads = int(threads) if threads else all_threads()
-        self.model, self._torch = model, torch
-        self.input_shape = (1, 3, -1, -1)
-        param = next(model.parameters(), None)
-        self.device = param.device if param is not None else torch.device("cpu")
-        self.dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        was_training = self.model.training
+        param = next(self.model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        previous, was_training = torch.get_num_threads(), self.model.training
+        if self.threads:
+            torch.set_num_threads(self.threads)
         self.model.eval()
         try:
-            with torch.no_grad():
-                y = self.model(torch.from_numpy(x).to(device=self.device, dtype=self.dtype))
+            with torch.inference_mode():
+                y = self.model(torch.from_numpy(x).to(device=device, dtype=dtype))
         finally:
+            torch.set_num_threads(previous)
             self.model.train(was_training)
         while isinstance(y, (tuple, list)):
             y = y[0]
         if not isinstance(y, torch.Tensor):
             raise LDACError(f"the PyTorch model returned {type(y).__name__}, not a tensor")
         return y.float().cpu().numpy()
+
+
+class ModuleRuntime(TorchRuntime):
+    """A PyTorch model already in memory, on its own device and dtype (not copied: it is run in eval mode and its
+    mode restored; torch's thread count is left alone unless ``threads`` is given)."""
+
+    def __init__(self, model: Any, threads: int | None = None) -> None:  # noqa: D107 (no file to load)
+        self.path = Path("<module>")
+        self.threads = threads
+        self.model = model
+        self.input_shape = (1, 3, -1, -1)
 
 
 RUNTIMES: dict[str, Callable[..., Runtime]] = {

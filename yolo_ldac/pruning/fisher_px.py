@@ -58,6 +58,14 @@ def channel_modules(model: nn.Module) -> dict[nn.Conv2d, nn.Module]:
     return out
 
 
+def module_owners(targets: dict[nn.Conv2d, nn.Module]) -> dict[nn.Module, nn.Conv2d]:
+    """The inverse of :func:`channel_modules`: module -> the (first) convolution whose channels it outputs."""
+    owner: dict[nn.Module, nn.Conv2d] = {}
+    for conv, mod in targets.items():
+        owner.setdefault(mod, conv)
+    return owner
+
+
 def _idx(values) -> torch.Tensor:
     return torch.as_tensor([int(i) for i in values], dtype=torch.long)
 
@@ -159,9 +167,7 @@ class GroupFisherCriterion(Criterion):
 
     def prepare(self, model: nn.Module, batches: Iterable[dict]) -> None:
         targets = channel_modules(model)
-        owner = {}
-        for conv, mod in targets.items():
-            owner.setdefault(mod, conv)
+        owner = module_owners(targets)
         masks: dict[nn.Conv2d, torch.Tensor] = {}
         out_hw: dict[nn.Conv2d, int] = {}
 
@@ -337,9 +343,7 @@ class PXCriterion(Criterion):
 
     def prepare(self, model: nn.Module, batches: Iterable[dict]) -> None:
         targets = channel_modules(model)
-        owner = {}
-        for conv, mod in targets.items():
-            owner.setdefault(mod, conv)
+        owner = module_owners(targets)
         acts: dict[nn.Conv2d, torch.Tensor] = {}
 
         def keep(module, _inp, out):

@@ -138,6 +138,14 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def usable_cores() -> int:
+    """The number of CPUs this process may run on (its affinity mask; all CPUs where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def shared_weights_dir() -> Path:
     """Folder of the pretrained checkpoints shared with a checkout: ``$YOLO_LDAC_SHARED_WEIGHTS`` when set, else
     ``shared/weights`` beside the repository (it may not exist: callers check the file they need).
@@ -160,10 +168,7 @@ def machine_info() -> dict:
         not installed), ``torch_threads``,
         and ``gpu`` (CUDA device name, or None).
     """
-    try:
-        cores_usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores_usable = os.cpu_count()
+    cores_usable = usable_cores()
     info = {
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),

@@ -1,0 +1,27 @@
+"""One way to run Ultralytics' detection validator on a model in memory and read its mAP."""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+import torch.nn as nn
+
+
+def detection_map(model: nn.Module, **args: Any) -> dict[str, float]:
+    """mAP50-95 and mAP50 of ``model`` with Ultralytics' ``DetectionValidator`` and ``args`` (``data``, ``imgsz``,
+    ``batch``, ...), without plots, JSON or per-class printing; the save directory it insists on is temporary.
+
+    The validator fuses Conv+BN in place and copies its model: pass a copy when the caller keeps using ``model``.
+
+    Example:
+        >>> detection_map(model, data="coco8.yaml", imgsz=640, batch=1, rect=False)  # doctest: +SKIP
+        {'map50_95': 0.61, 'map50': 0.8}
+    """
+    from ultralytics.models.yolo.detect import DetectionValidator
+
+    args = {**args, "plots": False, "save_json": False, "verbose": False, "mode": "val"}
+    with tempfile.TemporaryDirectory(prefix="yolo-ldac-val-") as tmp:
+        args.update(project=tmp, name="val", exist_ok=True)
+        stats = DetectionValidator(args=args)(model=model)
+    return {"map50_95": float(stats.get("metrics/mAP50-95(B)", 0.0)), "map50": float(stats.get("metrics/mAP50(B)", 0.0))}
