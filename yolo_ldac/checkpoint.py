@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import ast
 import copy
+import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +62,9 @@ def portable_paths(path: str | Path) -> tuple[Path, Path]:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    from yolo_ldac.utils.io import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
 
 
 # ------------------------------------------------------------------------------------------------------------ save
@@ -217,9 +217,13 @@ def save_portable(model: nn.Module, path: str | Path) -> Path:
         for k, v in model.state_dict().items()
     }
     st_path, js_path = portable_paths(path)
+    weights = st_save(state, metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION)})
+    # The pair is one artifact: the JSON, written last, names the hash of the weights it belongs to, so a crash
+    # between the two writes leaves a pair that load_portable refuses instead of a silent mismatch.
+    meta["safetensors_sha256"] = hashlib.sha256(weights).hexdigest()
     try:
         st_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(st_path, st_save(state, metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION)}))
+        _atomic_write_bytes(st_path, weights)
         _atomic_write_bytes(js_path, (_dumps(meta) + "\n").encode("utf-8"))
     except OSError as e:
         raise LDACError(f"cannot write portable checkpoint '{st_path}': {e.strerror or e}") from e
@@ -379,6 +383,10 @@ def load_portable(path: str | Path) -> nn.Module:
                 raise LDACError(f"'{js_path}': attribute '{name}.{k}' cannot be set to {v!r}")
             setattr(m, k, v)
 
+    digest = meta.get("safetensors_sha256")
+    if digest and hashlib.sha256(st_path.read_bytes()).hexdigest() != digest:
+        raise LDACError(f"'{st_path}' is not the weights '{js_path}' was written with (hash differs): the pair is "
+                        "incomplete; save it again")
     try:
         state = load_file(str(st_path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -409,3 +417,69 @@ def load_portable(path: str | Path) -> nn.Module:
         model.args = dict(meta["args"])
     model.pt_path = str(st_path)
     return model.float().eval()
+
+
+# ------------------------------------------------------------------------------------------- Ultralytics checkpoints
+def save_ultralytics_checkpoint(model: nn.Module, path: str | Path, cfg: dict, half: bool = True,
+                                phase: dict | None = None) -> Path:
+    """Save ``model`` the way Ultralytics' trainer does, so ``YOLO(path)`` loads, validates, predicts, exports.
+
+    ``phase`` (``{"run", "phase", "finished"}``) is recorded under ``yolo_ldac``: a phase checkpoint of a run that is
+    not finished says so (``yolo-ldac info`` prints it). ``half=False`` keeps float32 weights (resumable phases).
+    Written atomically.
+    """
+    from datetime import datetime
+
+    import ultralytics
+
+    from yolo_ldac.utils.io import atomic_save
+
+    ema = copy.deepcopy(model).cpu()
+    ema = (ema.half() if half else ema.float()).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    ema.criterion = None
+    meta = {"method": cfg.get("method"), "ratio": cfg.get("ratio"), "finished": True}
+    if phase:
+        meta.update(phase)
+    ckpt = {
+        "epoch": -1, "best_fitness": None, "model": None, "ema": ema, "updates": None, "optimizer": None,
+        "train_args": {k: v for k, v in cfg.items() if k in {"data", "imgsz", "batch"}} | {"task": "detect"},
+        "date": datetime.now().isoformat(), "version": ultralytics.__version__,
+        "license": "AGPL-3.0 (https://ultralytics.com/license)", "yolo_ldac": meta,
+    }
+    return atomic_save(path, lambda tmp: torch.save(ckpt, tmp))
+
+
+def unfinished_notice(path: str | Path) -> str | None:
+    """A one-line notice when ``path`` is not a finished model of a yolo-ldac run (a phase checkpoint, a training
+    phase's per-epoch weights, or a file of a run whose ``state.json`` is not finished); ``None`` otherwise."""
+    path = Path(path).resolve()
+    if path.suffix != ".pt" or not path.is_file():
+        return None
+    from yolo_ldac.schedule.state import STATE_FILE
+
+    for parent in path.parents:
+        state_file = parent / STATE_FILE
+        if state_file.is_file():
+            try:
+                state = json.loads(state_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return f"{path} lies in the run {parent}, whose {STATE_FILE} cannot be read"
+            is_best = path == (parent / "weights" / "best.pt").resolve()
+            if is_best and state.get("status") == "finished":
+                return None
+            where = state.get("current") or (state.get("done") or [{}])[-1].get("name")
+            if is_best:
+                return f"the run {parent} is not finished (status {state.get('status')}, at phase {where})"
+            return (f"{path.name} is not a finished model: an intermediate file of the run {parent} (status "
+                    f"{state.get('status')}, phase {where}); the run's model is weights/best.pt once it finishes")
+        if parent == parent.parent:
+            break
+    try:
+        meta = torch.load(path, map_location="cpu", weights_only=False).get("yolo_ldac") or {}
+    except Exception:
+        return None
+    if meta.get("finished") is False:
+        return f"{path.name} is not a finished model: the checkpoint of phase {meta.get('phase')} of {meta.get('run')}"
+    return None

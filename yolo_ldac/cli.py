@@ -31,7 +31,8 @@ MODE_HELP = {
 HELP_TOKENS = ("help", "-h", "--help")
 VERSION_TOKENS = ("version", "--version", "-V")
 CFG_TOKENS = ("cfg", "--cfg")
-COMMANDS = (*MODES, "help", "version", "cfg")
+LIST_TOKENS = ("list",)
+COMMANDS = (*MODES, "help", "version", "cfg", "list")
 
 
 def usage() -> str:
@@ -49,11 +50,14 @@ Modes:
 Other commands:
     help       print this message (also -h, --help)
     cfg        print the default configuration, with every key explained
+    list       print every registered part: criteria, pushes, compensations, and the method presets
     version    print the version
 
 Examples:
     yolo-ldac compress model=yolo11n.pt data=coco8.yaml ratio=0.5 target=flops method=l2
     yolo-ldac prune model=yolo11n.pt data=coco8.yaml ratio=0.3 rounds=1
+    yolo-ldac compress model=yolo11n.pt data=coco8.yaml method=ldac criterion=group_fisher
+    yolo-ldac compress resume=runs/ldac/exp      # continue a stopped run with its own settings
     yolo-ldac finetune model=runs/ldac/exp/weights/pruned.pt data=coco8.yaml epochs=20 lr0=0.002
     yolo-ldac val model=runs/ldac/exp/weights/best.pt data=coco8.yaml
     yolo-ldac export model=runs/ldac/exp/weights/best.pt format=onnx imgsz=640
@@ -120,6 +124,11 @@ def _dispatch(mode: str, overrides: dict):
     model = overrides.get("model", load_defaults()["model"])
     if model is None:
         raise LDACError("model is not set: give model=PATH")
+    if overrides.get("resume"):  # the run's state names its model; a given model= must agree with it
+        from yolo_ldac.schedule.compressor import Compressor
+
+        return Compressor.resume(overrides["resume"], {k: v for k, v in overrides.items() if k != "resume"},
+                                 project=overrides.get("project", load_defaults()["project"]), mode=mode)
     runner = YOLOLDAC(model)
     result = getattr(runner, mode)(**kwargs)
     if mode == "info" and isinstance(result, dict) and result.get("table"):
@@ -139,6 +148,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if argv[0] in CFG_TOKENS:
             print(DEFAULT_CFG_PATH.read_text(encoding="utf-8"), end="")
+            return 0
+        if argv[0] in LIST_TOKENS:
+            from yolo_ldac.utils.env import setup_offline_env
+
+            setup_offline_env()
+            from yolo_ldac.parts import describe
+
+            print(describe(), end="")
             return 0
         mode, overrides = parse_args(argv)
         cfg = get_cfg(overrides, mode=mode)  # fail fast on a bad key or value, before the heavy imports

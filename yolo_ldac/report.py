@@ -260,7 +260,7 @@ def plot_channels(report: dict, path: str | Path) -> Path:
         ax.set_axis_off()
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     return path
 
 
@@ -274,7 +274,9 @@ def write_report(run_dir: str | Path, report: dict) -> dict[str, Path]:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": run_dir / "report.json", "md": run_dir / "report.md", "png": run_dir / "channels.png"}
-    paths["json"].write_text(json.dumps(report, default=str, indent=2) + "\n", encoding="utf-8")
-    paths["md"].write_text(format_markdown(report), encoding="utf-8")
-    plot_channels(report, paths["png"])
+    from yolo_ldac.utils.io import atomic_save, atomic_write_json, atomic_write_text
+
+    atomic_write_json(paths["json"], report)
+    atomic_write_text(paths["md"], format_markdown(report))
+    atomic_save(paths["png"], lambda tmp: plot_channels(report, tmp))
     return paths

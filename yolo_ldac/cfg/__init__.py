@@ -41,7 +41,7 @@ SHARED_KEYS = frozenset(
 )
 
 # Our keys that must be exactly True or False.
-_BOOL_KEYS = ("compensate", "val_steps", "portable", "parity", "exist_ok", "plots", "verbose", "half", "int8",
+_BOOL_KEYS = ("val_steps", "portable", "parity", "exist_ok", "plots", "verbose", "half", "int8",
               "parity_map")
 
 _INT_RE = re.compile(r"[-+]?\d[\d_]*")
@@ -171,24 +171,21 @@ def _check_int(cfg: dict, key: str, minimum: int) -> None:
         raise LDACError(f"{key} must be an integer >= {minimum}, got {v!r}")
 
 
-def _check_method(method) -> None:
-    """Check ``method`` against ``yolo_ldac.pruning.criteria.CRITERIA`` when that module exists."""
-    if not isinstance(method, str) or not method:
-        raise LDACError(f"method must be the name of a pruning criterion, got {method!r}")
-    try:
-        criteria = importlib.import_module("yolo_ldac.pruning.criteria")
-    except ModuleNotFoundError as e:
-        if e.name in ("yolo_ldac.pruning", "yolo_ldac.pruning.criteria"):
-            return  # no registry to check against: the pruning engine will check
-        raise
-    registry = getattr(criteria, "CRITERIA", None)
-    if not isinstance(registry, dict) or method in registry:
+def _check_parts(cfg: dict, explicit: dict) -> None:
+    """Check ``method`` (a preset) and ``criterion``/``push``/``compensate`` against the part registries, for the
+    keys given explicitly (checking the defaults would import torch for ``yolo-ldac --help``)."""
+    for key in ("method", "criterion", "push"):
+        v = cfg.get(key)
+        if key in explicit and v is not None and (not isinstance(v, str) or not v):
+            raise LDACError(f"{key} must be a registered name (see `yolo-ldac list`), got {v!r}")
+    comp = cfg.get("compensate")
+    if comp is not None and not isinstance(comp, (str, bool)):
+        raise LDACError(f"compensate must be the name of a compensation (mean, none) or True/False, got {comp!r}")
+    if not any(k in explicit for k in ("method", "criterion", "push", "compensate")):
         return
-    names = sorted(registry)
-    hint = closest(method, names)
-    msg = f"unknown method {method!r}"
-    msg += f"; did you mean {hint!r}?" if hint else ""
-    raise LDACError(f"{msg} (available: {', '.join(names)})")
+    from yolo_ldac.parts import resolve_parts
+
+    resolve_parts(cfg)
 
 
 def _validate(cfg: dict, explicit: dict) -> None:
@@ -247,8 +244,12 @@ def _validate(cfg: dict, explicit: dict) -> None:
             raise LDACError(f"{key} must be True or False, got {cfg[key]!r}")
     if not isinstance(cfg["format"], str) or not cfg["format"]:
         raise LDACError(f"format must be an export format name such as 'onnx', got {cfg['format']!r}")
-    if "method" in explicit:  # the default is the registry's business; checking it would import torch
-        _check_method(cfg["method"])
+    resume = cfg.get("resume")
+    if not isinstance(resume, (bool, str)) or resume == "":
+        raise LDACError(f"resume must be True, False or a run directory, got {resume!r}")
+    if resume and mode not in ("compress", "prune", "finetune"):
+        raise LDACError(f"resume= applies to compress, prune and finetune runs, not to {mode}")
+    _check_parts(cfg, explicit)
 
 
 def _load_cfg_file(path: Any) -> dict:

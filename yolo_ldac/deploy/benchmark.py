@@ -111,7 +111,7 @@ def parse_threads(value: Any) -> list[int]:
 def _complexity(pt: Path, imgsz: int) -> dict[str, float]:
     from ultralytics.nn.tasks import load_checkpoint
 
-    from yolo_ldac.api import model_complexity
+    from yolo_ldac.nn.adapter import model_complexity
 
     model, _ = load_checkpoint(str(pt), device="cpu")
     c = model_complexity(model.float(), imgsz)

@@ -1,15 +1,23 @@
 """Training a pruned detector with the real Ultralytics trainer.
 
-Ultralytics' trainer rebuilds the model from its yaml, which would silently train a dense model. This subclass
-hands the trainer the pruned module itself.
+Ultralytics' trainer rebuilds the model from its yaml, which would silently train a dense model. These subclasses
+hand the trainer the pruned module itself. Their per-epoch weights are named ``epoch_last.pt`` / ``epoch_best.pt``
+(not ``last.pt`` / ``best.pt``): inside a yolo-ldac run only ``weights/best.pt`` is a finished model.
+
+A phase is resumed by passing ``resume_from=<that phase's epoch_last.pt>``: the module's weights, the optimizer, EMA
+and epoch come from that file. Ultralytics' own ``resume`` key is never used (it takes the newest ``last.pt`` found
+anywhere under the working directory).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
 from ultralytics.models.yolo.detect import DetectionTrainer
+
+EPOCH_LAST, EPOCH_BEST = "epoch_last.pt", "epoch_best.pt"
 
 
 class PrunedDetectionTrainer(DetectionTrainer):
@@ -20,11 +28,19 @@ class PrunedDetectionTrainer(DetectionTrainer):
         >>> trainer.train()  # doctest: +SKIP
     """
 
-    def __init__(self, model: nn.Module, overrides: dict[str, Any] | None = None, _callbacks: dict | None = None):
+    def __init__(self, model: nn.Module, overrides: dict[str, Any] | None = None, _callbacks: dict | None = None,
+                 resume_from: str | Path | None = None):
         self.pruned_model = model
+        self.resume_from = Path(resume_from) if resume_from else None
         overrides = dict(overrides or {})
         overrides.setdefault("model", "pruned.pt")  # only a label: setup_model below never loads it
-        super().__init__(overrides=overrides, _callbacks=_callbacks)
+        overrides["resume"] = False  # see the module docstring
+        csv = self.resume_from.parent.parent / "results.csv" if self.resume_from else None
+        rows = csv.read_bytes() if csv is not None and csv.is_file() else None
+        super().__init__(overrides=overrides, _callbacks=_callbacks)  # deletes results.csv unless resuming
+        if rows is not None:  # a resumed phase continues its own results.csv
+            self.csv.write_bytes(rows)
+        self.last, self.best = self.wdir / EPOCH_LAST, self.wdir / EPOCH_BEST
 
     def get_model(self, cfg=None, weights=None, verbose: bool = True) -> nn.Module:
         return self.pruned_model
@@ -32,37 +48,40 @@ class PrunedDetectionTrainer(DetectionTrainer):
     def setup_model(self):
         self.pruned_model.criterion = None  # rebuilt with this run's loss gains
         self.model = self.pruned_model
-        return None
+        if self.resume_from is None:
+            return None
+        from ultralytics.nn.tasks import load_checkpoint
+
+        weights, ckpt = load_checkpoint(self.resume_from)
+        # As Ultralytics resumes: the module starts from the last epoch's EMA weights; optimizer, EMA, epoch and
+        # best fitness are restored from the checkpoint by resume_training().
+        self.pruned_model.load_state_dict(weights.float().state_dict())
+        self.resume = True
+        return ckpt
 
 
-class LDACTrainer(PrunedDetectionTrainer):
-    """Trains a (pruned) detector with the LDAC push loss (:class:`yolo_ldac.ldac.loss.LDACDetectionLoss`).
-
-    With ``decay=True`` (the final fine-tuning) the push weights fall linearly to zero over the epochs.
-    """
+class PushTrainer(PrunedDetectionTrainer):
+    """Trains a (pruned) detector with a push's loss (:meth:`yolo_ldac.push.Push.make_loss`); ``final`` marks the
+    fine-tuning after the last prune step (a push may decay its terms there)."""
 
     def __init__(self, model: nn.Module, overrides: dict[str, Any] | None = None, _callbacks: dict | None = None,
-                 push: dict | None = None, decay: bool = False):
-        self.push = dict(push or {})
-        self.decay = decay
-        super().__init__(model, overrides=overrides, _callbacks=_callbacks)
-        if decay:
-            self.add_callback("on_train_epoch_start", self._decay_push)
+                 resume_from: str | Path | None = None, push=None, final: bool = False):
+        self.push = push
+        self.final = final
+        super().__init__(model, overrides=overrides, _callbacks=_callbacks, resume_from=resume_from)
+        if push is not None:
+            self.add_callback("on_train_epoch_start", self._push_epoch_start)
 
     def _setup_train(self):
         from ultralytics.utils.torch_utils import unwrap_model
 
-        from yolo_ldac.ldac.loss import LDACDetectionLoss
-
         super()._setup_train()
-        model = unwrap_model(self.model)  # on its device now, with this run's args and class weights
-        model.criterion = LDACDetectionLoss(model, **self.push)
-
-    def _decay_push(self, trainer) -> None:
-        crit = getattr(self.model, "criterion", None)
-        if crit is None:
+        if self.push is None:
             return
-        scale = max(0.0, 1.0 - self.epoch / max(self.epochs, 1))
-        for key in ("alpha", "beta", "gamma"):
-            if key in self.push:
-                setattr(crit, key, self.push[key] * scale)
+        model = unwrap_model(self.model)  # on its device now, with this run's args and class weights
+        loss = self.push.make_loss(model, final=self.final)
+        if loss is not None:
+            model.criterion = loss
+
+    def _push_epoch_start(self, trainer) -> None:
+        self.push.on_epoch_start(self, final=self.final)

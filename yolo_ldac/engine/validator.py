@@ -25,3 +25,23 @@ def detection_map(model: nn.Module, **args: Any) -> dict[str, float]:
         args.update(project=tmp, name="val", exist_ok=True)
         stats = DetectionValidator(args=args)(model=model)
     return {"map50_95": float(stats.get("metrics/mAP50-95(B)", 0.0)), "map50": float(stats.get("metrics/mAP50(B)", 0.0))}
+
+
+VAL_KEYS = ("imgsz", "batch", "device", "workers", "half", "conf", "iou", "max_det", "split", "single_cls", "rect")
+
+
+def validate_model(model: nn.Module, data: str, ultra: dict, device=None) -> dict[str, float]:
+    """mAP50-95 and mAP50 of ``model`` on the val split of ``data`` with the validation keys of ``ultra``
+    (Ultralytics' settings of the run); validates a copy (the validator fuses Conv+BN in place).
+
+    Example:
+        >>> validate_model(model, "coco8.yaml", {"imgsz": 160, "batch": 8})  # doctest: +SKIP
+        {'map50_95': 0.41, 'map50': 0.6}
+    """
+    import copy
+
+    args = {k: v for k, v in ultra.items() if k in VAL_KEYS}
+    args.setdefault("rect", False)
+    if device is not None:
+        args["device"] = str(device)
+    return detection_map(copy.deepcopy(model).float(), **args, data=data)

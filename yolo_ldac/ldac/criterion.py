@@ -5,8 +5,8 @@ convolution (its activation after BN and SiLU), where J is the summed location-a
 inputs. Autograd carries J back through concat, residual adds and splits, so no hand-written graph walk is
 needed. Scores are normalised per layer (divided by the layer's mean) and averaged over the coupled layers of a
 dependency group. The head's inner convolutions lie downstream of the head inputs, where J is measured, so
-J cannot rank them: their groups are scored by the group L2 norm (DepGraph) instead. Before each push phase the criterion also marks the channels the next prune step would
-remove; the push loss's alignment term drives their BN scales to zero, so the fold makes their removal exact.
+J cannot rank them: their groups are scored by the group L2 norm (DepGraph) instead. The criterion only scores;
+LDAC's training before each step is the ``ldac`` push (:mod:`yolo_ldac.ldac.push`).
 
 Example:
     >>> from yolo_ldac.pruning.criteria import build_criterion
@@ -35,49 +35,55 @@ def conv_wrappers(model: nn.Module) -> dict[nn.Conv2d, nn.Module]:
             if isinstance(getattr(m, "conv", None), nn.Conv2d) and isinstance(getattr(m, "bn", None), nn.BatchNorm2d)}
 
 
+def sample_config_for(model: nn.Module, samples: SampleConfig, notice: bool = False) -> SampleConfig:
+    """``samples``, with background cells as the second class when the model has one class (J needs two)."""
+    if int(model.model[-1].nc) >= 2 or samples.background > 0:
+        return samples
+    if notice:
+        from ultralytics.utils import LOGGER
+
+        LOGGER.info(f"LDAC: one class in the data, background cells ({SINGLE_CLASS_BACKGROUND} per image) "
+                    "become the second class")
+    return SampleConfig(samples.pool, SINGLE_CLASS_BACKGROUND, samples.rho, samples.level_assign)
+
+
 @register_criterion("ldac")
 class LDACCriterion(Criterion):
-    """Location-aware discriminant tracing (arXiv 2509.17968, as fixed in METHOD.md) with the push schedule.
+    """Location-aware discriminant trace: |activation x dJ/dactivation| per channel (arXiv 2509.17968, METHOD.md).
 
     Args:
-        alpha, beta, gamma: push-loss weights (discriminant, decorrelation, alignment) for the training phases.
         pool: "max" or "mean" pooling of a box's cells. background: background cells per image as an extra class.
         rho: ridge of the objective, relative to the mean diagonal of Sw.
+        tracer: "gradient" (default) or "weights" (utility back-projection).
+        level_assign: a box feeds only the pyramid level matching its size.
     """
 
     needs_data = True
-    train_before_first_step = True
 
-    def __init__(self, seed: int = 0, alpha: float = 0.01, beta: float = 0.01, gamma: float = 1e-4,
-                 pool: str = "max", background: int = 0, rho: float = 0.1, tracer: str = "gradient",
-                 level_assign: bool = False, **kw: object):
+    def __init__(self, seed: int = 0, pool: str = "max", background: int = 0, rho: float = 0.1,
+                 tracer: str = "gradient", level_assign: bool = False, **kw: object):
         super().__init__(seed=seed)
         if tracer not in ("gradient", "weights"):
             from yolo_ldac.errors import LDACError
 
             raise LDACError(f"tracer must be gradient or weights, got {tracer!r}")
         self.tracer = tracer
-        self.alpha, self.beta, self.gamma = alpha, beta, gamma
         self.samples = SampleConfig(pool=pool, background=background, rho=rho, level_assign=level_assign)
         self.scores: dict[nn.Conv2d, torch.Tensor] = {}
         self.level_objective: list[float] = []
-        self.align_masks: dict[str, torch.Tensor] = {}
         self.projections: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # (label, P3 samples, labels)
 
     # --- scoring ------------------------------------------------------------------------------------------
     def _sample_config(self, model: nn.Module) -> SampleConfig:
-        if int(model.model[-1].nc) >= 2 or self.samples.background > 0:
-            return self.samples
-        if not getattr(self, "_warned_single", False):
-            from ultralytics.utils import LOGGER
-
-            LOGGER.info(f"LDAC: one class in the data, background cells ({SINGLE_CLASS_BACKGROUND} per image) "
-                        "become the second class")
-            self._warned_single = True
-        return SampleConfig(self.samples.pool, SINGLE_CLASS_BACKGROUND, self.samples.rho, self.samples.level_assign)
+        cfg = sample_config_for(model, self.samples, notice=not getattr(self, "_noticed", False))
+        self._noticed = True
+        return cfg
 
     def prepare(self, model: nn.Module, batches: Iterable[dict], snapshot: str | None = None) -> None:
-        """Trace J over ``batches``: per-channel scores of every Conv block, and J per level."""
+        """Trace J over ``batches``: per-channel scores of every Conv block, and J per level (the first trace is
+        kept as the "first trace" snapshot of the projection plot)."""
+        if snapshot is None and not self.projections:
+            snapshot = "first trace"
         cfg = self._sample_config(model)
         wrappers = conv_wrappers(model)
         acts: dict[nn.Module, torch.Tensor] = {}
@@ -146,44 +152,17 @@ class LDACCriterion(Criterion):
 
     _head_fallback = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer="mean")
 
-    # --- schedule hooks -------------------------------------------------------------------------------------
-    def before_push(self, model: nn.Module, pruner, next_ratio: float, batches: list[dict]) -> None:
-        """Trace, then mark the channels the next step would remove (their BN scales get the L1 push)."""
-        from yolo_ldac.pruning.engine import build_graph
-
-        self.prepare(model, batches, snapshot="before push" if not self.projections else None)
-        groups = pruner._collect_groups(build_graph(model), score=True)
-        chosen, _ = pruner.plan(next_ratio, groups)
-        names = {m: n for n, m in model.named_modules()}
-        wrappers = conv_wrappers(model)
-        masks: dict[str, torch.Tensor] = {}
-        for gi, idxs in chosen.items():
-            root = groups[gi].root
-            if root in wrappers:
-                bn = wrappers[root].bn
-                mask = masks.setdefault(names[bn], torch.zeros(bn.num_features, dtype=torch.bool))
-                mask[torch.as_tensor(idxs, dtype=torch.long)] = True
-        self.align_masks = masks
-
-    def make_trainer(self, model: nn.Module, overrides: dict, final: bool = False):
-        from yolo_ldac.engine.trainer import LDACTrainer
-
-        modules = dict(model.named_modules())
-        align = [] if final else [(modules[n], m) for n, m in self.align_masks.items() if n in modules]
-        push = {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma, "align": align,
-                "samples": self._sample_config(model)}
-        return LDACTrainer(model, overrides=overrides, push=push, decay=final)
-
+    # --- reporting ----------------------------------------------------------------------------------------
     def round_info(self) -> dict:
         return {"J_per_level": [round(float(j), 4) for j in self.level_objective]}
 
     def write_plots(self, run_dir, rounds: list[dict], names: dict | None = None) -> list:
-        """``ldac_objective.png`` (J per level per round) and ``ldac_projection.png`` (before/after the push)."""
+        """``ldac_objective.png`` (J per level per round) and ``ldac_projection.png`` (first vs last trace)."""
         from yolo_ldac.ldac.plots import plot_objective, plot_projection
 
         out = [plot_objective(rounds, run_dir / "ldac_objective.png")]
         last = getattr(self, "last_samples", None)
         if last is not None:
-            snaps = self.projections[:1] + [("after push", last[0], last[1])]
+            snaps = self.projections[:1] + [("last trace", last[0], last[1])]
             out.append(plot_projection(snaps, last[2], run_dir / "ldac_projection.png", names))
         return [p for p in out if p is not None]

@@ -158,3 +158,11 @@ def adapt_head_to_names(model: nn.Module, names: dict[int, str], verbose: bool =
     new.load(model, verbose=verbose)
     new.args = getattr(model, "args", None)
     return new.float()
+
+
+def model_complexity(model: nn.Module, imgsz: int = 640) -> dict:
+    """``{"flops_g", "params_m", "channels"}`` of a detector at a square ``imgsz`` (FLOPs in G, params in M)."""
+    from yolo_ldac.pruning.complexity import measure
+
+    c = measure(model, imgsz, protected=protected_layers(model))
+    return {"flops_g": round(c.flops_g, 4), "params_m": round(c.params / 1e6, 4), "channels": c.channels}

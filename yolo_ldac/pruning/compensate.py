@@ -15,6 +15,62 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
+from yolo_ldac.registry import Registry
+
+COMPENSATIONS = Registry("compensation", key="compensate")
+
+
+class Compensation:
+    """What is done for the channels a prune step removes, so their consumers keep their output.
+
+    :meth:`start` measures what it needs on the calibration images before a step and returns a per-step state with
+    ``fold(conv, removed_inputs)`` (called before torch-pruning removes those inputs of ``conv``) and
+    ``drop(conv, removed_inputs)`` (after), or ``None`` for nothing to do.
+    """
+
+    name = "base"
+    needs_data = True
+
+    def __init__(self, **_: object):
+        pass
+
+    def start(self, model: nn.Module, images: Iterable[torch.Tensor]):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@COMPENSATIONS.register("none")
+class NoCompensation(Compensation):
+    """Remove channels as they are (their constant contribution to the consumers is lost)."""
+
+    needs_data = False
+
+    def start(self, model: nn.Module, images: Iterable[torch.Tensor]) -> None:
+        return None
+
+
+@COMPENSATIONS.register("mean")
+class MeanCompensation(Compensation):
+    """Fold each removed channel's mean activation (calibration images) into its consumers' bias or BN mean."""
+
+    def start(self, model: nn.Module, images: Iterable[torch.Tensor]) -> "InputMeans":
+        return InputMeans.measure(model, images)
+
+
+def build_compensation(name: "str | bool | None | Compensation") -> Compensation:
+    """A :class:`Compensation` from its registered name (``True`` means ``mean``, ``False``/``None`` ``none``).
+
+    Example:
+        >>> type(build_compensation(True)).__name__, type(build_compensation("none")).__name__
+        ('MeanCompensation', 'NoCompensation')
+    """
+    if isinstance(name, Compensation):
+        return name
+    if name is True:
+        name = "mean"
+    elif name is False or name is None:
+        name = "none"
+    return COMPENSATIONS.build(name)
+
 
 class InputMeans:
     """Per-channel mean of every ``nn.Conv2d`` input, measured over calibration images, kept in step with pruning.

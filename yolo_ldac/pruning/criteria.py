@@ -2,8 +2,10 @@
 
 A criterion scores every channel of a dependency group (``__call__(group) -> 1-D tensor``, higher = keep).
 Data-driven criteria implement :meth:`Criterion.prepare`, which the engine calls once per prune step with the
-calibration batches before any group is scored. New criteria (LDAC, HRank, ...) register themselves with
-:func:`register_criterion` and plug into the same engine and schedule.
+calibration batches before any group is scored. A criterion only scores: what training does before a step is a
+push (:mod:`yolo_ldac.push`), what is done for a removed channel a compensation
+(:mod:`yolo_ldac.pruning.compensate`). New criteria register themselves with :func:`register_criterion`; the
+package lists the modules that define them in :data:`yolo_ldac.parts.PLUGIN_MODULES`.
 
 Example:
     >>> crit = build_criterion("l2")
@@ -13,36 +15,25 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from yolo_ldac.errors import LDACError
+from yolo_ldac.registry import Registry
 
-CRITERIA: dict[str, type["Criterion"]] = {}
+CRITERIA = Registry("criterion")
 
 
 def register_criterion(name: str) -> Callable[[type], type]:
     """Class decorator adding a criterion to :data:`CRITERIA` under ``name``."""
-
-    def wrap(cls: type) -> type:
-        cls.name = name
-        CRITERIA[name] = cls
-        return cls
-
-    return wrap
+    return CRITERIA.register(name)
 
 
 def build_criterion(name: str, **kwargs) -> "Criterion":
     """Instantiate the registered criterion ``name``; unknown names raise with the closest match suggested."""
-    if name not in CRITERIA:
-        close = difflib.get_close_matches(str(name), list(CRITERIA), n=1, cutoff=0.5)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise LDACError(f"unknown method '{name}'{hint} (available: {', '.join(sorted(CRITERIA))})")
-    return CRITERIA[name](**kwargs)
+    return CRITERIA.build(name, **kwargs)
 
 
 class Criterion(tp.importance.Importance):
@@ -50,13 +41,10 @@ class Criterion(tp.importance.Importance):
 
     Attributes:
         needs_data: ``prepare`` must see calibration batches before scoring.
-        train_before_first_step: the schedule trains before the first prune step (methods that shape the model
-            for pruning first, like LDAC's push); baselines prune the model as found.
     """
 
     name = "base"
     needs_data = False
-    train_before_first_step = False
 
     def __init__(self, seed: int = 0, **_: object):
         self.seed = seed
@@ -64,19 +52,14 @@ class Criterion(tp.importance.Importance):
     def prepare(self, model: nn.Module, batches: Iterable[dict]) -> None:
         """Collect whatever the criterion needs from ``model`` on calibration ``batches`` (default: nothing)."""
 
+    def start_step(self, step: int) -> None:
+        """Called by the schedule before prune step ``step`` (1-based) is scored: a seeded criterion reseeds here,
+        so a resumed run scores each step exactly as an uninterrupted one."""
+
     def __call__(self, group) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    # Schedule hooks: no-ops for criteria that prune the model as found.
-    def before_push(self, model: nn.Module, pruner, next_ratio: float, batches: list[dict]) -> None:
-        """Called before each training phase between prune steps, with the ratio the next step will reach."""
-
-    def make_trainer(self, model: nn.Module, overrides: dict, final: bool = False):
-        """The trainer for a training phase (``final``: the fine-tuning after the last step)."""
-        from yolo_ldac.engine.trainer import PrunedDetectionTrainer
-
-        return PrunedDetectionTrainer(model, overrides=overrides)
-
+    # Reporting hooks (no training: that is a push's business).
     def round_info(self) -> dict:
         """Extra per-round figures for the report (e.g. LDAC's J per pyramid level)."""
         return {}
@@ -93,6 +76,9 @@ class RandomCriterion(Criterion):
     def __init__(self, seed: int = 0, **kw: object):
         super().__init__(seed=seed)
         self.generator = torch.Generator().manual_seed(seed)
+
+    def start_step(self, step: int) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed * 1000 + step)
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor:
@@ -190,9 +176,3 @@ def group_mean_of_channel_scores(group, scores: dict[nn.Module, torch.Tensor]) -
     if not bool((count > 0).any()):
         return None
     return total / count.clamp(min=1)
-
-
-# Criteria defined in other modules register themselves on import.
-import yolo_ldac.ldac.criterion  # noqa: E402,F401
-import yolo_ldac.pruning.rank_criteria  # noqa: E402,F401
-import yolo_ldac.pruning.fisher_px  # noqa: E402,F401

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from yolo_ldac.errors import LDACError
-from yolo_ldac.pruning.compensate import InputMeans
+from yolo_ldac.pruning.compensate import Compensation, build_compensation
 from yolo_ldac.pruning.complexity import Complexity, conv_flops, conv_params, measure, record_output_sizes
 from yolo_ldac.pruning.criteria import Criterion
 
@@ -101,7 +101,7 @@ class ChannelPruner:
 
     def __init__(self, model: nn.Module, criterion: Criterion, dense: Complexity, dense_channels: dict[str, int],
                  protected: list[nn.Module], imgsz: int = 640, target: str = "flops", round_to: int = 8,
-                 floor: float = 0.125, compensate: bool = True, tolerance: float = 0.01):
+                 floor: float = 0.125, compensate: "bool | str | Compensation" = True, tolerance: float = 0.01):
         if target not in TARGETS:
             raise LDACError(f"target must be one of {', '.join(TARGETS)}, got '{target}'")
         owned = {id(m) for m in model.modules()}
@@ -110,7 +110,9 @@ class ChannelPruner:
         self.model, self.criterion, self.dense = model, criterion, dense
         self.dense_channels, self.protected = dense_channels, protected
         self.imgsz, self.target, self.round_to, self.floor = imgsz, target, round_to, floor
-        self.compensate, self.tolerance = compensate, tolerance
+        self.compensation = build_compensation(compensate)
+        self.compensate = self.compensation.name != "none"
+        self.tolerance = tolerance
         self.sizes = record_output_sizes(model, imgsz)
         self.names = {m: n for n, m in model.named_modules()}
 
@@ -214,6 +216,20 @@ class ChannelPruner:
         _, ratio = self.plan(1.0 + self.tolerance, self._collect_groups(graph, score=False))
         return ratio
 
+    def choose(self, target_ratio: float, batches: Iterable[dict] | None = None) -> dict[str, list[int]]:
+        """The output channels (per root layer name) the step to ``target_ratio`` would remove; nothing is pruned.
+
+        A push uses it to learn, before it trains, which channels the coming step removes.
+        """
+        batches = list(batches or [])
+        if self.criterion.needs_data:
+            if not batches:
+                raise LDACError(f"criterion '{self.criterion.name}' needs calibration data (pass data=...)")
+            self.criterion.prepare(self.model, batches)
+        groups = self._collect_groups(build_graph(self.model), score=True)
+        chosen, _ = self.plan(target_ratio, groups)
+        return {groups[gi].name: sorted(idxs) for gi, idxs in chosen.items()}
+
     # --- the step ----------------------------------------------------------------------------------------
     def step(self, target_ratio: float, batches: Iterable[dict] | None = None) -> StepResult:
         """Prune until ``target_ratio`` of the dense model's ``target`` quantity is removed."""
@@ -236,7 +252,7 @@ class ChannelPruner:
             raise LDACError(
                 f"ratio {target_ratio:.3f} of {self.target} is unreachable: with floor={self.floor} and "
                 f"round_to={self.round_to} at most {predicted:.3f} can be removed")
-        means = InputMeans.measure(self.model, (b["img"] for b in batches)) if self.compensate and batches else None
+        means = self.compensation.start(self.model, (b["img"] for b in batches)) if batches else None
         removed = {}
         for gi, idxs in chosen.items():
             g = groups[gi]

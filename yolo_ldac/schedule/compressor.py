@@ -1,0 +1,577 @@
+"""The compression job as named phases, with a saved state after each, so that a run resumes where it stopped.
+
+``compress``: prepare -> validate_base -> rounds of ([round{i}.push] -> round{i}.step) -> finetune ->
+validate_final -> save. ``prune``: the same without push and fine-tuning. ``finetune``: prepare -> validate_base ->
+finetune -> validate_final -> save. A round's push phase trains before its prune step (with ``push=none`` that is
+plain training, and round 1 prunes the model as found); its step phase scores (the criterion), compensates (the
+compensation) and removes channels, then validates.
+
+After every phase ``state.json`` records it (with that phase's model checkpoint under ``phases/``), written
+atomically; :meth:`Compressor.resume` continues from the last finished phase, and inside a training phase from that
+phase's own ``epoch_last.pt``. Every phase starts from a seed derived from ``seed`` and its position, so a resumed
+run makes the same choices as an uninterrupted one. A finished run holds one model, ``weights/best.pt`` (and the
+portable pair ``best.safetensors`` + ``best.json``): phase checkpoints and per-epoch trainer weights are removed.
+
+Example:
+    >>> from yolo_ldac.cfg import get_cfg
+    >>> comp = Compressor(get_cfg({"data": "coco8.yaml", "method": "l2"}, mode="prune"), "yolo11n.pt")  # doctest: +SKIP
+    >>> result = comp.run()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import random
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from yolo_ldac.cfg import split_args
+from yolo_ldac.errors import LDACError
+from yolo_ldac.schedule.callbacks import EVENTS, Callbacks
+from yolo_ldac.schedule.state import RunState, find_resumable
+
+PHASE_DIR = "phases"
+LOG_FILE = "log.txt"
+
+
+def plan_phases(mode: str, cfg: dict, push_trains_first: bool) -> list[str]:
+    """The phase names of a run.
+
+    Example:
+        >>> plan_phases("compress", {"rounds": 2, "epochs_per_round": 1, "finetune_epochs": 3}, False)
+        ['prepare', 'validate_base', 'round1.step', 'round2.push', 'round2.step', 'finetune', 'validate_final', 'save']
+    """
+    names = ["prepare", "validate_base"]
+    if mode == "finetune":
+        names.append("finetune")
+    else:
+        training = mode == "compress"
+        for i in range(1, int(cfg["rounds"]) + 1):
+            if training and cfg["epochs_per_round"] > 0 and (i > 1 or push_trains_first):
+                names.append(f"round{i}.push")
+            names.append(f"round{i}.step")
+        if training and cfg["finetune_epochs"] > 0:
+            names.append("finetune")
+    return names + ["validate_final", "save"]
+
+
+def select_device(device: Any) -> torch.device:
+    """The torch device of Ultralytics' ``device`` setting (``None``/empty: a GPU when there is one, else CPU)."""
+    from ultralytics.utils.torch_utils import select_device as ultra_select
+
+    try:
+        return ultra_select("" if device is None else device, verbose=False)
+    except Exception as e:  # Ultralytics raises ValueError/RuntimeError for devices it cannot use
+        raise LDACError(f"device={device!r} is not usable here: {str(e).strip().splitlines()[0]}") from None
+
+
+def batches_to(batches: list[dict], device: torch.device) -> list[dict]:
+    """Calibration batches with their tensors on ``device``."""
+    return [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in b.items()} for b in batches]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class _PlainFormatter(logging.Formatter):
+    """Log lines without terminal colour codes."""
+
+    _ansi = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._ansi.sub("", super().format(record))
+
+
+@contextlib.contextmanager
+def log_to_file(path: Path):
+    """Copy what the run logs (yolo-ldac's and Ultralytics' messages: one logger) into ``path``."""
+    from ultralytics.utils import LOGGER
+
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(_PlainFormatter("%(message)s"))
+    LOGGER.addHandler(handler)
+    try:
+        yield
+    finally:
+        LOGGER.removeHandler(handler)
+        handler.close()
+
+
+class Compressor:
+    """Runs one compression job (``cfg["mode"]``: compress, prune or finetune) phase by phase.
+
+    Args:
+        cfg: the checked configuration (:func:`yolo_ldac.cfg.get_cfg`).
+        source: the input model (path, name, yaml or module); recorded in the state and the report.
+        model: the loaded detector (loaded from ``source`` when omitted).
+        callbacks: a :class:`Callbacks` table (see :mod:`yolo_ldac.schedule.callbacks`).
+    """
+
+    def __init__(self, cfg: dict, source: Any, model: nn.Module | None = None, callbacks: Callbacks | None = None):
+        self.cfg = dict(cfg)
+        self.mode = cfg["mode"]
+        if self.mode not in ("compress", "prune", "finetune"):
+            raise LDACError(f"mode {self.mode!r} is not a compression mode")
+        self.source = source
+        self.model = model
+        self.callbacks = callbacks or Callbacks()
+        self.state: RunState | None = None
+        self.phase: str | None = None
+        self.stop = False
+        self.last_step = None
+        self.run_dir: Path | None = None
+        self._resumed = False
+
+    # --- the parts and the data ------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        """Everything a phase needs that is not in the state: parts, data, device, calibration batches."""
+        from yolo_ldac.parts import build_parts, resolve_parts
+
+        cfg = self.cfg
+        self.ldac_cfg, self.ultra = split_args(cfg)
+        self.ultra.pop("resume", None)
+        ratio_free = self.mode == "finetune"
+        self.parts = {"criterion": None, "push": "none", "compensate": "none"} if ratio_free else resolve_parts(cfg)
+        if ratio_free:
+            from yolo_ldac.push import build_push
+
+            self.criterion, self.push, self.compensation = None, build_push("none"), None
+        else:
+            built = build_parts(cfg, self.parts)
+            self.criterion, self.push, self.compensation = built["criterion"], built["push"], built["compensate"]
+        training = self.mode != "prune"
+        needs_data = training or cfg["val_steps"] or (not ratio_free and (
+            self.criterion.needs_data or self.push.needs_data or self.compensation.needs_data))
+        from yolo_ldac.data.check import check_data
+
+        self.data = check_data(cfg["data"]) if (cfg.get("data") or needs_data) else None
+        if not ratio_free and self.data is None:
+            for kind, part in (("criterion", self.criterion), ("push", self.push)):
+                if part.needs_data:
+                    raise LDACError(f"{kind} '{part.name}' needs data=... for calibration")
+            if self.compensation.needs_data:
+                from ultralytics.utils import LOGGER
+
+                LOGGER.warning(f"compensate={self.compensation.name} needs data=... for calibration: pruning "
+                               "without compensation")
+        self.device = select_device(cfg.get("device"))
+        self.calib: list[dict] | None = None
+
+    def calibration(self) -> list[dict]:
+        """The calibration batches (built once, seeded, on the run's device)."""
+        if self.calib is None:
+            self.calib = []
+            uses = self.criterion is not None and (self.criterion.needs_data or self.push.needs_data
+                                                   or self.compensation.needs_data)
+            if self.data is not None and uses:
+                from yolo_ldac.pruning.calibration import build_calibration_batches
+
+                t = time.perf_counter()
+                batches = build_calibration_batches(self.data, imgsz=int(self.cfg["imgsz"]),
+                                                    batch=min(int(self.cfg["batch"]), 8),
+                                                    n_batches=max(1, int(self.cfg["calib_batches"])),
+                                                    seed=int(self.cfg["seed"]))
+                self.calib = batches_to(batches, self.device)
+                self._time("calibration_data", time.perf_counter() - t)
+        return self.calib
+
+    def pruner(self, model: nn.Module):
+        from yolo_ldac.nn.adapter import protected_layers
+        from yolo_ldac.pruning.complexity import Complexity
+        from yolo_ldac.pruning.engine import ChannelPruner
+
+        rec = self.state.record
+        dense = Complexity(**rec["dense_complexity"])
+        compensation = self.compensation if self.calibration() else "none"
+        return ChannelPruner(model, self.criterion, dense, rec["dense_channels"], protected_layers(model), imgsz=640,
+                             target=self.cfg["target"], round_to=self.cfg["round_to"], floor=self.cfg["floor"],
+                             compensate=compensation, tolerance=self.cfg["tolerance"])
+
+    # --- records ---------------------------------------------------------------------------------------------
+    @property
+    def rounds(self) -> list[dict]:
+        return self.state.record.setdefault("rounds", [])
+
+    def _time(self, key: str, seconds: float) -> None:
+        timings = self.state.record.setdefault("timings", {}) if self.state else {}
+        timings[key] = round(timings.get(key, 0.0) + seconds, 3)
+
+    def validate(self, model: nn.Module) -> dict:
+        from yolo_ldac.engine.validator import validate_model
+
+        t = time.perf_counter()
+        out = validate_model(model, self.cfg["data"], self.ultra, device=self.device)
+        self._time("validate", time.perf_counter() - t)
+        return out
+
+    # --- running ---------------------------------------------------------------------------------------------
+    def _check_inputs(self) -> None:
+        """Everything that can be checked before the run directory exists."""
+        from yolo_ldac.nn.adapter import adapt_head_to_names, protected_layers, rewrite_split_blocks
+        from yolo_ldac.pruning.complexity import layer_channels, measure
+        from yolo_ldac.pruning.engine import ChannelPruner
+
+        # Seeded: a model built from a yaml and class rows re-initialised for new names are the same every run.
+        seed_everything(int(self.cfg["seed"]))
+        if self.model is None:
+            from yolo_ldac.nn.adapter import load_detection_model
+
+            self.model = load_detection_model(self.source)
+        model = self.model
+        if self.data is not None:
+            model = adapt_head_to_names(model, self.data["names"])
+        model = copy.deepcopy(model).float().cpu()
+        rewrite_split_blocks(model)
+        self.dense_comp = measure(model, 640, protected=protected_layers(model))
+        self.dense_channels = layer_channels(model)
+        if self.mode != "finetune":
+            probe = ChannelPruner(model, self.criterion, self.dense_comp, self.dense_channels, protected_layers(model),
+                                  imgsz=640, target=self.cfg["target"], round_to=self.cfg["round_to"],
+                                  floor=self.cfg["floor"], tolerance=self.cfg["tolerance"])
+            reachable = probe.max_ratio()
+            if reachable < self.cfg["ratio"] - self.cfg["tolerance"]:
+                raise LDACError(f"ratio {self.cfg['ratio']} of {self.cfg['target']} is unreachable: with floor="
+                                f"{self.cfg['floor']} and round_to={self.cfg['round_to']} at most {reachable:.3f} can "
+                                "be removed")
+        self.prepared = model.to(self.device)
+
+    def run(self):
+        """Run every phase of a new run; returns a :class:`yolo_ldac.api.CompressResult` (``None`` if stopped)."""
+        from ultralytics.utils.files import increment_path
+
+        self._setup()
+        self._check_inputs()
+        # Inputs are valid: from here on the run directory exists.
+        run_dir = increment_path(Path(self.cfg["project"]) / self.cfg["name"], exist_ok=self.cfg["exist_ok"]).resolve()
+        if isinstance(self.source, (str, Path)) and Path(self.source).exists():
+            src = Path(self.source).resolve()
+            if src.is_relative_to(run_dir):
+                raise LDACError(f"the run directory {run_dir} holds the input model {src}: choose another name= or "
+                                "exist_ok=False, an input model is never overwritten")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        source = str(self.source) if isinstance(self.source, (str, Path)) else type(self.source).__name__
+        phases = plan_phases(self.mode, self.cfg, bool(self.push.trains_before_first_step))
+        self.state = RunState.new(run_dir, self.mode, self.ldac_cfg, source, phases)
+        self.state.record.update(parts=self.parts, device=str(self.device),
+                                 dense_complexity=self.dense_comp.as_dict(), dense_channels=self.dense_channels)
+        self.state.save()
+        self.run_dir = run_dir
+        return self._loop()
+
+    @classmethod
+    def resume(cls, run_dir: str | Path | bool, overrides: dict | None = None, project: str | Path | None = None,
+               callbacks: Callbacks | None = None, mode: str | None = None):
+        """Continue the run in ``run_dir`` (``True``: the newest unfinished run under ``project``) from its last
+        finished phase, with the settings it was started with; conflicting ``overrides`` raise."""
+        if run_dir is True:
+            run_dir = find_resumable(project or "runs/ldac")
+        state = RunState.load(run_dir)
+        if state.status == "finished":
+            raise LDACError(f"the run in {state.run_dir} is finished: nothing to resume")
+        if mode is not None and mode != state.mode:
+            raise LDACError(f"{state.run_dir} is a {state.mode} run: resume it with `yolo-ldac {state.mode} "
+                            f"resume={state.run_dir}`")
+        overrides = dict(overrides or {})
+        state.check_resume_settings(overrides)
+        from yolo_ldac.cfg import get_cfg
+
+        settings = dict(state.settings)
+        for key in ("device", "workers", "verbose"):
+            if overrides.get(key) is not None:
+                settings[key] = overrides[key]
+        settings.pop("mode", None)
+        ultra_extra = state.record.get("ultralytics_overrides", {})
+        cfg = get_cfg({**ultra_extra, **settings, "resume": False}, mode=state.mode)
+        comp = cls(cfg, state.source, callbacks=callbacks)
+        comp._setup()
+        comp.state = state
+        comp.run_dir = Path(state.run_dir)
+        comp._resumed = True
+        at = state.next_phase()
+        state.resumed.append({"at_phase": at, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        state.status = "running"
+        state.save()
+        return comp._loop()
+
+    def _loop(self):
+        from ultralytics.utils import LOGGER, TQDM
+
+        state = self.state
+        # Ultralytics keys the run was started with (lr0, mosaic, ...), so a resumed run trains with them too.
+        state.record.setdefault("ultralytics_overrides", {k: v for k, v in self.cfg.items()
+                                                          if k not in self.ldac_cfg and k in self.ultra})
+        with log_to_file(self.run_dir / LOG_FILE):
+            LOGGER.info(f"yolo-ldac {self.mode}: {'resuming' if self._resumed else 'results to'} {self.run_dir}")
+            self.callbacks.run("on_run_start", self)
+            todo = [p for p in state.phases if p not in set(state.done_names)]
+            bar = TQDM(todo, desc=f"{self.mode} phases", total=len(todo))
+            try:
+                for name in bar:
+                    bar.set_description(f"{self.mode}: {name}")
+                    self._run_phase(name)
+                    if self.stop and state.next_phase() is not None:
+                        state.status = "stopped"
+                        state.save()
+                        LOGGER.info(f"yolo-ldac: stopped after phase {name}; continue with `yolo-ldac {self.mode} "
+                                    f"resume={self.run_dir}`")
+                        break
+            except BaseException as e:
+                if state.status != "finished":
+                    state.status = "failed"
+                    state.record["error"] = f"{type(e).__name__}: {e}"
+                    state.save()
+                raise
+            finally:
+                bar.close()
+            self.callbacks.run("on_run_end", self)
+        return self.result if state.status == "finished" else None
+
+    def _run_phase(self, name: str) -> None:
+        state = self.state
+        self.phase = name
+        state.current = name
+        state.save()
+        seed_everything(state.phase_seed(name))
+        if self.model_for_phase is None:
+            self.model_for_phase = self._load_phase_model()
+        self.callbacks.run("on_phase_start", self)
+        t = time.perf_counter()
+        kind = name.split(".")[-1] if "." in name else name
+        rnd = int(name[5:name.index(".")]) if name.startswith("round") else None
+        model, changed = getattr(self, f"_phase_{kind}")(self.model_for_phase, rnd)
+        self.model_for_phase = model
+        ckpt = self._save_phase_checkpoint(name, model) if changed else None
+        self._time(kind if rnd is None else f"round_{kind}", time.perf_counter() - t)
+        state.mark_done(name, ckpt, time.perf_counter() - t)
+        self.callbacks.run("on_phase_end", self)
+        if kind == "step" and (rnd == int(self.cfg["rounds"])
+                               or f"round{rnd + 1}.push" in state.phases or f"round{rnd + 1}.step" in state.phases):
+            self.callbacks.run("on_round_end", self)
+
+    model_for_phase: nn.Module | None = None
+
+    def _load_phase_model(self) -> nn.Module:
+        if self.state.done and self.state.last_checkpoint() is not None:
+            ckpt = torch.load(self.state.last_checkpoint(), map_location="cpu", weights_only=False)
+            return ckpt["ema"].float().to(self.device)
+        return getattr(self, "prepared", None)
+
+    def _save_phase_checkpoint(self, name: str, model: nn.Module) -> Path:
+        from yolo_ldac.checkpoint import save_ultralytics_checkpoint
+
+        index = self.state.phase_index(name)
+        path = self.run_dir / PHASE_DIR / f"{index:02d}-{name}.pt"
+        return save_ultralytics_checkpoint(model, path, self.cfg, half=False,
+                                           phase={"run": str(self.run_dir), "phase": name, "finished": False})
+
+    # --- the phases: each returns (model, whether the model changed) -----------------------------------------
+    def _phase_prepare(self, model, _rnd):
+        if model is None:  # resumed before the prepare phase finished
+            self._check_inputs()
+            model = self.prepared
+        return model, True
+
+    def _phase_validate_base(self, model, _rnd):
+        training = self.mode != "prune"
+        want = self.data is not None and (self.cfg["val_steps"] or training)
+        self.state.record["before_metrics"] = self.validate(model) if want else {}
+        return model, False
+
+    def _phase_push(self, model, rnd):
+        ratio = self.cfg["ratio"] * rnd / int(self.cfg["rounds"])
+        self.criterion.start_step(rnd)
+        self.push.prepare(model, self.pruner(model), ratio, self.calibration())
+        model = self._train(model, int(self.cfg["epochs_per_round"]), f"round{rnd}", final=False)
+        return model, True
+
+    def _phase_step(self, model, rnd):
+        cfg, rec = self.cfg, self.state.record
+        validating = bool(cfg["val_steps"]) and self.data is not None
+        pushed = f"round{rnd}.push" in self.state.phases
+        if rnd == 1 and not pushed:
+            map_before = rec.get("before_metrics") or {}  # still the dense model validated before
+        else:
+            map_before = self.validate(model) if validating else {}
+        self.criterion.start_step(rnd)
+        step = self.pruner(model).step(cfg["ratio"] * rnd / int(cfg["rounds"]), self.calibration())
+        map_after = self.validate(model) if validating else {}
+        self.last_step = step
+        if rnd > 1 and self.rounds and pushed:
+            self.rounds[-1]["map50_95_after_train"] = map_before.get("map50_95")
+        self.rounds.append({
+            "round": rnd, "target_ratio": round(step.target_ratio, 4), "ratio_reached": round(step.reached_ratio, 4),
+            "map50_95_before_step": map_before.get("map50_95"), "map50_95_after_step": map_after.get("map50_95"),
+            "flops_g": round(step.after.flops_g, 4), "params_m": round(step.after.params / 1e6, 4),
+            "groups_pruned": step.groups_pruned, "scoring_s": round(step.seconds_scoring, 2),
+            **self.criterion.round_info(), **self.push.round_info(),
+        })
+        self.callbacks.run("on_step_end", self)
+        return model, True
+
+    def _phase_finetune(self, model, _rnd):
+        epochs = int(self.cfg["epochs"] if self.mode == "finetune" and self.cfg.get("epochs") is not None
+                     else self.cfg["finetune_epochs"])
+        return self._train(model, epochs, "finetune", final=True), True
+
+    def _phase_validate_final(self, model, _rnd):
+        self.state.record["after_metrics"] = self.validate(model) if self.data is not None else {}
+        if self.rounds and "finetune" in self.state.phases:
+            self.rounds[-1]["map50_95_after_train"] = self.state.record["after_metrics"].get("map50_95")
+        return model, False
+
+    def _phase_save(self, model, _rnd):
+        from yolo_ldac.checkpoint import save_portable, save_ultralytics_checkpoint
+
+        weights = self.run_dir / "weights"
+        self._write_report(model)
+        best = save_ultralytics_checkpoint(model, weights / "best.pt", self.cfg,
+                                           phase={"run": str(self.run_dir), "phase": "save", "finished": True})
+        if self.cfg["portable"]:
+            save_portable(model, weights / "best")
+        self._cleanup()
+        self.state.status = "finished"
+        self.state.record["best"] = str(best)
+        return model, False
+
+    # --- training --------------------------------------------------------------------------------------------
+    def _train(self, model: nn.Module, epochs: int, name: str, final: bool) -> nn.Module:
+        """Train ``model`` for ``epochs`` in ``run_dir/name`` with the push's trainer; resumes that phase's last
+        epoch when a previous attempt left one."""
+        from ultralytics.nn.tasks import load_checkpoint
+
+        from yolo_ldac.engine.trainer import EPOCH_BEST, EPOCH_LAST, PushTrainer
+
+        phase_dir = self.run_dir / name
+        last = phase_dir / "weights" / EPOCH_LAST
+        resume_from = None
+        if last.is_file():
+            ckpt = torch.load(last, map_location="cpu", weights_only=False)
+            if int(ckpt.get("epoch", -1)) + 1 >= epochs or ckpt.get("optimizer") is None:
+                # The training itself had finished; only the phase's bookkeeping was lost.
+                return self._trained_model(phase_dir, model)
+            resume_from = last
+        elif phase_dir.exists():
+            shutil.rmtree(phase_dir)  # an attempt that finished no epoch: start the phase afresh
+        n_params = sum(p.numel() for p in model.parameters())
+        overrides = {k: v for k, v in self.ultra.items() if k not in {"project", "name", "exist_ok", "epochs"}}
+        overrides.update(data=self.cfg["data"], epochs=epochs, project=str(self.run_dir), name=name, exist_ok=True,
+                         device=self.cfg.get("device"))
+        model.train()
+        for p in model.parameters():
+            p.requires_grad_(True)
+        trainer = PushTrainer(model, overrides=overrides, push=self.push, final=final, resume_from=resume_from)
+        self.callbacks.attach_to_trainer(trainer)
+        self.trainer = trainer
+        t = time.perf_counter()
+        trainer.train()
+        self._time("train", time.perf_counter() - t)
+        trained = self._trained_model(phase_dir, model)
+        n_trained = sum(p.numel() for p in trained.parameters())
+        if n_trained != n_params:
+            raise RuntimeError(f"the trainer trained a model with {n_trained} parameters, not the pruned one "
+                               f"({n_params})")
+        return trained
+
+    def _trained_model(self, phase_dir: Path, model: nn.Module) -> nn.Module:
+        from ultralytics.nn.tasks import load_checkpoint
+
+        from yolo_ldac.engine.trainer import EPOCH_BEST, EPOCH_LAST
+
+        weights = phase_dir / "weights" / EPOCH_BEST
+        if not weights.is_file():
+            weights = phase_dir / "weights" / EPOCH_LAST
+        trained, _ = load_checkpoint(weights)
+        return trained.float().to(self.device)
+
+    # --- the end ---------------------------------------------------------------------------------------------
+    def _cleanup(self) -> None:
+        """Leave one model in a finished run: remove phase checkpoints and every training phase's weights."""
+        shutil.rmtree(self.run_dir / PHASE_DIR, ignore_errors=True)
+        for d in self.state.done:
+            d["checkpoint"] = None
+        for name in self.state.phases:
+            if name.endswith(".push") or name == "finetune":
+                shutil.rmtree(self.run_dir / name.split(".")[0] / "weights", ignore_errors=True)
+
+    def _write_report(self, model: nn.Module) -> None:
+        from datetime import datetime
+
+        from yolo_ldac.nn.adapter import protected_layers
+        from yolo_ldac.pruning.complexity import Complexity, layer_channels, measure
+        from yolo_ldac.report import write_report
+
+        rec, cfg = self.state.record, self.cfg
+        dense = Complexity(**rec["dense_complexity"])
+        after_comp = measure(model, 640, protected=protected_layers(model))
+        after_channels = layer_channels(model)
+        before = {**_metric_view(rec.get("before_metrics") or {}), **complexity_view(dense)}
+        after = {**_metric_view(rec.get("after_metrics") or {}), **complexity_view(after_comp)}
+        removed = {
+            "flops_pct": round(100 * after_comp.removed_vs(dense, "flops"), 2),
+            "params_pct": round(100 * after_comp.removed_vs(dense, "params"), 2),
+            "channels_pct": round(100 * after_comp.removed_vs(dense, "channels"), 2),
+        }
+        layers = [{"name": n, "before": c, "after": after_channels.get(n, c)} for n, c in rec["dense_channels"].items()]
+        ratio_free = self.mode == "finetune"
+        timings = dict(rec.get("timings", {}))
+        timings["total"] = round(sum(d["seconds"] for d in self.state.done), 2)
+        report = {
+            "model": self.state.source, "data": cfg.get("data"), "mode": self.mode,
+            "method": None if ratio_free else cfg["method"], "parts": rec.get("parts"),
+            "target": cfg["target"], "ratio": None if ratio_free else cfg["ratio"],
+            "before": before, "after": after, "removed": removed, "layers": layers, "rounds": self.rounds,
+            "timings": {k: round(v, 2) for k, v in timings.items()},
+            "phases": [dict(d) for d in self.state.done] + [{"name": "save"}],
+            "resumed": list(self.state.resumed), "device": rec.get("device"),
+            "paths": {"run_dir": str(self.run_dir), "best": str(self.run_dir / "weights" / "best.pt"),
+                      "portable": str(self.run_dir / "weights" / "best.safetensors") if cfg["portable"] else None,
+                      "state": str(self.state.path), "log": str(self.run_dir / LOG_FILE)},
+            "settings": {k: v for k, v in self.ldac_cfg.items() if k not in {"mode"}},
+            "flops_imgsz": 640, "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+        }
+        write_report(self.run_dir, report)
+        if cfg["plots"] and self.criterion is not None:
+            names = self.data["names"] if self.data else None
+            plots = [*self.criterion.write_plots(self.run_dir, self.rounds, names),
+                     *self.push.write_plots(self.run_dir, self.rounds, names)]
+            report["plots"] = [str(p) for p in plots]
+        self.report = report
+
+    @property
+    def result(self):
+        from yolo_ldac.api import CompressResult
+
+        rep = getattr(self, "report", None)
+        if rep is None:  # the save phase ran in an earlier process: read its report back
+            import json
+
+            rep = json.loads((self.run_dir / "report.json").read_text(encoding="utf-8"))
+        best = self.run_dir / "weights" / "best.pt"
+        portable = self.run_dir / "weights" / "best.safetensors"
+        return CompressResult(self.run_dir, best, portable if portable.exists() else None, rep["before"],
+                              rep["after"], rep["removed"], rep["layers"], rep.get("rounds", []),
+                              rep.get("timings", {}), rep, resumed=bool(rep.get("resumed")))
+
+
+def _metric_view(m: dict) -> dict:
+    return {"map50_95": m.get("map50_95"), "map50": m.get("map50")}
+
+
+def complexity_view(c) -> dict:
+    """``{"flops_g", "params_m", "channels"}`` of a :class:`Complexity` (FLOPs in G, params in M)."""
+    return {"flops_g": round(c.flops_g, 4), "params_m": round(c.params / 1e6, 4), "channels": c.channels}
+
+
+__all__ = ["EVENTS", "Callbacks", "Compressor", "plan_phases", "select_device"]
