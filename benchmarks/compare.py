@@ -8,7 +8,7 @@ end), FLOPs and parameters, ONNX Runtime CPU latency (batch 1, median after warm
 wall time, the machine and the library versions in ``<out>/<model>__<data>__<method>__r<ratio>__s<seed>.json``; then
 it writes the report (``BENCHMARKS.md``: mean ± std over seeds) and ``<out>/map_vs_flops.png``.
 
-Equal epochs. LDAC trains before its first prune step (``train_before_first_step``), the other criteria do not, so
+Equal epochs. LDAC's push trains before the first prune step (``Push.trains_before_first_step``), the other criteria do not, so
 with the same ``rounds`` x ``epochs_per_round`` they would train ``epochs_per_round`` fewer epochs. By default
 (``--equalize-epochs``) those criteria get the missing epochs added to their fine-tuning, so every method, dense
 included, trains exactly ``rounds * epochs_per_round + finetune_epochs`` epochs. The epochs a run really trained
@@ -104,9 +104,11 @@ def train_epochs(method: str, rounds: int, epochs_per_round: int, finetune_epoch
     total = rounds * epochs_per_round + finetune_epochs
     if method == "dense":
         return total, total
-    from yolo_ldac.pruning.criteria import CRITERIA
+    from yolo_ldac.parts import resolve_parts
+    from yolo_ldac.push import PUSHES
 
-    pushes_first = bool(getattr(CRITERIA[method], "train_before_first_step", False))
+    push = resolve_parts({"method": method})["push"]
+    pushes_first = bool(PUSHES[push].trains_before_first_step)
     if pushes_first or epochs_per_round == 0:
         return finetune_epochs, total
     if equalize:

@@ -2,7 +2,7 @@
 
 1. Push overhead, two ways: (a) one training step (forward + loss + backward, batch 16), median of 9, with
    Ultralytics' detection loss and with the LDAC loss; (b) whole epochs: the same model trained with
-   PrunedDetectionTrainer and LDACTrainer (validation off), median epoch duration after the first (from
+   PrunedDetectionTrainer and PushTrainer(push=ldac) (validation off), median epoch duration after the first (from
    results.csv's cumulative ``time`` column; epoch 1 carries the set-up). (b) includes data loading and is
    noisy at this size (4 steps per epoch); (a) isolates the loss.
 2. Times ``LDACCriterion.prepare`` (the gradient-x-activation trace) over the calibration batches against one
@@ -50,7 +50,8 @@ def main() -> None:
     from ultralytics.data.utils import check_det_dataset
 
     from yolo_ldac.api import validate
-    from yolo_ldac.engine.trainer import LDACTrainer, PrunedDetectionTrainer
+    from yolo_ldac.engine.trainer import PrunedDetectionTrainer, PushTrainer
+    from yolo_ldac.push import build_push
     from yolo_ldac.ldac.criterion import LDACCriterion
     from yolo_ldac.nn.adapter import adapt_head_to_names, load_detection_model, rewrite_split_blocks
     from yolo_ldac.pruning.calibration import build_calibration_batches
@@ -67,7 +68,7 @@ def main() -> None:
             model = copy.deepcopy(base)
             ov = dict(common, project=tmp, name=label.replace(" ", "_"), exist_ok=True)
             trainer = (PrunedDetectionTrainer(model, overrides=ov) if label == "detection loss" else
-                       LDACTrainer(model, overrides=ov, push={"alpha": 0.05, "beta": 0.01, "gamma": 1e-3}))
+                       PushTrainer(model, overrides=ov, push=build_push("ldac", alpha=0.05, beta=0.01, gamma=1e-3)))
             trainer.train()
             epochs[label] = epoch_seconds(Path(trainer.save_dir) / "results.csv")
     steady = {k: sorted(v[1:])[len(v[1:]) // 2] for k, v in epochs.items()}

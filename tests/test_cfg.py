@@ -43,7 +43,10 @@ EXPECTED_DEFAULTS = {
     "finetune_epochs": 10,
     "round_to": 8,
     "floor": 0.125,
-    "compensate": True,
+    "compensate": None,
+    "criterion": None,
+    "push": None,
+    "resume": False,
     "calib_batches": 4,
     "tolerance": 0.01,
     "val_steps": True,
@@ -271,7 +274,7 @@ def test_good_ratio_accepted(ratio):
         ({"warmup": -1}, "warmup must be an integer >= 0"),
         ({"formats": ""}, "formats must be a comma-separated list"),
         ({"epochs": -1}, "epochs must be an integer >= 0"),
-        ({"compensate": "yes"}, "compensate must be True or False"),
+        ({"compensate": 3}, "compensate must be the name of a compensation"),
         ({"portable": 1}, "portable must be True or False"),
     ],
 )
@@ -314,7 +317,7 @@ def test_split_args():
     ldac, ultra = split_args(cfg)
     assert set(ldac) == set(EXPECTED_DEFAULTS)
     assert ldac["ratio"] == 0.3 and ldac["data"] == "x.yaml"
-    assert ultra["lr0"] == 0.02 and ultra["mosaic"] == 0
+    assert ultra["lr0"] == 0.02 and ultra["mosaic"] == 0 and "resume" not in ultra  # never handed to Ultralytics
     for key in ("imgsz", "batch", "workers", "seed", "plots", "verbose", "project", "name", "exist_ok", "model"):
         assert ultra[key] == cfg[key], key
     assert ultra["data"] == "x.yaml" and ultra["epochs"] == 5

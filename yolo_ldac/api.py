@@ -58,8 +58,7 @@ class YOLOLDAC:
         self.source = model
         self._model: nn.Module | None = None
         self.callbacks = Callbacks()
-        if not isinstance(model, (str, Path)):
-            _ = self.model  # a live module: check it now
+        _ = self.model  # fail now, with one line, on a model that cannot be loaded
 
     @property
     def model(self) -> nn.Module:

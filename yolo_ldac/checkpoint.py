@@ -385,8 +385,8 @@ def load_portable(path: str | Path) -> nn.Module:
 
     digest = meta.get("safetensors_sha256")
     if digest and hashlib.sha256(st_path.read_bytes()).hexdigest() != digest:
-        raise LDACError(f"'{st_path}' is not the weights '{js_path}' was written with (hash differs): the pair is "
-                        "incomplete; save it again")
+        raise LDACError(f"'{st_path}' does not match '{js_path}': the weights' hash differs from the one the JSON "
+                        "was written with (an incomplete pair: save it again)")
     try:
         state = load_file(str(st_path))
     except (SafetensorError, OSError, ValueError) as e:

@@ -28,7 +28,6 @@ Example:
 from __future__ import annotations
 
 import importlib.util
-import logging
 import shutil
 import tempfile
 import time
@@ -53,7 +52,7 @@ from yolo_ldac.deploy.parity import (  # noqa: F401  (parity_metrics, preprocess
 from yolo_ldac.deploy.parity import preprocess_image as _preprocess
 from yolo_ldac.errors import LDACError, first_line
 
-LOGGER = logging.getLogger(__name__)
+from yolo_ldac.utils.log import LOGGER  # noqa: E402
 
 FORMAT_ALIASES = {"tflite": "litert"}
 CHECKED_FORMATS = ("onnx", "litert", "openvino")  # formats whose runtime the parity check runs

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shutil
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from yolo_ldac.data.kitti import _check_out_dir, _link_or_copy, _prepare_out_dir
 from yolo_ldac.data._common import run_cli
 from yolo_ldac.errors import LDACError
 
-LOGGER = logging.getLogger(__name__)
+from yolo_ldac.utils.log import LOGGER  # noqa: E402
 
 PARAMS_FILE = "coco_conversion.json"  # parameters and counts, written beside data.yaml
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import re
 import subprocess
@@ -41,7 +40,7 @@ import yaml
 from yolo_ldac.data._common import clear_split_files
 from yolo_ldac.errors import LDACError
 
-LOGGER = logging.getLogger(__name__)
+from yolo_ldac.utils.log import LOGGER  # noqa: E402
 
 META_FILE = "composite.json"
 _FORMAT = 2  # bump when the generator's output changes

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import random
 import shutil
@@ -40,7 +39,7 @@ import yaml
 from yolo_ldac.data._common import run_cli
 from yolo_ldac.errors import LDACError
 
-LOGGER = logging.getLogger(__name__)
+from yolo_ldac.utils.log import LOGGER  # noqa: E402
 
 # Ultralytics' kitti.yaml names, used only when the installed package has no kitti.yaml (tests check they agree).
 KITTI_NAMES = ("car", "van", "truck", "pedestrian", "person_sitting", "cyclist", "tram", "misc")

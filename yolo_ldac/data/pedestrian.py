@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -52,7 +51,7 @@ from yolo_ldac.data.composite import _OPENCV_DOC, _file_sha256
 from yolo_ldac.data._common import clear_split_files, run_cli
 from yolo_ldac.errors import LDACError
 
-LOGGER = logging.getLogger(__name__)
+from yolo_ldac.utils.log import LOGGER  # noqa: E402
 
 META_FILE = "pedestrian.json"
 _FORMAT = 1  # bump when the builder's output changes

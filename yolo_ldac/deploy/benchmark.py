@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import shutil
 import statistics
 import time
@@ -34,7 +33,7 @@ from yolo_ldac.deploy.runtimes import check_runtime, load_runtime
 from yolo_ldac.utils.env import usable_cores
 from yolo_ldac.errors import LDACError
 
-LOGGER = logging.getLogger(__name__)
+from yolo_ldac.utils.log import LOGGER  # noqa: E402
 
 DEFAULT_FORMATS = ("onnx", "litert", "openvino")
 
@@ -314,8 +313,10 @@ def write_results(rows: list[BenchRow], table: str, threads: Sequence[int], out_
                            "threads": list(threads)},
               "machine": machine_info(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "rows": [asdict(r) for r in rows]}
-    files["json"].write_text(json.dumps(record, indent=1, default=str), encoding="utf-8")
-    with open(files["csv"], "w", newline="", encoding="utf-8") as f:
+    from yolo_ldac.utils.io import atomic_path, atomic_write_text
+
+    atomic_write_text(files["json"], json.dumps(record, indent=1, default=str))
+    with atomic_path(files["csv"]) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["model", "format", "precision", "status", "size_mb", "flops_g", "params_m", "map50_95", "map50",
                     *[f"median_ms_{n}thr" for n in threads], *[f"p90_ms_{n}thr" for n in threads], "file"])
@@ -323,7 +324,7 @@ def write_results(rows: list[BenchRow], table: str, threads: Sequence[int], out_
             w.writerow([r.model, r.format, r.precision, r.status, r.size_mb, r.flops_g, r.params_m, r.map50_95,
                         r.map50, *[r.latency.get(str(n), {}).get("median_ms") for n in threads],
                         *[r.latency.get(str(n), {}).get("p90_ms") for n in threads], r.file])
-    files["md"].write_text(table + "\n", encoding="utf-8")
+    atomic_write_text(files["md"], table + "\n")
     if plots:
         files["png"] = plot_benchmark(rows, threads, out_dir / "benchmark.png")
     return files
@@ -372,6 +373,8 @@ def plot_benchmark(rows: list[BenchRow], threads: Sequence[int], path: Path) -> 
     axes[0][0].legend(fontsize=8, title="hatched: failed a check" if any(
         r.status.startswith("failed") for r in rows) else None, title_fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from yolo_ldac.utils.io import atomic_save
+
+    atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     return path

@@ -264,7 +264,7 @@ class Compressor:
         source = str(self.source) if isinstance(self.source, (str, Path)) else type(self.source).__name__
         phases = plan_phases(self.mode, self.cfg, bool(self.push.trains_before_first_step))
         self.state = RunState.new(run_dir, self.mode, self.ldac_cfg, source, phases)
-        self.state.record.update(parts=self.parts, device=str(self.device),
+        self.state.record.update(parts=self.parts, device=str(self.device), timings={"prune": 0.0, "train": 0.0},
                                  dense_complexity=self.dense_comp.as_dict(), dense_channels=self.dense_channels)
         self.state.save()
         self.run_dir = run_dir
@@ -353,7 +353,7 @@ class Compressor:
         model, changed = getattr(self, f"_phase_{kind}")(self.model_for_phase, rnd)
         self.model_for_phase = model
         ckpt = self._save_phase_checkpoint(name, model) if changed else None
-        self._time(kind if rnd is None else f"round_{kind}", time.perf_counter() - t)
+        self._time({"step": "prune", "push": "push"}.get(kind, kind), time.perf_counter() - t)
         state.mark_done(name, ckpt, time.perf_counter() - t)
         self.callbacks.run("on_phase_end", self)
         if kind == "step" and (rnd == int(self.cfg["rounds"])

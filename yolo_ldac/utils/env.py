@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import platform
 import shutil
@@ -22,7 +21,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-LOGGER = logging.getLogger(__name__)
+from yolo_ldac.utils.log import LOGGER  # noqa: E402
 
 # Fonts that Ultralytics' plotting code looks up by name in its config dir and downloads when absent.
 ULTRALYTICS_FONTS = ("Arial.ttf", "Arial.Unicode.ttf")
