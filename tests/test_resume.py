@@ -71,6 +71,7 @@ def test_killed_in_every_phase_resumes_to_the_same_run(reference, shapes_data, t
     assert rep["layers"] == ref_rep["layers"]  # identical channels per layer
     assert [r["ratio_reached"] for r in rep["rounds"]] == [r["ratio_reached"] for r in ref_rep["rounds"]]
     assert rep["resumed"] and not ref_rep["resumed"]
+    assert "interrupted and resumed 9 time(s)" in (run / "report.md").read_text()
     # Mid-epoch kills resumed the training phase from its last epoch instead of starting it again.
     for phase in ("round1", "finetune"):
         rows = (run / phase / "results.csv").read_text().strip().splitlines()

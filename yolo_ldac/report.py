@@ -157,6 +157,14 @@ def format_markdown(report: dict) -> str:
     head = _headline(report)
     if head:
         md += [head, ""]
+    parts = report.get("parts")
+    if parts:
+        md += [f"Parts: criterion `{parts.get('criterion')}`, push `{parts.get('push')}`, compensate "
+               f"`{parts.get('compensate')}`.", ""]
+    resumed = report.get("resumed") or []
+    if resumed:
+        where = ", ".join(str(r.get("at_phase")) for r in resumed)
+        md += [f"This run was interrupted and resumed {len(resumed)} time(s), at phase(s): {where}.", ""]
     md += ["## Before / after", ""]
     md += _md_table(["metric", "before", "after", "change"], [list(r) for r in _rows(report)])
     md += ["", "mAP changes are in percentage points; FLOPs and params changes are the percent removed.", ""]
