@@ -47,6 +47,7 @@ EXPECTED_DEFAULTS = {
     "criterion": None,
     "push": None,
     "resume": False,
+    "fade": True,
     "calib_batches": 4,
     "tolerance": 0.01,
     "val_steps": True,

@@ -115,20 +115,24 @@ def test_registries_import_no_plugins_and_no_cycles():
         assert "import yolo_ldac.ldac" not in path.read_text(), path
 
 
-def test_push_marks_the_criterions_channels(tiny, calib_batches):
-    """push=ldac fades what the run's criterion would remove: with criterion=random the marked BN channels are the
-    random criterion's picks for the coming step, reseeded per step."""
+@pytest.mark.parametrize("fade", [True, False])
+def test_push_marks_the_criterions_channels(fade, tiny, calib_batches):
+    """push=ldac prepares for what the run's criterion would remove: with criterion=random the planned (fade) or
+    L1-marked (fade=False) channels are the random criterion's picks for the coming step, reseeded per step."""
     from yolo_ldac.nn.adapter import protected_layers
     from yolo_ldac.pruning.complexity import layer_channels, measure
     from yolo_ldac.pruning.engine import ChannelPruner
 
     model = copy.deepcopy(tiny)
-    parts = build_parts({"method": "ldac", "criterion": "random", "seed": 3})
+    parts = build_parts({"method": "ldac", "criterion": "random", "seed": 3, "fade": fade})
     pruner = ChannelPruner(model, parts["criterion"], measure(model, 640, protected=protected_layers(model)),
                            layer_channels(model), protected_layers(model))
     parts["criterion"].start_step(1)
     parts["push"].prepare(model, pruner, 0.3, calib_batches)
     parts["criterion"].start_step(1)
     chosen = pruner.choose(0.3, calib_batches)
-    marked = sum(int(m.sum()) for m in parts["push"].align_masks.values())
-    assert marked == sum(len(v) for v in chosen.values()) > 0
+    if fade:
+        assert parts["push"].planned() == chosen and parts["push"].schedule.channels >= sum(map(len, chosen.values()))
+    else:
+        marked = sum(int(m.sum()) for m in parts["push"].align_masks.values())
+        assert marked == sum(len(v) for v in chosen.values()) > 0 and parts["push"].planned() is None

@@ -34,6 +34,7 @@ PLUGIN_MODULES = (
     "yolo_ldac.pruning.fisher_px",  # group_fisher, group_fisher_flops, px
     "yolo_ldac.ldac.criterion",  # ldac (criterion)
     "yolo_ldac.push",  # none (push)
+    "yolo_ldac.push.fade",  # fade (push)
     "yolo_ldac.ldac.push",  # ldac (push)
     "yolo_ldac.pruning.compensate",  # none, mean
 )
@@ -114,7 +115,8 @@ def build_parts(cfg: dict, parts: dict[str, str] | None = None) -> dict[str, Any
     settings = dict(seed=int(cfg.get("seed") or 0), alpha=cfg.get("ld_alpha", 0.01), beta=cfg.get("cov_beta", 0.01),
                     gamma=cfg.get("align_gamma", 1e-4), pool=cfg.get("pool", "max"),
                     background=cfg.get("background", 0), rho=cfg.get("rho", 0.1),
-                    tracer=cfg.get("tracer", "gradient"), level_assign=cfg.get("level_assign", False))
+                    tracer=cfg.get("tracer", "gradient"), level_assign=cfg.get("level_assign", False),
+                    fade=cfg.get("fade", True))
     regs = registries()
     return {key: regs[key].build(parts[key], **settings) for key in PART_KEYS}
 

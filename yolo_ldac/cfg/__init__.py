@@ -41,7 +41,7 @@ SHARED_KEYS = frozenset(
 )
 
 # Our keys that must be exactly True or False.
-_BOOL_KEYS = ("val_steps", "portable", "parity", "exist_ok", "plots", "verbose", "half", "int8",
+_BOOL_KEYS = ("fade", "val_steps", "portable", "parity", "exist_ok", "plots", "verbose", "half", "int8",
               "parity_map")
 
 _INT_RE = re.compile(r"[-+]?\d[\d_]*")

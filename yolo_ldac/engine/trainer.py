@@ -71,6 +71,7 @@ class PushTrainer(PrunedDetectionTrainer):
         super().__init__(model, overrides=overrides, _callbacks=_callbacks, resume_from=resume_from)
         if push is not None:
             self.add_callback("on_train_epoch_start", self._push_epoch_start)
+            self.add_callback("on_train_batch_end", self._push_batch_end)
 
     def _setup_train(self):
         from ultralytics.utils.torch_utils import unwrap_model
@@ -85,3 +86,11 @@ class PushTrainer(PrunedDetectionTrainer):
 
     def _push_epoch_start(self, trainer) -> None:
         self.push.on_epoch_start(self, final=self.final)
+
+    def _push_batch_end(self, trainer) -> None:
+        self.push.on_batch_end(self, final=self.final)
+
+    def optimizer_step(self):
+        if self.push is not None:
+            self.push.before_optimizer_step(self, final=self.final)
+        super().optimizer_step()

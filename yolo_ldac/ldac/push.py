@@ -1,8 +1,9 @@
-"""LDAC's push (``push=ldac``): the location-aware discriminant loss, and an L1 on the BN scales of the
-channels the coming step removes (chosen by the run's criterion).
+"""LDAC's push (``push=ldac``): the location-aware discriminant loss on what stays, and the fade of what goes.
 
-L = L_det + alpha * (-J) + beta * L_cov + gamma * L1(doomed BN scales) (:class:`yolo_ldac.ldac.loss.LDACDetectionLoss`).
-In the final fine-tuning the weights decay linearly to zero and the L1 has no channels to act on.
+L = L_det + alpha * (-J) + beta * L_cov (:class:`yolo_ldac.ldac.loss.LDACDetectionLoss`) while the channels the
+coming step removes (chosen by the run's criterion) fade to zero output (:mod:`yolo_ldac.push.fade`), so the step
+is lossless. With ``fade=False`` the first version's L1 on their BN scales (``gamma``) is used instead, and the step
+scores again. In the final fine-tuning the weights decay linearly to zero.
 
 Example:
     >>> from yolo_ldac.push import build_push
@@ -20,26 +21,30 @@ import torch.nn as nn
 
 from yolo_ldac.ldac.criterion import conv_wrappers, sample_config_for
 from yolo_ldac.ldac.objective import SampleConfig
-from yolo_ldac.push import PUSHES, Push
+from yolo_ldac.push import PUSHES
+from yolo_ldac.push.fade import FadingPush
 
 
 @PUSHES.register("ldac")
-class LDACPush(Push):
-    """Location-aware discriminant push (-J, decorrelation) + L1 on the BN scales of the next step's channels."""
+class LDACPush(FadingPush):
+    """Location-aware discriminant loss (-J, decorrelation) on what stays; the next step's channels fade out."""
 
     trains_before_first_step = True
     needs_data = True
 
     def __init__(self, seed: int = 0, alpha: float = 0.01, beta: float = 0.01, gamma: float = 1e-4,
-                 pool: str = "max", background: int = 0, rho: float = 0.1, level_assign: bool = False, **_: Any):
-        super().__init__(seed=seed)
+                 pool: str = "max", background: int = 0, rho: float = 0.1, level_assign: bool = False,
+                 fade: bool = True, **_: Any):
+        super().__init__(seed=seed, fade=fade)
         self.alpha, self.beta, self.gamma = alpha, beta, gamma
         self.samples = SampleConfig(pool=pool, background=background, rho=rho, level_assign=level_assign)
         self.align_masks: dict[str, torch.Tensor] = {}  # BN layer name -> channels the next step removes
 
-    def prepare(self, model: nn.Module, pruner, next_ratio: float, batches: list[dict]) -> None:
-        """Mark the channels the next step would remove (by the run's criterion): their BN scales get the L1."""
-        chosen = pruner.choose(next_ratio, batches)
+    def after_choice(self, model: nn.Module, chosen: dict[str, list[int]]) -> None:
+        """Without the fade: mark the channels the next step would remove; their BN scales get the L1."""
+        if self.fade:
+            self.align_masks = {}
+            return
         modules = dict(model.named_modules())
         names = {m: n for n, m in modules.items()}
         wrappers = conv_wrappers(model)
@@ -61,13 +66,18 @@ class LDACPush(Push):
                                  samples=sample_config_for(model, self.samples))
 
     def on_epoch_start(self, trainer, final: bool = False) -> None:
+        super().on_epoch_start(trainer, final)
         if not final:
             return
-        crit = getattr(getattr(trainer, "model", None), "criterion", None)
+        from ultralytics.utils.torch_utils import unwrap_model
+
+        crit = getattr(unwrap_model(trainer.model), "criterion", None)
         if crit is None:
             return
         scale = max(0.0, 1.0 - trainer.epoch / max(trainer.epochs, 1))
         crit.alpha, crit.beta, crit.gamma = self.alpha * scale, self.beta * scale, self.gamma * scale
 
     def round_info(self) -> dict:
+        if self.fade:
+            return super().round_info()
         return {"push_channels": int(sum(int(m.sum()) for m in self.align_masks.values()))}

@@ -210,6 +210,18 @@ class ChannelPruner:
                 heapq.heappush(heap, (float(g.scores[b].mean()), gi, k + 1))
         return chosen, ratio
 
+    def _predicted_ratio(self, groups: list[_Group], chosen: dict[int, list[int]]) -> float:
+        """The ratio removed once ``chosen`` (group index -> channels) is pruned, counted as :meth:`plan` does."""
+        dense_v = self._value(self.dense)
+        value = self._value(self.measure())
+        cur = {m: [m.in_channels, m.out_channels] for m in self.model.modules() if isinstance(m, nn.Conv2d)}
+        for gi, idxs in chosen.items():
+            g = groups[gi]
+            value -= self._delta(g, len(idxs), cur)
+            for conv, kind, mult in g.convs:
+                cur[conv][0 if kind == "in" else 1] -= mult * len(idxs)
+        return 1.0 - value / dense_v
+
     def max_ratio(self) -> float:
         """The largest ratio reachable under the floors and rounding (nothing is pruned)."""
         graph = build_graph(self.model)
@@ -231,23 +243,39 @@ class ChannelPruner:
         return {groups[gi].name: sorted(idxs) for gi, idxs in chosen.items()}
 
     # --- the step ----------------------------------------------------------------------------------------
-    def step(self, target_ratio: float, batches: Iterable[dict] | None = None) -> StepResult:
-        """Prune until ``target_ratio`` of the dense model's ``target`` quantity is removed."""
+    def step(self, target_ratio: float, batches: Iterable[dict] | None = None,
+             planned: dict[str, list[int]] | None = None) -> StepResult:
+        """Prune until ``target_ratio`` of the dense model's ``target`` quantity is removed.
+
+        ``planned`` (root layer name -> output channels, as :meth:`choose` returned it before a push prepared the
+        model for exactly those channels) is removed as it is, without scoring again.
+        """
         import time
 
         batches = list(batches or [])
         before = self.measure()
         if 1.0 - self._value(before) / self._value(self.dense) >= target_ratio - self.tolerance / 2:
             return StepResult(target_ratio, before.removed_vs(self.dense, self.target), before, before)
-        if self.criterion.needs_data and not batches:
-            raise LDACError(f"method '{self.criterion.name}' needs calibration data (pass data=...)")
         t0 = time.perf_counter()
-        if self.criterion.needs_data:
-            self.criterion.prepare(self.model, batches)
-        graph = build_graph(self.model)
-        groups = self._collect_groups(graph, score=True)
-        seconds_scoring = time.perf_counter() - t0
-        chosen, predicted = self.plan(target_ratio, groups)
+        if planned is not None:
+            graph = build_graph(self.model)
+            groups = self._collect_groups(graph, score=False)
+            index = {g.name: gi for gi, g in enumerate(groups)}
+            missing = [n for n in planned if n not in index]
+            if missing:
+                raise LDACError(f"the planned channels name layers that are not prunable groups now: {missing[:3]}")
+            chosen = {index[n]: list(idxs) for n, idxs in planned.items()}
+            seconds_scoring = time.perf_counter() - t0
+            predicted = self._predicted_ratio(groups, chosen)
+        else:
+            if self.criterion.needs_data and not batches:
+                raise LDACError(f"criterion '{self.criterion.name}' needs calibration data (pass data=...)")
+            if self.criterion.needs_data:
+                self.criterion.prepare(self.model, batches)
+            graph = build_graph(self.model)
+            groups = self._collect_groups(graph, score=True)
+            seconds_scoring = time.perf_counter() - t0
+            chosen, predicted = self.plan(target_ratio, groups)
         if predicted < target_ratio - self.tolerance:
             raise LDACError(
                 f"ratio {target_ratio:.3f} of {self.target} is unreachable: with floor={self.floor} and "

@@ -51,6 +51,17 @@ class Push:
     def on_epoch_start(self, trainer, final: bool = False) -> None:
         """Called at the start of every epoch of every training phase (e.g. to decay the push's weights)."""
 
+    def before_optimizer_step(self, trainer, final: bool = False) -> None:
+        """Called before every optimizer step of every training phase (gradients are in place)."""
+
+    def on_batch_end(self, trainer, final: bool = False) -> None:
+        """Called after every training batch of every training phase (the optimizer and EMA have stepped)."""
+
+    def planned(self) -> dict[str, list[int]] | None:
+        """The channels (root layer name -> indices) the coming step must remove as they are, because the push
+        prepared the model for exactly those; ``None``: the step scores with the criterion."""
+        return None
+
     def round_info(self) -> dict:
         """Extra per-round figures for the report."""
         return {}

@@ -393,6 +393,10 @@ class Compressor:
         ratio = self.cfg["ratio"] * rnd / int(self.cfg["rounds"])
         self.criterion.start_step(rnd)
         self.push.prepare(model, self.pruner(model), ratio, self.calibration())
+        plan = self.push.planned()
+        # Recorded, so that a run resumed between this push and its step removes what the push prepared.
+        self.state.record.setdefault("push_plans", {})[str(rnd)] = plan
+        self.state.record.setdefault("push_info", {})[str(rnd)] = self.push.round_info()
         model = self._train(model, int(self.cfg["epochs_per_round"]), f"round{rnd}", final=False)
         return model, True
 
@@ -405,7 +409,8 @@ class Compressor:
         else:
             map_before = self.validate(model) if validating else {}
         self.criterion.start_step(rnd)
-        step = self.pruner(model).step(cfg["ratio"] * rnd / int(cfg["rounds"]), self.calibration())
+        plan = (rec.get("push_plans") or {}).get(str(rnd)) if pushed else None
+        step = self.pruner(model).step(cfg["ratio"] * rnd / int(cfg["rounds"]), self.calibration(), planned=plan)
         map_after = self.validate(model) if validating else {}
         self.last_step = step
         if rnd > 1 and self.rounds and pushed:
@@ -415,7 +420,8 @@ class Compressor:
             "map50_95_before_step": map_before.get("map50_95"), "map50_95_after_step": map_after.get("map50_95"),
             "flops_g": round(step.after.flops_g, 4), "params_m": round(step.after.params / 1e6, 4),
             "groups_pruned": step.groups_pruned, "scoring_s": round(step.seconds_scoring, 2),
-            **self.criterion.round_info(), **self.push.round_info(),
+            "planned_by_push": plan is not None,
+            **self.criterion.round_info(), **((rec.get("push_info") or {}).get(str(rnd)) or {}),
         })
         self.callbacks.run("on_step_end", self)
         return model, True
