@@ -96,7 +96,7 @@ def test_one_model_per_run_and_info_on_phase_files(shapes_data, tmp_path):
     from yolo_ldac import YOLOLDAC
 
     kw = dict(data=str(shapes_data), ratio=0.3, rounds=2, epochs_per_round=1, finetune_epochs=1, method="l1",
-              project=str(tmp_path), name="one", **FAST)
+              project=str(tmp_path), name="one", nbs=8, **FAST)
     seen = {}
 
     def grab(comp):
@@ -122,3 +122,6 @@ def test_one_model_per_run_and_info_on_phase_files(shapes_data, tmp_path):
     rep = json.loads((run / "report.json").read_text())
     assert rep["parts"] == {"criterion": "l1", "push": "none", "compensate": "mean"}
     assert [p["name"] for p in rep["phases"]][-1] == "save" and rep["resumed"] == []
+    # 16 images at batch 8 with nbs=8: one optimizer step per batch, 2 per epoch, counted from the trainer
+    assert rep["optimizer_steps"] == {"round2": 2, "finetune": 2, "total": 4}
+    assert rep["train_schedule"]["finetune"]["accumulate"] == 1 and rep["train_schedule"]["finetune"]["nbs"] == 8

@@ -481,7 +481,15 @@ class Compressor:
         self.callbacks.attach_to_trainer(trainer)
         self.trainer = trainer
         t = time.perf_counter()
+        # Optimizer steps (the EMA's update count, which a resumed phase restores) and the schedule of each phase.
+        steps = self.state.record.setdefault("optimizer_steps", {})
+        self.state.record.setdefault("train_schedule", {})[name] = {
+            "epochs": epochs, "batch": int(trainer.batch_size), "nbs": int(trainer.args.nbs),
+            "accumulate": int(max(round(trainer.args.nbs / max(trainer.batch_size, 1)), 1)),
+            "lr0": float(trainer.args.lr0), "lrf": float(trainer.args.lrf), "optimizer": str(trainer.args.optimizer),
+            "warmup_epochs": float(trainer.args.warmup_epochs), "cos_lr": bool(trainer.args.cos_lr)}
         trainer.train()
+        steps[name] = int(getattr(getattr(trainer, "ema", None), "updates", 0) or 0)
         self._time("train", time.perf_counter() - t)
         trained = self._trained_model(phase_dir, model)
         n_trained = sum(p.numel() for p in trained.parameters())
@@ -539,6 +547,9 @@ class Compressor:
             "target": cfg["target"], "ratio": None if ratio_free else cfg["ratio"],
             "before": before, "after": after, "removed": removed, "layers": layers, "rounds": self.rounds,
             "timings": {k: round(v, 2) for k, v in timings.items()},
+            "optimizer_steps": {**rec.get("optimizer_steps", {}),
+                                "total": int(sum(rec.get("optimizer_steps", {}).values()))},
+            "train_schedule": rec.get("train_schedule", {}),
             "phases": [dict(d) for d in self.state.done] + [{"name": "save"}],
             "resumed": list(self.state.resumed), "device": rec.get("device"),
             "paths": {"run_dir": str(self.run_dir), "best": str(self.run_dir / "weights" / "best.pt"),
