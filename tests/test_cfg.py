@@ -48,6 +48,7 @@ EXPECTED_DEFAULTS = {
     "push": None,
     "resume": False,
     "fade": True,
+    "fade_end": 0.5,
     "calib_batches": 4,
     "tolerance": 0.01,
     "val_steps": True,

@@ -8,7 +8,6 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,29 +18,7 @@ from yolo_ldac.cfg import get_cfg, split_args
 from yolo_ldac.checkpoint import save_ultralytics_checkpoint  # noqa: F401  (re-exported)
 from yolo_ldac.data.check import check_data
 from yolo_ldac.errors import LDACError
-
-
-@dataclass
-class CompressResult:
-    """What a compress/prune/finetune run produced: paths, metrics and complexity before and after."""
-
-    run_dir: Path
-    best: Path
-    portable: Path | None
-    before: dict
-    after: dict
-    removed: dict
-    layers: list[dict]
-    rounds: list[dict] = field(default_factory=list)
-    timings: dict = field(default_factory=dict)
-    report: dict = field(default_factory=dict)
-    resumed: bool = False
-
-    @property
-    def table(self) -> str:
-        from yolo_ldac.report import format_table
-
-        return format_table(self.report)
+from yolo_ldac.schedule.result import CompressResult  # noqa: F401  (re-exported)
 
 
 class YOLOLDAC:

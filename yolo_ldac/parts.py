@@ -116,7 +116,7 @@ def build_parts(cfg: dict, parts: dict[str, str] | None = None) -> dict[str, Any
                     gamma=cfg.get("align_gamma", 1e-4), pool=cfg.get("pool", "max"),
                     background=cfg.get("background", 0), rho=cfg.get("rho", 0.1),
                     tracer=cfg.get("tracer", "gradient"), level_assign=cfg.get("level_assign", False),
-                    fade=cfg.get("fade", True))
+                    fade=cfg.get("fade", True), fade_end=cfg.get("fade_end", 0.5))
     regs = registries()
     return {key: regs[key].build(parts[key], **settings) for key in PART_KEYS}
 

@@ -223,6 +223,8 @@ def _validate(cfg: dict, explicit: dict) -> None:
     if cfg["pool"] not in ("max", "mean"):
         raise LDACError(f"pool must be max or mean, got {cfg['pool']!r}")
     _check_int(cfg, "background", 0)
+    if not (_is_number(cfg["fade_end"]) and 0 < cfg["fade_end"] <= 1):
+        raise LDACError(f"fade_end must be in (0, 1], got {cfg['fade_end']!r}")
     if not (_is_number(cfg["rho"]) and cfg["rho"] > 0):
         raise LDACError(f"rho must be a number > 0, got {cfg['rho']!r}")
     floor = cfg["floor"]

@@ -34,8 +34,8 @@ class LDACPush(FadingPush):
 
     def __init__(self, seed: int = 0, alpha: float = 0.01, beta: float = 0.01, gamma: float = 1e-4,
                  pool: str = "max", background: int = 0, rho: float = 0.1, level_assign: bool = False,
-                 fade: bool = True, **_: Any):
-        super().__init__(seed=seed, fade=fade)
+                 fade: bool = True, fade_end: float = 0.5, **_: Any):
+        super().__init__(seed=seed, fade=fade, fade_end=fade_end)
         self.alpha, self.beta, self.gamma = alpha, beta, gamma
         self.samples = SampleConfig(pool=pool, background=background, rho=rho, level_assign=level_assign)
         self.align_masks: dict[str, torch.Tensor] = {}  # BN layer name -> channels the next step removes

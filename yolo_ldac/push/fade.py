@@ -3,9 +3,10 @@ them at the step changes nothing (METHOD.md, "Fade what goes").
 
 Before the push, the run's criterion chooses the step's channels (``pruner.choose``); with their coupled twins
 (the other layers of each dependency group: residual adds, concats) they are the *doomed* outputs. During the
-push the BN scale and shift of every doomed output are set, after every batch, to ``(1 - progress)`` times their
-value at the start of the phase (``progress`` = batches done / batches in the phase), in the trained model and in
-its EMA, and their task gradient (BN scale, shift and the filters that produce them) is zeroed before every
+push the BN scale and shift of every doomed output are set, after every batch, to ``max(0, 1 - progress /
+fade_end)`` times their value at the start of the phase (``progress`` = batches done / batches in the phase;
+``fade_end`` 0.5: zero half way, and the second half of the phase trains the rest without them), in the trained
+model and in its EMA, and their task gradient (BN scale, shift and the filters that produce them) is zeroed before every
 optimizer step. At the end of the phase they are exactly 0: the channel outputs SiLU(0) = 0, and the step removes
 exactly the planned channels (:meth:`Push.planned`), which is lossless. Set directly, not through a penalty: an L1
 on the doomed BN scales moved them by 1e-5..2e-4 in a phase, because AdamW bounds every step near the lr.
@@ -98,9 +99,10 @@ class FadingPush(Push):
 
     trains_before_first_step = True
 
-    def __init__(self, seed: int = 0, fade: bool = True, **kw: Any):
+    def __init__(self, seed: int = 0, fade: bool = True, fade_end: float = 0.5, **kw: Any):
         super().__init__(seed=seed, **kw)
         self.fade = fade
+        self.fade_end = float(fade_end)  # fraction of the phase at which the fade reaches 0; the rest recovers
         self.schedule: FadeSchedule | None = None
         self._planned: dict[str, list[int]] | None = None
         self._batch = 0
@@ -136,7 +138,7 @@ class FadingPush(Push):
         from ultralytics.utils.torch_utils import unwrap_model
 
         self._batch += 1
-        scale = 1.0 - self._progress(trainer)
+        scale = max(0.0, 1.0 - self._progress(trainer) / max(self.fade_end, 1e-9))
         self.schedule.apply(unwrap_model(trainer.model), scale)
         if getattr(trainer, "ema", None) is not None:
             self.schedule.apply(trainer.ema.ema, scale)

@@ -248,7 +248,7 @@ class Compressor:
         self.prepared = model.to(self.device)
 
     def run(self):
-        """Run every phase of a new run; returns a :class:`yolo_ldac.api.CompressResult` (``None`` if stopped)."""
+        """Run every phase of a new run; returns a :class:`yolo_ldac.schedule.result.CompressResult` (``None`` if stopped)."""
         from ultralytics.utils.files import increment_path
 
         self._setup()
@@ -568,7 +568,7 @@ class Compressor:
 
     @property
     def result(self):
-        from yolo_ldac.api import CompressResult
+        from yolo_ldac.schedule.result import CompressResult
 
         rep = getattr(self, "report", None)
         if rep is None:  # the save phase ran in an earlier process: read its report back
