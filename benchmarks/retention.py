@@ -114,6 +114,7 @@ class Retention:
 
         torch.set_num_threads(int(threads))
         import yolo_ldac  # noqa: F401  (registers every criterion)
+        import yolo_ldac.pruning.fisher_variants  # noqa: F401  (research variants)
         from yolo_ldac.api import check_data
         from yolo_ldac.nn.adapter import adapt_head_to_names, load_detection_model
 

@@ -167,3 +167,37 @@ def test_engine_rejects_unknown_compensation():
     net = nn.Sequential(nn.Conv2d(3, 8, 1))
     with pytest.raises(LDACError, match="compensate"):
         ChannelPruner(net, build_criterion("l2"), Complexity(1.0, 1, 1), {}, [], imgsz=8, compensate="median")
+
+
+def test_centered_group_fisher_ignores_a_constant_channel():
+    """A channel that is constant over the calibration images scores 0 under the centred mask (the fold gives it
+    back exactly), while plain Group Fisher scores it > 0."""
+    from yolo_ldac.pruning.fisher_variants import CenteredGroupFisherCriterion
+    from yolo_ldac.pruning.fisher_px import GroupFisherCriterion
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(1, 2, 1)
+            self.b = nn.Conv2d(2, 1, 1)
+
+        def forward(self, x):
+            return self.b(self.a(x))
+
+    class Crit:
+        def _loss(self, model, batch):
+            return model(batch["img"]).pow(2).sum()
+
+    net = Net().double()
+    with torch.no_grad():
+        net.a.weight[1].zero_()  # channel 1 of a: constant = its bias
+        net.a.bias.fill_(1.0)
+    batches = [{"img": _random(3, 1, 4, 4, seed=9)}]
+    scores = {}
+    for cls in (CenteredGroupFisherCriterion, GroupFisherCriterion):
+        crit = type("C", (Crit, cls), {})()
+        crit.prepare(net, batches)
+        scores[cls.__name__] = crit.grads[net.a]
+    assert scores["CenteredGroupFisherCriterion"][:, 1].abs().max() < 1e-12
+    assert scores["GroupFisherCriterion"][:, 1].abs().max() > 1e-3
+    assert scores["CenteredGroupFisherCriterion"][:, 0].abs().max() > 1e-3
