@@ -106,3 +106,11 @@ class CenteredGroupFisherCriterion(GroupFisherCriterion):
         self.out_hw = out_hw
         peak = max((float(0.5 * g.pow(2).sum(0).max()) for g in self.grads.values() if g.numel()), default=0.0)
         self.scale = 1.0 / peak if peak > 0 else 1.0
+
+
+@register_criterion("group_fisher_centered_flops")
+class CenteredGroupFisherFlopsCriterion(CenteredGroupFisherCriterion):
+    """``group_fisher_centered`` divided by the FLOPs of one channel of the group (as ``group_fisher_flops``)."""
+
+    def __init__(self, seed: int = 0, normalize: str | None = "flops", **kw: object):
+        super().__init__(seed=seed, normalize=normalize, **kw)
