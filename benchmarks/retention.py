@@ -14,7 +14,8 @@ training split, seeded, no augmentation) and ``yolo_ldac.api.validate``.
 One JSON per (criterion, variant, ratio) point in ``<out>/<criterion>__<variant>__r<ratio>.json`` (settings,
 machine, versions, wall times, reached ratio, widths); finished points are read back, never redone (a point whose
 settings differ is an error: choose another --out). Then ``retention.png`` (mAP50-95 vs FLOPs removed, one line per
-criterion/variant, the base as a dashed line) and ``retention.md`` (the table) are written to ``<out>``.
+criterion/variant, the base as a dashed line), ``retention_panels.png`` (one panel per variant) and
+``retention.md`` (the table) are written to ``<out>``.
 
 Variants are written as ``+``-joined tokens: ``mean`` | ``lsq`` | ``none`` (compensation), ``capX`` (no layer loses
 more than X of its channels per step), ``perflop`` (blocks ranked by score per FLOP removed), ``stepsK`` (K
@@ -307,8 +308,7 @@ def markdown_section(records: list[dict], base: dict, title: str = "Retention cu
 
 
 def write_plot(records: list[dict], base: dict, path: Path) -> Path:
-    """mAP50-95 vs FLOPs removed: one panel per variant (one line per criterion in it) and a last panel with every
-    criterion / variant line; the base model as a dashed line everywhere."""
+    """mAP50-95 vs FLOPs removed: one panel per variant (one line per criterion in it); the base model dashed."""
     import math
 
     import matplotlib
@@ -320,11 +320,11 @@ def write_plot(records: list[dict], base: dict, path: Path) -> Path:
     variants = list(dict.fromkeys(r["variant"] for r in records))
     criteria = list(dict.fromkeys(r["criterion"] for r in records))
     colors = {c: plt.get_cmap("tab10" if len(criteria) <= 10 else "tab20")(i) for i, c in enumerate(criteria)}
-    n = len(variants) + 1
+    n = len(variants)
     cols = min(3, n)
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.0 * rows), squeeze=False, sharey=True)
-    panels = [(v, [k for k in curves if k.endswith(f" / {v}")]) for v in variants] + [("all", list(curves))]
+    panels = [(v, [k for k in curves if k.endswith(f" / {v}")]) for v in variants]
     styles = ["-", "--", "-.", ":"]
     for ax, (title, names) in zip(axes.flat, panels):
         for name in names:
@@ -355,9 +355,48 @@ def write_plot(records: list[dict], base: dict, path: Path) -> Path:
     return path
 
 
+def write_overview_plot(records: list[dict], base: dict, path: Path) -> Path:
+    """Every criterion / variant line on one axes: colour = criterion, line style = compensation (mean solid,
+    lsq dashed, none dotted), marker = allocation (o plain, s cap, ^ perflop, D steps); the base dashed black."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    criteria = list(dict.fromkeys(r["criterion"] for r in records))
+    cmap = plt.get_cmap("tab10" if len(criteria) <= 10 else "tab20")
+    colors = {c: cmap(i) for i, c in enumerate(criteria)}
+    fig, ax = plt.subplots(figsize=(13, 7.5))
+    for name, recs in _curves(records).items():
+        ok = [r for r in recs if r["status"] == "finished"]
+        if not ok:
+            continue
+        o = parse_variant(ok[0]["variant"])
+        ls = {"mean": "-", "lsq": "--", "none": ":"}[o["compensate"]]
+        marker = "s" if o["layer_cap"] else "^" if o["per_flop"] else "D" if o["steps"] > 1 else "o"
+        ax.plot([100 * r["reached_ratio"] for r in ok], [r["map50_95"] for r in ok], ls=ls, marker=marker, ms=4,
+                lw=1.3, color=colors[ok[0]["criterion"]], label=name)
+    ax.axhline(base["map50_95"], color="k", ls="--", lw=1.5, label=f"base {base['map50_95']:.3f}")
+    ax.set_xlabel("FLOPs removed (%), one-shot, no training")
+    ax.set_ylabel("val mAP50-95")
+    ax.set_ylim(bottom=0)
+    ax.set_xlim(0, 100 * max([0.65] + [r.get("reached_ratio") or 0 for r in records]) + 2)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 if len(records) < 200 else 2)
+    s = base["settings"]
+    ax.set_title(f"Retention: {Path(s['base']).stem} on {Path(s['data']).parent.name} (calib {s['calib_batches']}x"
+                 f"{s['calib_batch']} imgs, {s['imgsz']} px)\ncolour: criterion; line: mean fold (-), lsq (--), none (:); "
+                 f"marker: cap (s), perflop (^), steps (D)", fontsize=9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def write_outputs(out: Path, base: dict, records: list[dict]) -> None:
+    """``retention.png`` (every line on one axes), ``retention_panels.png`` (one panel per variant), ``retention.md``."""
     out = Path(out)
-    write_plot(records, base, out / "retention.png")
+    write_overview_plot(records, base, out / "retention.png")
+    write_plot(records, base, out / "retention_panels.png")
     (out / "retention.md").write_text(markdown_section(records, base), encoding="utf-8")
 
 
