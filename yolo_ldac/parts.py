@@ -32,11 +32,12 @@ PLUGIN_MODULES = (
     "yolo_ldac.pruning.criteria",  # random, l1, l2, bn, taylor
     "yolo_ldac.pruning.rank_criteria",  # hrank, chip
     "yolo_ldac.pruning.fisher_px",  # group_fisher, group_fisher_flops, px
+    "yolo_ldac.pruning.fisher_variants",  # group_fisher_centered, group_fisher_centered_flops
     "yolo_ldac.ldac.criterion",  # ldac (criterion)
     "yolo_ldac.push",  # none (push)
     "yolo_ldac.push.fade",  # fade (push)
     "yolo_ldac.ldac.push",  # ldac (push)
-    "yolo_ldac.pruning.compensate",  # none, mean
+    "yolo_ldac.pruning.compensate",  # none, mean, lsq
 )
 
 # Presets that are not simply "this criterion, no push, mean fold".

@@ -56,7 +56,20 @@ class MeanCompensation(Compensation):
         return InputMeans.measure(model, images)
 
 
-def build_compensation(name: "str | bool | None | Compensation") -> Compensation:
+@COMPENSATIONS.register("lsq")
+class LSQCompensation(Compensation):
+    """Replace each removed channel by its ridge least-squares prediction from the kept ones and refit consumers."""
+
+    def __init__(self, ridge: float = 1e-3, **_: object):
+        self.ridge = float(ridge)
+
+    def start(self, model: nn.Module, images: Iterable[torch.Tensor]):
+        from yolo_ldac.pruning.lsq import InputGram
+
+        return InputGram.measure(model, images, ridge=self.ridge)
+
+
+def build_compensation(name: "str | bool | None | Compensation", **kwargs) -> Compensation:
     """A :class:`Compensation` from its registered name (``True`` means ``mean``, ``False``/``None`` ``none``).
 
     Example:
@@ -69,7 +82,7 @@ def build_compensation(name: "str | bool | None | Compensation") -> Compensation
         name = "mean"
     elif name is False or name is None:
         name = "none"
-    return COMPENSATIONS.build(name)
+    return COMPENSATIONS.build(name, **kwargs)
 
 
 class InputMeans:

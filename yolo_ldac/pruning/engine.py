@@ -93,6 +93,14 @@ class ChannelPruner:
         dense_channels: output channels per conv name in the dense model (floors are relative to it).
         protected: layers whose output channels are never pruned.
         imgsz: input size FLOPs are counted at.
+        compensate: what replaces a removed channel in its consumers: ``True`` / ``"mean"`` (default) its
+            calibration mean (:class:`~yolo_ldac.pruning.compensate.InputMeans`), ``"lsq"`` its ridge least-squares
+            prediction from the kept channels with the consumer refit (:class:`~yolo_ldac.pruning.lsq.InputGram`,
+            ridge ``lsq_ridge`` relative to the kept channels' mean variance), ``False`` / ``"none"`` nothing.
+        layer_cap: at most this fraction of a layer's (group's) channels at the start of a step goes in that step
+            (rounded down to whole blocks); ``None`` (default): no cap beyond the floor.
+        per_flop: rank blocks by score per unit of the target quantity they remove (the exact drop that
+            :meth:`_delta` counts), instead of by score alone (default ``False``).
 
     Example:
         >>> pruner = ChannelPruner(model, build_criterion("l2"), dense, dense_channels, protected)  # doctest: +SKIP
@@ -101,7 +109,8 @@ class ChannelPruner:
 
     def __init__(self, model: nn.Module, criterion: Criterion, dense: Complexity, dense_channels: dict[str, int],
                  protected: list[nn.Module], imgsz: int = 640, target: str = "flops", round_to: int = 8,
-                 floor: float = 0.125, compensate: "bool | str | Compensation" = True, tolerance: float = 0.01):
+                 floor: float = 0.125, compensate: "bool | str | Compensation" = True, tolerance: float = 0.01,
+                 layer_cap: float | None = None, per_flop: bool = False, lsq_ridge: float = 1e-3):
         if target not in TARGETS:
             raise LDACError(f"target must be one of {', '.join(TARGETS)}, got '{target}'")
         owned = {id(m) for m in model.modules()}
@@ -110,9 +119,12 @@ class ChannelPruner:
         self.model, self.criterion, self.dense = model, criterion, dense
         self.dense_channels, self.protected = dense_channels, protected
         self.imgsz, self.target, self.round_to, self.floor = imgsz, target, round_to, floor
-        self.compensation = build_compensation(compensate)
+        if layer_cap is not None and not 0.0 < float(layer_cap) <= 1.0:
+            raise LDACError(f"layer_cap must be in (0, 1], got {layer_cap!r}")
+        self.compensation = build_compensation(compensate, ridge=lsq_ridge)
         self.compensate = self.compensation.name != "none"
         self.tolerance = tolerance
+        self.layer_cap, self.per_flop, self.lsq_ridge = layer_cap, bool(per_flop), float(lsq_ridge)
         self.sizes = record_output_sizes(model, imgsz)
         self.names = {m: n for n, m in model.named_modules()}
 
@@ -140,7 +152,9 @@ class ChannelPruner:
             order = torch.argsort(scores, stable=True).tolist()
             first = (n % self.round_to) or self.round_to
             blocks, start = [], 0
-            while n - (start + (first if not blocks else self.round_to)) >= k_min:
+            cap = n if self.layer_cap is None else int(math.floor(self.layer_cap * n + 1e-9))
+            while n - (start + (first if not blocks else self.round_to)) >= k_min and \
+                    start + (first if not blocks else self.round_to) <= cap:
                 size = first if not blocks else self.round_to
                 blocks.append(order[start:start + size])
                 start += size
@@ -189,7 +203,15 @@ class ChannelPruner:
         dense_v = self._value(self.dense)
         value = self._value(self.measure())
         cur = {m: [m.in_channels, m.out_channels] for m in self.model.modules() if isinstance(m, nn.Conv2d)}
-        heap = [(float(g.scores[g.blocks[0]].mean()), gi, 0) for gi, g in enumerate(groups)]
+        def priority(g: _Group, k: int) -> float:
+            s = float(g.scores[g.blocks[k]].mean())
+            if not self.per_flop:
+                return s
+            # score per unit removed: the block's total score over the exact drop of the target quantity it buys
+            d = self._delta(g, len(g.blocks[k]), cur)
+            return s * len(g.blocks[k]) / max(d, 1e-12)
+
+        heap = [(priority(g, 0), gi, 0) for gi, g in enumerate(groups)]
         heapq.heapify(heap)
         chosen: dict[int, list[int]] = {}
         ratio = 1.0 - value / dense_v
@@ -207,7 +229,7 @@ class ChannelPruner:
             chosen.setdefault(gi, []).extend(block)
             if k + 1 < len(g.blocks):
                 b = g.blocks[k + 1]
-                heapq.heappush(heap, (float(g.scores[b].mean()), gi, k + 1))
+                heapq.heappush(heap, (priority(g, k + 1), gi, k + 1))
         return chosen, ratio
 
     def _predicted_ratio(self, groups: list[_Group], chosen: dict[int, list[int]]) -> float:
@@ -291,6 +313,14 @@ class ChannelPruner:
             group = graph.get_pruning_group(g.root, tp.prune_conv_out_channels, idxs=sorted(idxs))
             in_items = [(it.dep.target.module, list(it.idxs)) for it in group
                         if isinstance(it.dep.target.module, nn.Conv2d) and graph.is_in_channel_pruning_fn(it.dep.handler)]
+            if self.compensate:
+                # one fold per consumer with all of its removed inputs at once (a conv reached twice in a group
+                # would otherwise be refit onto, or folded twice for, channels that go in the same step)
+                merged: dict[nn.Conv2d, list[int]] = {}
+                for conv, idx in in_items:
+                    merged.setdefault(conv, [])
+                    merged[conv] = sorted(set(merged[conv]) | {int(i) for i in idx})
+                in_items = list(merged.items())
             if means is not None:
                 for conv, idx in in_items:
                     means.fold(conv, idx)

@@ -1,0 +1,120 @@
+"""The base model of the retention curves: the COCO YOLO11n fine-tuned on the composite set until val mAP plateaus.
+
+Uses the library's training path (:func:`yolo_ldac.api.train`, a ``PrunedDetectionTrainer`` on the model adapted to
+the data's class names), with ``nbs == batch`` (one optimizer step per batch; Ultralytics accumulates gradients to
+``nbs=64`` otherwise) and ``warmup_epochs <= 1``. Ultralytics' ``time`` limit (hours) bounds the wall time; its
+``patience`` stops on a plateau. Writes the checkpoint under ``runs/base/<name>/`` (git-ignored) and a JSON describing
+it (settings, the val curve from results.csv, the plateau evidence, wall time, machine) to
+``benchmarks/results/retention/<data>/base.json``.
+
+Usage:
+    python benchmarks/retention_base.py --data datasets/composite-400x160/data.yaml --epochs 80
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("YOLO_CONFIG_DIR", str(ROOT / ".cache" / "ultralytics"))
+from yolo_ldac.utils.env import setup_offline_env, shared_weights_dir  # noqa: E402
+
+setup_offline_env(offline=True)
+
+
+def data_key(data: Path) -> str:
+    data = Path(data)
+    return data.parent.name if data.stem.lower() in {"data", "dataset"} else data.stem
+
+
+def read_results_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = [{k.strip(): v.strip() for k, v in row.items()} for row in csv.DictReader(fh)]
+    keep = ("epoch", "metrics/mAP50-95(B)", "metrics/mAP50(B)", "train/box_loss", "train/cls_loss", "val/box_loss",
+            "val/cls_loss", "lr/pg0", "time")
+    return [{k: float(r[k]) for k in keep if r.get(k) not in (None, "")} for r in rows]
+
+
+def plateau_evidence(curve: list[dict], window: int = 5) -> dict:
+    """Best epoch and the best mAP50-95 of the last ``window`` epochs vs. the ``window`` before them."""
+    maps = [r["metrics/mAP50-95(B)"] for r in curve]
+    if not maps:
+        return {}
+    best = max(range(len(maps)), key=maps.__getitem__)
+    last = maps[-window:]
+    prev = maps[-2 * window:-window] or maps[:1]
+    return {"best_epoch": int(curve[best]["epoch"]), "best_map50_95": maps[best], "epochs": len(maps),
+            f"max_last_{window}": max(last), f"max_previous_{window}": max(prev),
+            f"gain_last_{window}_vs_previous": round(max(last) - max(prev), 4)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--weights", default=str(shared_weights_dir() / "yolo11n-coco.pt"))
+    ap.add_argument("--name", default=None, help="run name under runs/base (default: yolo11n-<data>)")
+    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--hours", type=float, default=0.0, help="Ultralytics' time limit in hours (0: none; it re-plans the epochs and so the LR schedule)")
+    ap.add_argument("--patience", type=int, default=10)
+    ap.add_argument("--imgsz", type=int, default=160)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from ultralytics.data.utils import check_det_dataset
+
+    from yolo_ldac.api import train
+    from yolo_ldac.nn.adapter import adapt_head_to_names, load_detection_model
+    from yolo_ldac.utils.env import machine_info
+
+    data = Path(args.data).resolve()
+    key = data_key(data)
+    name = args.name or f"yolo11n-{key}"
+    project = ROOT / "runs" / "base"
+    run_dir = project / name
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    info = check_det_dataset(str(data))
+    model = adapt_head_to_names(load_detection_model(args.weights), info["names"])
+    ultra = dict(imgsz=args.imgsz, batch=args.batch, nbs=args.batch, warmup_epochs=1, workers=0, device="cpu",
+                 seed=0, deterministic=True, plots=False, patience=args.patience, verbose=False,
+                 val=True, amp=False)
+    if args.hours > 0:
+        ultra["time"] = args.hours
+    t0 = time.perf_counter()
+    trained = train(model, {"data": str(data)}, ultra, epochs=args.epochs, run_dir=project, name=name)
+    wall = time.perf_counter() - t0
+    best = run_dir / "weights" / "best.pt"
+    stable = project / f"{name}.pt"
+    shutil.copy2(best, stable)
+    curve = read_results_csv(run_dir / "results.csv")
+    rec = {
+        "what": "base model of the retention curves", "weights": str(stable), "source_weights": str(args.weights),
+        "data": str(data), "data_key": key, "names": info["names"],
+        "settings": {**ultra, "epochs": args.epochs, "training_path": "yolo_ldac.api.train (PrunedDetectionTrainer)"},
+        "params": sum(p.numel() for p in trained.parameters()),
+        "val_curve": curve, "plateau": plateau_evidence(curve), "wall_s": round(wall, 1),
+        "machine": machine_info(), "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    out = ROOT / "benchmarks" / "results" / "retention" / key / "base.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rec, indent=1, default=str), encoding="utf-8")
+    print(json.dumps(rec["plateau"]), f"wall {wall:.0f}s ->", stable)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
