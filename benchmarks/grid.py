@@ -60,6 +60,11 @@ def run_settings(args: argparse.Namespace, method: str, ratio: float, seed: int)
     from yolo_ldac.push import PUSHES
 
     parts = resolve_parts({"method": name, **extra})
+    from yolo_ldac.cfg import load_defaults
+
+    defaults = load_defaults()  # recorded, so a run made under other defaults is never mixed in
+    common["resolved"] = {"parts": parts, **{k: extra.get(k, defaults[k]) for k in
+                                             ("fade", "fade_end", "ld_alpha", "cov_beta", "align_gamma")}}
     first = bool(PUSHES[parts["push"]].trains_before_first_step)
     push_epochs = args.rounds * args.epochs_per_round if first else (args.rounds - 1) * args.epochs_per_round
     return dict(common, mode="compress", method=name, **extra, ratio=ratio, rounds=args.rounds,
@@ -89,7 +94,7 @@ def execute(args, base: Path, data: Path, method: str, ratio: float, seed: int) 
         return rec
     project = args.project.resolve()
     run_dir = project / rid
-    kw = {k: v for k, v in settings.items() if k != "mode"}
+    kw = {k: v for k, v in settings.items() if k not in ("mode", "resolved")}
     t0 = time.perf_counter()
     runner = YOLOLDAC(str(base))
     mode = settings["mode"]
@@ -123,8 +128,8 @@ def report(records: list[dict], base_map: float | None) -> str:
     rows = {}
     for r in records:
         rows.setdefault((r["ratio"], r["method"]), []).append(r)
-    lines = ["| FLOPs removed | method | mAP50-95 | mAP50 | Δ base (pts) | optimizer steps | after step 1 (before -> after) |"
-             " seeds |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| FLOPs removed | method (parts) | mAP50-95 | mAP50 | Δ base (pts) | optimizer steps | step 1: before -> "
+             "after | wall s / run | seeds |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (ratio, method), rs in sorted(rows.items()):
         m = [r["after"]["map50_95"] for r in rs]
         m50 = [r["after"]["map50"] for r in rs]
@@ -133,8 +138,12 @@ def report(records: list[dict], base_map: float | None) -> str:
         first = [(x["rounds"][0]["map50_95_before_step"], x["rounds"][0]["map50_95_after_step"])
                  for x in rs if x.get("rounds")]
         step1 = "; ".join(f"{a:.3f} -> {b:.3f}" for a, b in first) if first else "-"
-        lines.append(f"| {float(rs[0]['removed']['flops_pct']):.1f} % | {method} | {_ms(m)} | {_ms(m50)} | "
-                     f"{delta} | {', '.join(map(str, steps))} | {step1} | {len(rs)} |")
+        p = rs[0].get("parts") or {}
+        label = method if not p else f"{method} ({p.get('criterion')}, push {p.get('push')}, {p.get('compensate')})"
+        wall = statistics.mean(r["wall_s"] for r in rs)
+        lines.append(f"| {float(rs[0]['removed']['flops_pct']):.1f} % | {label} | {_ms(m)} | {_ms(m50)} | "
+                     f"{delta} | {', '.join(map(str, steps))} | {step1} | {wall:.0f} | "
+                     f"{len(rs)} ({'/'.join(str(r['seed']) for r in rs)}) |")
     return "\n".join(lines)
 
 
@@ -187,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "grid")
     ap.add_argument("--project", type=Path, default=ROOT / "runs" / "grid")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--benchmarks-md", action="store_true", help="also write the table into BENCHMARKS.md")
     args = ap.parse_args(argv)
     args.out = args.out / args.data.parent.name
     records = []
@@ -209,6 +219,29 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(args.out / "grid.md", f"Base mAP50-95 {base_map}\n\n" + text + "\n")
     plot_schedule(records, args.out / "schedule.png")
     print(text)
+    if args.benchmarks_md and records:
+        from sections import write_section
+
+        r0 = records[0]
+        s = r0["settings"]
+        rel = args.out.relative_to(ROOT)
+        m = r0["machine"]
+        body = "\n".join([
+            f"## The user's flow on {args.data.parent.name}: base -> compressed, equal optimizer steps", "",
+            f"Written by `{SCRIPT} --report-only --benchmarks-md` from the run JSON in `{rel}/`; do not edit by hand.",
+            "",
+            f"Base: `{Path(r0['base']).name}` (the COCO YOLO11n fine-tuned on this set; its curve and plateau: "
+            "`benchmarks/results/retention/<data>/base.json`), validated here at "
+            f"mAP50-95 {base_map:.4f}. Every run trains {args.epochs} epochs at batch {s['batch']} with nbs = batch "
+            f"(one optimizer step per batch), warm-up {s['warmup_epochs']} epoch per phase, {s['imgsz']} px; "
+            f"pruned runs: {s.get('rounds', args.rounds)} prune steps with {s.get('epochs_per_round', args.epochs_per_round)} "
+            "epochs between them (a method whose push does not train before step 1 gets those epochs in its "
+            "fine-tuning). `dense`: the base trained as long, unpruned. Optimizer steps are counted from the trainer "
+            "(the EMA's updates). Mean ± std over seeds; a lead counts only beyond both spreads.", "",
+            text, "", f"![schedule]({rel}/schedule.png)", "",
+            f"Machine: {m.get('cpu')} ({m.get('cores')} cores, 1 used per run, 1 torch thread), no GPU; torch "
+            f"{m.get('torch')}, ultralytics {m.get('ultralytics')}, torch-pruning {m.get('torch_pruning')}."])
+        write_section(f"grid-{args.data.parent.name}", body)
     return 0
 
 

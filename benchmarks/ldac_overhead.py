@@ -52,7 +52,7 @@ def main() -> None:
     from yolo_ldac.api import validate
     from yolo_ldac.engine.trainer import PrunedDetectionTrainer, PushTrainer
     from yolo_ldac.push import build_push
-    from yolo_ldac.ldac.criterion import LDACCriterion
+    from yolo_ldac.ldac.criterion import DiscriminantTraceCriterion as LDACCriterion
     from yolo_ldac.nn.adapter import adapt_head_to_names, load_detection_model, rewrite_split_blocks
     from yolo_ldac.pruning.calibration import build_calibration_batches
 

@@ -418,6 +418,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="default benchmarks/results/retention/<data>/<base stem>")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--benchmarks-md", action="store_true", help="also write the table into BENCHMARKS.md")
     args = ap.parse_args(argv)
 
     variants = args.variants
@@ -437,7 +438,15 @@ def main(argv=None) -> int:
             data_key(Path(args.data).resolve()) / Path(args.base).stem
         base = _load_json(out / "base_val.json")
         write_outputs(out, base, load_records(out))
-        print(markdown_section(load_records(out), base))
+        text = markdown_section(load_records(out), base)
+        print(text)
+        if args.benchmarks_md:
+            from sections import write_section
+
+            rel = out.relative_to(ROOT)
+            write_section(f"retention-{out.parent.name}", text + f"\n\nWritten by `benchmarks/retention.py "
+                          f"--report-only --benchmarks-md` from the points in `{rel}/`; plots: "
+                          f"![retention]({rel}/retention.png)\n\nFindings: `{rel.parent}/FINDINGS.md`.")
         return 0
     retention_curves(args.base, args.data, args.criteria, args.ratios, variants, out=args.out, imgsz=args.imgsz,
                      calib_batches=args.calib_batches, calib_batch=args.calib_batch, threads=args.threads)

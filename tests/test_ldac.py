@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 from ultralytics.nn.modules import Conv
 
-from yolo_ldac.ldac.criterion import LDACCriterion
+from yolo_ldac.ldac.criterion import DiscriminantTraceCriterion as LDACCriterion
 from yolo_ldac.ldac.objective import SampleConfig, level_samples, objective_per_level
 from yolo_ldac.ldac.stats import DiscriminantStats
 from yolo_ldac.pruning.criteria import CRITERIA, build_criterion
@@ -131,7 +131,9 @@ def ldac_run(shapes_data, tmp_path_factory):
     from yolo_ldac import YOLOLDAC
 
     project = tmp_path_factory.mktemp("ldac")
-    return YOLOLDAC("yolov8n.yaml").compress(data=str(shapes_data), ratio=0.5, method="ldac", rounds=2,
+    # The first version of LDAC, kept for the ablation: the discriminant trace, the J push with the L1, the mean fold.
+    return YOLOLDAC("yolov8n.yaml").compress(data=str(shapes_data), ratio=0.5, method="ldac", criterion="ldac_j",
+                                             push="ldac", fade=False, compensate="mean", rounds=2,
                                              epochs_per_round=1, finetune_epochs=1, imgsz=128, batch=8,
                                              project=str(project), name="x", plots=True)
 

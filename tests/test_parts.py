@@ -17,22 +17,37 @@ REGS = registries()
 CRITERIA, PUSHES, COMPENSATIONS = (sorted(REGS[k]) for k in ("criterion", "push", "compensate"))
 
 
+TINY_YAML = Path(__file__).parent / "fixtures" / "models" / "yolo11-tiny.yaml"
+
+
 @pytest.fixture(scope="module")
 def tiny():
+    """A tiny YOLO11-style detector (0.43 M params, 39 prunable groups): every block kind, fast enough for the grid."""
     from ultralytics.nn.tasks import DetectionModel
 
     from yolo_ldac.nn.adapter import rewrite_split_blocks
 
     torch.manual_seed(0)
-    model = DetectionModel("yolo11n.yaml", nc=3, verbose=False).float()
+    model = DetectionModel(str(TINY_YAML), nc=3, verbose=False).float()
     rewrite_split_blocks(model)
     return model
+
+
+@pytest.fixture(scope="module")
+def grid_batches(shapes_data):
+    """One calibration batch of 4 shapes images at 64 px (the grid below runs every combination of parts)."""
+    from ultralytics.data.utils import check_det_dataset
+
+    from yolo_ldac.pruning.calibration import build_calibration_batches
+
+    return build_calibration_batches(check_det_dataset(str(shapes_data)), imgsz=64, batch=4, n_batches=1)
 
 
 @pytest.mark.parametrize("compensate", COMPENSATIONS)
 @pytest.mark.parametrize("push", PUSHES)
 @pytest.mark.parametrize("criterion", CRITERIA)
-def test_every_criterion_push_compensation(criterion, push, compensate, tiny, calib_batches):
+def test_every_criterion_push_compensation(criterion, push, compensate, tiny, grid_batches):
+    calib_batches = grid_batches
     from yolo_ldac.nn.adapter import protected_layers
     from yolo_ldac.pruning.calibration import ensure_loss_args
     from yolo_ldac.pruning.complexity import layer_channels, measure
@@ -69,13 +84,14 @@ def test_every_criterion_push_compensation(criterion, push, compensate, tiny, ca
 
 
 def test_presets_and_overrides():
-    assert resolve_parts({"method": "ldac"}) == {"criterion": "ldac", "push": "ldac", "compensate": "mean"}
+    assert resolve_parts({"method": "ldac"}) == {"criterion": "ldac", "push": "none", "compensate": "lsq"}
     assert resolve_parts({"method": "group_fisher"}) == {"criterion": "group_fisher", "push": "none",
                                                          "compensate": "mean"}
-    assert resolve_parts({"method": "ldac", "criterion": "group_fisher"})["push"] == "ldac"
+    assert resolve_parts({"method": "ldac", "criterion": "group_fisher"}) == {
+        "criterion": "group_fisher", "push": "none", "compensate": "lsq"}
     assert resolve_parts({"method": "l2", "push": "ldac", "compensate": False}) == {
         "criterion": "l2", "push": "ldac", "compensate": "none"}
-    assert set(presets()) == set(CRITERIA)  # every criterion is a method; ldac is also LDAC's full preset
+    assert set(presets()) == set(CRITERIA)  # every criterion is a method; ldac is LDAC's preset
     with pytest.raises(LDACError, match="unknown push 'ldca'; did you mean 'ldac'"):
         resolve_parts({"method": "l2", "push": "ldca"})
     with pytest.raises(LDACError, match="unknown compensate 'meen'; did you mean 'mean'"):
@@ -126,7 +142,7 @@ def test_push_marks_the_criterions_channels(fade, tiny, calib_batches):
     from yolo_ldac.pruning.engine import ChannelPruner
 
     model = copy.deepcopy(tiny)
-    parts = build_parts({"method": "ldac", "criterion": "random", "seed": 3, "fade": fade})
+    parts = build_parts({"method": "ldac", "criterion": "random", "push": "ldac", "seed": 3, "fade": fade})
     pruner = ChannelPruner(model, parts["criterion"], measure(model, 640, protected=protected_layers(model)),
                            layer_channels(model), protected_layers(model))
     parts["criterion"].start_step(1)
@@ -138,3 +154,13 @@ def test_push_marks_the_criterions_channels(fade, tiny, calib_batches):
     else:
         marked = sum(int(m.sum()) for m in parts["push"].align_masks.values())
         assert marked == sum(len(v) for v in chosen.values()) > 0 and parts["push"].planned() is None
+
+
+def test_method_ldac_end_to_end(shapes_data, tmp_path):
+    """The default preset (LDAC's trace, no push, least-squares compensation) prunes a model to its target."""
+    from yolo_ldac import YOLOLDAC
+
+    res = YOLOLDAC("yolo11n.yaml").prune(data=str(shapes_data), ratio=0.3, rounds=1, imgsz=64, batch=8,
+                                         plots=False, project=str(tmp_path))
+    assert res.report["parts"] == {"criterion": "ldac", "push": "none", "compensate": "lsq"}
+    assert 29 <= res.removed["flops_pct"] <= 31

@@ -38,7 +38,7 @@ def _report(run: Path) -> dict:
 def _kwargs(shapes_data, project, name, **extra) -> dict:
     kw = dict(model="yolo11n.yaml", data=str(shapes_data), ratio=0.4, rounds=2, epochs_per_round=2,
               finetune_epochs=2, imgsz=64, batch=8, project=str(project), name=name, plots=False, workers=0,
-              method="ldac", criterion="random", calib_batches=1)
+              method="ldac", criterion="random", push="ldac", calib_batches=1)
     kw.update(extra)
     return kw
 

@@ -33,7 +33,8 @@ PLUGIN_MODULES = (
     "yolo_ldac.pruning.rank_criteria",  # hrank, chip
     "yolo_ldac.pruning.fisher_px",  # group_fisher, group_fisher_flops, px
     "yolo_ldac.pruning.fisher_variants",  # group_fisher_centered, group_fisher_centered_flops
-    "yolo_ldac.ldac.criterion",  # ldac (criterion)
+    "yolo_ldac.ldac.criterion",  # ldac_j (the first version's discriminant trace)
+    "yolo_ldac.ldac.trace",  # ldac (criterion)
     "yolo_ldac.push",  # none (push)
     "yolo_ldac.push.fade",  # fade (push)
     "yolo_ldac.ldac.push",  # ldac (push)
@@ -42,7 +43,9 @@ PLUGIN_MODULES = (
 
 # Presets that are not simply "this criterion, no push, mean fold".
 _SPECIAL_PRESETS = {
-    "ldac": {"criterion": "ldac", "push": "ldac", "compensate": "mean"},
+    # Measured (BENCHMARKS.md, benchmarks/grid.py): with real training between steps, both pushes (the fade, and the
+    # fade with the discriminant loss) cost 2-4 points against plain training, so LDAC's preset does not push.
+    "ldac": {"criterion": "ldac", "push": "none", "compensate": "lsq"},
 }
 PART_KEYS = ("criterion", "push", "compensate")
 

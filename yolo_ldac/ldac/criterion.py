@@ -8,10 +8,13 @@ dependency group. The head's inner convolutions lie downstream of the head input
 J cannot rank them: their groups are scored by the group L2 norm (DepGraph) instead. The criterion only scores;
 LDAC's training before each step is the ``ldac`` push (:mod:`yolo_ldac.ldac.push`).
 
+Measured (METHOD.md, and the retention curves of benchmarks/retention.py), this trace picks worse than random inside
+a layer; it is kept, registered as ``ldac_j``, for the ablation. ``criterion=ldac`` is :mod:`yolo_ldac.ldac.trace`.
+
 Example:
     >>> from yolo_ldac.pruning.criteria import build_criterion
-    >>> type(build_criterion("ldac")).__name__
-    'LDACCriterion'
+    >>> type(build_criterion("ldac_j")).__name__
+    'DiscriminantTraceCriterion'
 """
 
 from __future__ import annotations
@@ -47,9 +50,9 @@ def sample_config_for(model: nn.Module, samples: SampleConfig, notice: bool = Fa
     return SampleConfig(samples.pool, SINGLE_CLASS_BACKGROUND, samples.rho, samples.level_assign)
 
 
-@register_criterion("ldac")
-class LDACCriterion(Criterion):
-    """Location-aware discriminant trace: |activation x dJ/dactivation| per channel (arXiv 2509.17968, METHOD.md).
+@register_criterion("ldac_j")
+class DiscriminantTraceCriterion(Criterion):
+    """The first version's LDAC trace: |activation x dJ/dactivation| of the discriminant J, per layer normalised.
 
     Args:
         pool: "max" or "mean" pooling of a box's cells. background: background cells per image as an extra class.

@@ -37,8 +37,8 @@ def doomed_outputs(model: nn.Module, chosen: dict[str, list[int]]) -> dict[str, 
     modules = dict(model.named_modules())
     names = {m: n for n, m in modules.items()}
     out: dict[str, set[int]] = {}
+    graph = build_graph(model)  # nothing is pruned here, so one graph serves every group
     for root_name, idxs in chosen.items():
-        graph = build_graph(model)
         group = graph.get_pruning_group(modules[root_name], tp.prune_conv_out_channels, idxs=sorted(idxs))
         for item in group:
             mod = item.dep.target.module
