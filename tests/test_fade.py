@@ -13,7 +13,7 @@ from yolo_ldac.push.fade import FadeSchedule, doomed_outputs
 
 @pytest.fixture(scope="module")
 def calibrated():
-    from tests.helpers import tiny_pruned_model
+    from helpers import tiny_pruned_model
 
     return tiny_pruned_model("yolo11n.yaml", nc=3, seed=1, n_groups=0)
 

@@ -52,7 +52,8 @@ def test_ldac_is_registered():
     from yolo_ldac.parts import resolve_parts
     from yolo_ldac.push import PUSHES
 
-    assert PUSHES[resolve_parts({"method": "ldac"})["push"]].trains_before_first_step
+    assert resolve_parts({"method": "ldac"})["criterion"] == "ldac"
+    assert PUSHES["ldac"].trains_before_first_step and PUSHES["fade"].trains_before_first_step
 
 
 def test_branch_that_cannot_affect_j_scores_zero():

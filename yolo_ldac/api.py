@@ -93,7 +93,10 @@ class YOLOLDAC:
             result = Compressor.resume(cfg["resume"], overrides, project=cfg["project"], callbacks=self.callbacks,
                                        mode=mode)
         else:
-            result = Compressor(cfg, self.source, model=self._model, callbacks=self.callbacks).run()
+            # A model built from a yaml is built again under the run's seed, so its random weights are reproducible.
+            from_yaml = isinstance(self.source, (str, Path)) and Path(self.source).suffix in {".yaml", ".yml"}
+            result = Compressor(cfg, self.source, model=None if from_yaml else self._model,
+                                callbacks=self.callbacks).run()
         if result is not None:  # from now on this runner holds the compressed model
             self.source = result.best
             self._model = None
