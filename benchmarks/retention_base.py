@@ -1,7 +1,7 @@
 """The base model of the retention curves: the COCO YOLO11n fine-tuned on the composite set until val mAP plateaus.
 
-Uses the library's training path (:func:`yolo_ldac.api.train`, a ``PrunedDetectionTrainer`` on the model adapted to
-the data's class names), with ``nbs == batch`` (one optimizer step per batch; Ultralytics accumulates gradients to
+Uses the library's training path (``YOLOLDAC(weights).finetune(...)``: a ``PrunedDetectionTrainer`` on the model
+adapted to the data's class names), with ``nbs == batch`` (one optimizer step per batch; Ultralytics accumulates gradients to
 ``nbs=64`` otherwise) and ``warmup_epochs <= 1``. Ultralytics' ``time`` limit (hours) bounds the wall time; its
 ``patience`` stops on a plateau. Writes the checkpoint under ``runs/base/<name>/`` (git-ignored) and a JSON describing
 it (settings, the val curve from results.csv, the plateau evidence, wall time, machine) to
@@ -76,8 +76,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from ultralytics.data.utils import check_det_dataset
 
-    from yolo_ldac.api import train
-    from yolo_ldac.nn.adapter import adapt_head_to_names, load_detection_model
+    from yolo_ldac import YOLOLDAC
     from yolo_ldac.utils.env import machine_info
 
     data = Path(args.data).resolve()
@@ -88,24 +87,23 @@ def main(argv=None) -> int:
     if run_dir.exists():
         shutil.rmtree(run_dir)
     info = check_det_dataset(str(data))
-    model = adapt_head_to_names(load_detection_model(args.weights), info["names"])
     ultra = dict(imgsz=args.imgsz, batch=args.batch, nbs=args.batch, warmup_epochs=1, workers=0, device="cpu",
                  seed=0, deterministic=True, plots=False, patience=args.patience, verbose=False,
                  val=True, amp=False)
     if args.hours > 0:
         ultra["time"] = args.hours
     t0 = time.perf_counter()
-    trained = train(model, {"data": str(data)}, ultra, epochs=args.epochs, run_dir=project, name=name)
+    result = YOLOLDAC(str(args.weights)).finetune(data=str(data), epochs=args.epochs, project=str(project), name=name,
+                                                  exist_ok=True, **ultra)
     wall = time.perf_counter() - t0
-    best = run_dir / "weights" / "best.pt"
     stable = project / f"{name}.pt"
-    shutil.copy2(best, stable)
-    curve = read_results_csv(run_dir / "results.csv")
+    shutil.copy2(result.best, stable)
+    curve = read_results_csv(run_dir / "finetune" / "results.csv")
     rec = {
         "what": "base model of the retention curves", "weights": str(stable), "source_weights": str(args.weights),
         "data": str(data), "data_key": key, "names": info["names"],
-        "settings": {**ultra, "epochs": args.epochs, "training_path": "yolo_ldac.api.train (PrunedDetectionTrainer)"},
-        "params": sum(p.numel() for p in trained.parameters()),
+        "settings": {**ultra, "epochs": args.epochs, "training_path": "YOLOLDAC.finetune (PrunedDetectionTrainer)"},
+        "params": result.after.get("params_m"),
         "val_curve": curve, "plateau": plateau_evidence(curve), "wall_s": round(wall, 1),
         "machine": machine_info(), "date": datetime.now().astimezone().isoformat(timespec="seconds"),
     }
