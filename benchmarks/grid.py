@@ -92,7 +92,7 @@ def execute(args, base: Path, data: Path, method: str, ratio: float, seed: int) 
             raise SystemExit(f"{out} was made with other settings (key {rec.get('key')} != {key}): move it away or "
                              "use another --out")
         return rec
-    project = args.project.resolve()
+    project = (args.project / data.parent.name).resolve()  # run folders per data set: ids do not name the data
     run_dir = project / rid
     kw = {k: v for k, v in settings.items() if k not in ("mode", "resolved")}
     t0 = time.perf_counter()
