@@ -50,6 +50,7 @@ os.environ.setdefault("YOLO_CONFIG_DIR", str(ROOT / ".cache" / "ultralytics"))
 from yolo_ldac.utils.env import setup_offline_env, shared_weights_dir  # noqa: E402
 
 setup_offline_env(offline=True)
+from yolo_ldac.utils.io import atomic_write_json, read_json  # noqa: E402
 
 SCRIPT = "benchmarks/compare.py"
 WEIGHTS = shared_weights_dir()
@@ -157,20 +158,6 @@ def default_data(preset: dict) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------------------- one run
-def _atomic_write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _load_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _epochs_trained(run_dir: Path) -> int:
     """Epochs really trained in a run: the rows of every training phase's results.csv."""
     n = 0
@@ -238,7 +225,7 @@ def execute_run(spec: dict) -> dict:
     }
     if epochs != spec["epochs_total"]:
         print(f"warning: {spec['id']} trained {epochs} epochs, {spec['epochs_total']} planned")
-    _atomic_write_json(out, record)
+    atomic_write_json(out, record, indent=1)
     return record
 
 
@@ -286,7 +273,7 @@ def add_latency(path: Path, runs: int) -> dict:
     """Export the run's best.pt to ONNX (parity checked) and add its CPU latency to the run's JSON."""
     from yolo_ldac.export import export_model
 
-    rec = _load_json(path)
+    rec = read_json(path)
     t0 = time.perf_counter()
     imgsz = int(rec["settings"]["imgsz"])
     onnx_path = export_model(rec["best"], format="onnx", imgsz=imgsz, parity=True, device="cpu", batch=1)
@@ -302,7 +289,7 @@ def add_latency(path: Path, runs: int) -> dict:
     rec["wall_s"]["export"] = round(t_export, 2)
     rec["wall_s"]["total"] = round(rec["wall_s"]["train"] + rec["wall_s"]["export_latency"], 2)
     rec["status"] = "finished"
-    _atomic_write_json(path, rec)
+    atomic_write_json(path, rec, indent=1)
     return rec
 
 
@@ -584,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
 
     todo_train, todo_latency, n_skipped = [], [], 0
     for s in specs:
-        rec = _load_json(Path(s["json"]))
+        rec = read_json(Path(s["json"]))
         if finished(rec):
             n_skipped += 1
             note = "" if _same_settings(rec, s) else " (WARNING: recorded with other settings; delete it to redo)"
@@ -637,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
                     failures.append(s["id"])
                     print(f"latency FAILED for {s['id']}:\n{traceback.format_exc()}")
 
-    records = [r for r in (_load_json(Path(s["json"])) for s in specs) if finished(r)]
+    records = [r for r in (read_json(Path(s["json"])) for s in specs) if finished(r)]
     write_report(records, args.report, args.out / "map_vs_flops.png", args.ratios, args.methods, command, len(specs))
     print(f"compare: {len(records)}/{len(specs)} runs finished; wrote {args.report} and {args.out / 'map_vs_flops.png'}")
     if failures:

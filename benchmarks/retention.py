@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import time
@@ -49,6 +48,7 @@ os.environ.setdefault("YOLO_CONFIG_DIR", str(ROOT / ".cache" / "ultralytics"))
 from yolo_ldac.utils.env import setup_offline_env  # noqa: E402
 
 setup_offline_env(offline=True)
+from yolo_ldac.utils.io import atomic_write_json, read_json  # noqa: E402
 
 SCRIPT = "benchmarks/retention.py"
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
@@ -88,20 +88,6 @@ def data_key(data: Path) -> str:
 
 def point_name(criterion: str, variant: str, ratio: float) -> str:
     return f"{criterion}__{variant}__r{float(ratio):g}"
-
-
-def _atomic_write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _load_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 # ----------------------------------------------------------------------------------------------- the runner
@@ -165,7 +151,7 @@ class Retention:
     def base_record(self) -> dict:
         """mAP of the base model itself (the dashed line), cached in ``<out>/base_val.json``."""
         path = self.out / "base_val.json"
-        rec = _load_json(path)
+        rec = read_json(path)
         if rec and rec.get("settings") == self.settings:
             return rec
         from yolo_ldac.utils.env import machine_info
@@ -177,13 +163,13 @@ class Retention:
                "flops_g": round(dense.flops_g, 4), "params_m": round(dense.params / 1e6, 4),
                "wall_s": round(time.perf_counter() - t, 2), "machine": machine_info(),
                "date": datetime.now().astimezone().isoformat(timespec="seconds")}
-        _atomic_write_json(path, rec)
+        atomic_write_json(path, rec, indent=1)
         return rec
 
     def point(self, criterion: str, variant: str, ratio: float, redo_failed: bool = False) -> dict:
         """Prune a fresh copy of the base one-shot and validate it; read back if already done."""
         path = self.out / f"{point_name(criterion, variant, ratio)}.json"
-        rec = _load_json(path)
+        rec = read_json(path)
         if rec and rec.get("status") in ("finished", "failed"):
             if rec.get("settings") != self.settings:
                 raise RuntimeError(f"{path} was measured with other settings; use another --out")
@@ -229,7 +215,7 @@ class Retention:
         except Exception as e:  # an unreachable ratio under a cap, ...: recorded, not retried
             rec.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(),
                        wall_s={"total": round(time.perf_counter() - t0, 2)})
-        _atomic_write_json(path, rec)
+        atomic_write_json(path, rec, indent=1)
         return rec
 
 
@@ -260,7 +246,7 @@ def retention_curves(base, data, criteria, ratios=RATIOS, variants=("mean",), ou
 def load_records(out: Path) -> list[dict]:
     recs = []
     for p in sorted(Path(out).glob("*__r*.json")):
-        rec = _load_json(p)
+        rec = read_json(p)
         if rec and rec.get("status") in ("finished", "failed"):
             recs.append(rec)
     return recs
@@ -436,7 +422,7 @@ def main(argv=None) -> int:
     if args.report_only:
         out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "retention" / \
             data_key(Path(args.data).resolve()) / Path(args.base).stem
-        base = _load_json(out / "base_val.json")
+        base = read_json(out / "base_val.json")
         write_outputs(out, base, load_records(out))
         text = markdown_section(load_records(out), base)
         print(text)

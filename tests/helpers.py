@@ -164,3 +164,15 @@ def teacher_dataset(model_path, out_dir, imgsz: int = 160, conf: float = 0.4):
     data = {"path": str(out), "train": "images/train", "val": "images/val", "names": dict(model.names)}
     (out / "data.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return out / "data.yaml"
+
+
+def load_script(relpath: str):
+    """Import a script of the repository (e.g. ``benchmarks/compare.py``) as a module, without running its main."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / relpath
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -3,23 +3,16 @@ markdown report, the plot, and a second invocation that redoes nothing (resume).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import ultralytics  # noqa: F401  (imported before capsys replaces stdout: Ultralytics binds its log handler then)
+from helpers import load_script
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 def load_compare():
-    spec = importlib.util.spec_from_file_location("bench_compare", ROOT / "benchmarks" / "compare.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/compare.py")
 
 
 def test_train_epochs_are_equal_across_methods():

@@ -85,6 +85,44 @@ def build_compensation(name: "str | bool | None | Compensation", **kwargs) -> Co
     return COMPENSATIONS.build(name, **kwargs)
 
 
+@torch.no_grad()
+def run_with_input_hooks(model: nn.Module, convs: Iterable[nn.Module], pre_hook, images: Iterable[torch.Tensor]) -> None:
+    """Run ``images`` through ``model`` in eval mode with ``pre_hook`` on the inputs of ``convs`` (removed after)."""
+    handles = [m.register_forward_pre_hook(pre_hook) for m in convs]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    try:
+        for img in images:
+            model(img.to(device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+
+def bn_after_convs(model: nn.Module) -> dict[nn.Module, nn.BatchNorm2d]:
+    """The BatchNorm that follows each convolution of an Ultralytics ``Conv`` block (conv -> its ``bn``)."""
+    out = {}
+    for m in model.modules():
+        conv, bn = getattr(m, "conv", None), getattr(m, "bn", None)
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            out[conv] = bn
+    return out
+
+
+@torch.no_grad()
+def add_output_shift(conv: nn.Conv2d, shift: torch.Tensor, bn_after: dict[nn.Module, nn.BatchNorm2d]) -> None:
+    """Add ``shift`` (one value per output channel) to ``conv``'s pre-activation output: into its bias, else into the
+    running mean of the BN that follows it (subtracted), else as a new bias."""
+    if conv.bias is not None:
+        conv.bias.add_(shift)
+    elif conv in bn_after:
+        bn_after[conv].running_mean.sub_(shift)
+    else:
+        conv.bias = nn.Parameter(shift.clone())
+
+
 class InputMeans:
     """Per-channel mean of every ``nn.Conv2d`` input, measured over calibration images, kept in step with pruning.
 
@@ -104,32 +142,15 @@ class InputMeans:
     def measure(cls, model: nn.Module, images: Iterable[torch.Tensor]) -> "InputMeans":
         sums: dict[nn.Module, torch.Tensor] = {}
         counts: dict[nn.Module, int] = {}
-        handles = []
 
         def pre_hook(module, inputs):
             x = inputs[0].detach().double()
             sums[module] = sums.get(module, 0) + x.sum(dim=(0, 2, 3))
             counts[module] = counts.get(module, 0) + x.shape[0] * x.shape[2] * x.shape[3]
 
-        convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-        handles = [m.register_forward_pre_hook(pre_hook) for m in convs]
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        try:
-            for img in images:
-                model(img.to(device))
-        finally:
-            for h in handles:
-                h.remove()
-            model.train(was_training)
+        run_with_input_hooks(model, [m for m in model.modules() if isinstance(m, nn.Conv2d)], pre_hook, images)
         means = {m: (sums[m] / counts[m]).float() for m in sums}
-        bn_after = {}
-        for m in model.modules():
-            conv, bn = getattr(m, "conv", None), getattr(m, "bn", None)
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                bn_after[conv] = bn
-        return cls(means, bn_after)
+        return cls(means, bn_after_convs(model))
 
     @torch.no_grad()
     def fold(self, conv: nn.Conv2d, removed: list[int]) -> bool:
@@ -141,12 +162,7 @@ class InputMeans:
         idx = torch.as_tensor(removed, dtype=torch.long, device=conv.weight.device)
         mean = self.means[conv].to(conv.weight.device)[idx]
         shift = (conv.weight[:, idx].sum(dim=(2, 3)) * mean).sum(dim=1)  # (out,)
-        if conv.bias is not None:
-            conv.bias.add_(shift)
-        elif conv in self.bn_after:
-            self.bn_after[conv].running_mean.sub_(shift)
-        else:
-            conv.bias = nn.Parameter(shift.clone())
+        add_output_shift(conv, shift, self.bn_after)
         return True
 
     def drop(self, conv: nn.Module, removed: list[int]) -> None:

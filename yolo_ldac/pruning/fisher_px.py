@@ -165,11 +165,19 @@ class GroupFisherCriterion(Criterion):
 
         return detection_loss(model, batch)
 
+    def _mask_centres(self, model: nn.Module, owner: dict, batches: list[dict]) -> dict[nn.Conv2d, torch.Tensor]:
+        """Per-channel values the mask interpolates towards (``a' = mu + m (a - mu)``); none: ``a' = m a``."""
+        return {}
+
     def prepare(self, model: nn.Module, batches: Iterable[dict]) -> None:
+        batches = list(batches)
         targets = channel_modules(model)
         owner = module_owners(targets)
         masks: dict[nn.Conv2d, torch.Tensor] = {}
         out_hw: dict[nn.Conv2d, int] = {}
+        was_training = model.training
+        model.eval()
+        centres = self._mask_centres(model, owner, batches)
 
         def mask_hook(module, _inp, out):
             if not isinstance(out, torch.Tensor) or out.dim() < 2:
@@ -182,12 +190,14 @@ class GroupFisherCriterion(Criterion):
                 masks[conv] = m
             if out.dim() == 4:
                 out_hw[conv] = int(out.shape[2] * out.shape[3])
-            return out * m
+            mu = centres.get(conv)
+            if mu is None or out.dim() != 4:
+                return out * m
+            mu = mu.to(out.device, out.dtype).view(1, -1, 1, 1)
+            return mu + m * (out - mu)
 
         handles = [mod.register_forward_hook(mask_hook) for mod in owner]
         chunks: dict[nn.Conv2d, list[torch.Tensor]] = {conv: [] for conv in targets}
-        was_training = model.training
-        model.eval()
         try:
             with _frozen_params_unfrozen(model), torch.enable_grad():
                 for batch in batches:

@@ -17,14 +17,12 @@ Example:
 
 from __future__ import annotations
 
-from typing import Iterable
 
 import torch
 import torch.nn as nn
 
 from yolo_ldac.pruning.criteria import register_criterion
-from yolo_ldac.pruning.fisher_px import (GroupFisherCriterion, _frozen_params_unfrozen, channel_modules,
-                                         module_owners)
+from yolo_ldac.pruning.fisher_px import GroupFisherCriterion
 
 
 @torch.no_grad()
@@ -54,58 +52,8 @@ def block_output_means(model: nn.Module, owner: dict[nn.Module, nn.Conv2d], batc
 class CenteredGroupFisherCriterion(GroupFisherCriterion):
     """Group Fisher of the mask ``a' = mu + m (a - mu)`` (removal = replacement by the calibration mean)."""
 
-    def prepare(self, model: nn.Module, batches: Iterable[dict]) -> None:
-        batches = list(batches)
-        targets = channel_modules(model)
-        owner = module_owners(targets)
-        was_training = model.training
-        model.eval()
-        means = block_output_means(model, owner, batches)
-        masks: dict[nn.Conv2d, torch.Tensor] = {}
-        out_hw: dict[nn.Conv2d, int] = {}
-
-        def mask_hook(module, _inp, out):
-            if not isinstance(out, torch.Tensor) or out.dim() < 2:
-                return None
-            conv = owner[module]
-            m = masks.get(conv)
-            if m is None or m.shape[:2] != out.shape[:2]:
-                m = torch.ones(out.shape[0], out.shape[1], *([1] * (out.dim() - 2)), device=out.device,
-                               dtype=out.dtype, requires_grad=True)
-                masks[conv] = m
-            if out.dim() == 4:
-                out_hw[conv] = int(out.shape[2] * out.shape[3])
-            mu = means.get(conv)
-            if mu is None or out.dim() != 4:
-                return out * m
-            mu = mu.to(out.device, out.dtype).view(1, -1, 1, 1)
-            return mu + m * (out - mu)
-
-        handles = [mod.register_forward_hook(mask_hook) for mod in owner]
-        chunks: dict[nn.Conv2d, list[torch.Tensor]] = {conv: [] for conv in targets}
-        try:
-            with _frozen_params_unfrozen(model), torch.enable_grad():
-                for batch in batches:
-                    masks.clear()
-                    loss = self._loss(model, batch)
-                    convs = list(masks)
-                    grads = torch.autograd.grad(loss, [masks[c] for c in convs], allow_unused=True)
-                    n = int(batch["img"].shape[0])
-                    for conv in targets:
-                        chunks[conv].append(torch.zeros(n, conv.out_channels, dtype=torch.float64))
-                    for conv, g in zip(convs, grads):
-                        if g is not None:
-                            chunks[conv][-1] = g.detach().flatten(1).double().cpu()
-                    del loss, grads
-        finally:
-            for h in handles:
-                h.remove()
-            masks.clear()
-            model.train(was_training)
-        self.grads = {conv: torch.cat(c) for conv, c in chunks.items() if c}
-        self.out_hw = out_hw
-        peak = max((float(0.5 * g.pow(2).sum(0).max()) for g in self.grads.values() if g.numel()), default=0.0)
-        self.scale = 1.0 / peak if peak > 0 else 1.0
+    def _mask_centres(self, model: nn.Module, owner: dict, batches: list[dict]) -> dict[nn.Conv2d, torch.Tensor]:
+        return block_output_means(model, owner, batches)
 
 
 @register_criterion("group_fisher_centered_flops")

@@ -130,23 +130,10 @@ class InputGram:
             st[1] += flat.sum(1).cpu()
             st[2] += (flat @ flat.T).cpu()
 
-        handles = [m.register_forward_pre_hook(pre_hook) for m in convs]
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        try:
-            for img in images:
-                model(img.to(device))
-        finally:
-            for h in handles:
-                h.remove()
-            model.train(was_training)
-        bn_after = {}
-        for m in model.modules():
-            conv, bn = getattr(m, "conv", None), getattr(m, "bn", None)
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                bn_after[conv] = bn
-        return cls(stats, bn_after, ridge)
+        from yolo_ldac.pruning.compensate import bn_after_convs, run_with_input_hooks
+
+        run_with_input_hooks(model, convs, pre_hook, images)
+        return cls(stats, bn_after_convs(model), ridge)
 
     @property
     def means(self) -> dict[nn.Module, torch.Tensor]:
@@ -172,13 +159,9 @@ class InputGram:
         new_k, shift = refit_weight(conv.weight, a, m, keep, rem)
         dev = conv.weight.device
         conv.weight[:, keep.to(dev)] = new_k.to(dev)
-        shift = shift.to(dev)
-        if conv.bias is not None:
-            conv.bias.add_(shift)
-        elif conv in self.bn_after:
-            self.bn_after[conv].running_mean.sub_(shift)
-        else:
-            conv.bias = nn.Parameter(shift.clone())
+        from yolo_ldac.pruning.compensate import add_output_shift
+
+        add_output_shift(conv, shift.to(dev), self.bn_after)
         return True
 
     def drop(self, conv: nn.Module, removed: list[int]) -> None:

@@ -132,6 +132,7 @@ class Compressor:
         self.stop = False
         self.last_step = None
         self.run_dir: Path | None = None
+        self.model_for_phase: nn.Module | None = None  # the model as the last phase left it
         self._resumed = False
 
     # --- the parts and the data ------------------------------------------------------------------------------
@@ -360,8 +361,6 @@ class Compressor:
                                or f"round{rnd + 1}.push" in state.phases or f"round{rnd + 1}.step" in state.phases):
             self.callbacks.run("on_round_end", self)
 
-    model_for_phase: nn.Module | None = None
-
     def _load_phase_model(self) -> nn.Module:
         if self.state.done and self.state.last_checkpoint() is not None:
             ckpt = torch.load(self.state.last_checkpoint(), map_location="cpu", weights_only=False)
@@ -455,9 +454,7 @@ class Compressor:
     def _train(self, model: nn.Module, epochs: int, name: str, final: bool) -> nn.Module:
         """Train ``model`` for ``epochs`` in ``run_dir/name`` with the push's trainer; resumes that phase's last
         epoch when a previous attempt left one."""
-        from ultralytics.nn.tasks import load_checkpoint
-
-        from yolo_ldac.engine.trainer import EPOCH_BEST, EPOCH_LAST, PushTrainer
+        from yolo_ldac.engine.trainer import EPOCH_LAST, PushTrainer
 
         phase_dir = self.run_dir / name
         last = phase_dir / "weights" / EPOCH_LAST

@@ -49,6 +49,14 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int = 2) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=indent, default=str) + "\n")
 
 
+def read_json(path: str | Path) -> Any:
+    """The JSON in ``path``, or ``None`` when it is missing or unreadable (a run not yet written)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def atomic_save(path: str | Path, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp_path)`` (e.g. ``lambda p: torch.save(obj, p)``), then move the result to ``path``."""
     with atomic_path(path) as tmp:
