@@ -54,6 +54,8 @@ def run_settings(args: argparse.Namespace, method: str, ratio: float, seed: int)
     name, extra = parse_method(method)
     common = dict(imgsz=args.imgsz, batch=args.batch, nbs=args.batch, warmup_epochs=args.warmup_epochs,
                   workers=0, seed=seed, plots=False, device=args.device, val_steps=True, calib_batches=args.calib)
+    if getattr(args, "lr_scale", None) is not None:  # absent from runs made before the key existed
+        common["lr_scale"] = args.lr_scale
     if name == "dense":
         return dict(common, mode="finetune", epochs=args.epochs)
     from yolo_ldac.parts import resolve_parts
@@ -63,8 +65,12 @@ def run_settings(args: argparse.Namespace, method: str, ratio: float, seed: int)
     from yolo_ldac.cfg import load_defaults
 
     defaults = load_defaults()  # recorded, so a run made under other defaults is never mixed in
-    common["resolved"] = {"parts": parts, **{k: extra.get(k, defaults[k]) for k in
-                                             ("fade", "fade_end", "ld_alpha", "cov_beta", "align_gamma")}}
+    keys = ["fade", "fade_end", "ld_alpha", "cov_beta", "align_gamma"]
+    if parts["push"] == "ldac":  # keys only push=ldac reads (added to the record after the first runs)
+        keys += ["release", "ld_pooled", "ld_check"]
+    if defaults.get("lr_scale", 1.0) != 1.0 and "lr_scale" not in common:
+        keys.append("lr_scale")
+    common["resolved"] = {"parts": parts, **{k: extra.get(k, defaults[k]) for k in keys}}
     first = bool(PUSHES[parts["push"]].trains_before_first_step)
     push_epochs = args.rounds * args.epochs_per_round if first else (args.rounds - 1) * args.epochs_per_round
     return dict(common, mode="compress", method=name, **extra, ratio=ratio, rounds=args.rounds,
@@ -192,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--warmup-epochs", type=float, default=1.0)
     ap.add_argument("--calib", type=int, default=4, help="calibration batches")
+    ap.add_argument("--lr-scale", type=float, default=None,
+                    help="yolo-ldac's lr_scale for every run (dense included); default: yolo-ldac's default")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "grid")
     ap.add_argument("--project", type=Path, default=ROOT / "runs" / "grid")

@@ -150,7 +150,7 @@ def test_push_marks_the_criterions_channels(fade, tiny, calib_batches):
     parts["criterion"].start_step(1)
     chosen = pruner.choose(0.3, calib_batches)
     if fade:
-        assert parts["push"].planned() == chosen and parts["push"].schedule.channels >= sum(map(len, chosen.values()))
+        assert parts["push"].planned() == chosen and parts["push"].release.schedule.channels >= sum(map(len, chosen.values()))
     else:
         marked = sum(int(m.sum()) for m in parts["push"].align_masks.values())
         assert marked == sum(len(v) for v in chosen.values()) > 0 and parts["push"].planned() is None

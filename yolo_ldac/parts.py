@@ -37,6 +37,7 @@ PLUGIN_MODULES = (
     "yolo_ldac.ldac.trace",  # ldac (criterion)
     "yolo_ldac.push",  # none (push)
     "yolo_ldac.push.fade",  # fade (push)
+    "yolo_ldac.push.handoff",  # handoff (push)
     "yolo_ldac.ldac.push",  # ldac (push)
     "yolo_ldac.pruning.compensate",  # none, mean, lsq
 )
@@ -120,7 +121,9 @@ def build_parts(cfg: dict, parts: dict[str, str] | None = None) -> dict[str, Any
                     gamma=cfg.get("align_gamma", 1e-4), pool=cfg.get("pool", "max"),
                     background=cfg.get("background", 0), rho=cfg.get("rho", 0.1),
                     tracer=cfg.get("tracer", "gradient"), level_assign=cfg.get("level_assign", False),
-                    fade=cfg.get("fade", True), fade_end=cfg.get("fade_end", 0.5))
+                    fade=cfg.get("fade", True), fade_end=cfg.get("fade_end", 0.5),
+                    release=cfg.get("release", "handoff"), pooled=cfg.get("ld_pooled", True),
+                    check=cfg.get("ld_check", 2.0))
     regs = registries()
     return {key: regs[key].build(parts[key], **settings) for key in PART_KEYS}
 

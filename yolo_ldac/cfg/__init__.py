@@ -41,7 +41,7 @@ SHARED_KEYS = frozenset(
 )
 
 # Our keys that must be exactly True or False.
-_BOOL_KEYS = ("fade", "val_steps", "portable", "parity", "exist_ok", "plots", "verbose", "half", "int8",
+_BOOL_KEYS = ("fade", "ld_pooled", "val_steps", "portable", "parity", "exist_ok", "plots", "verbose", "half", "int8",
               "parity_map")
 
 _INT_RE = re.compile(r"[-+]?\d[\d_]*")
@@ -225,6 +225,12 @@ def _validate(cfg: dict, explicit: dict) -> None:
     _check_int(cfg, "background", 0)
     if not (_is_number(cfg["fade_end"]) and 0 < cfg["fade_end"] <= 1):
         raise LDACError(f"fade_end must be in (0, 1], got {cfg['fade_end']!r}")
+    if not (_is_number(cfg["lr_scale"]) and cfg["lr_scale"] > 0):
+        raise LDACError(f"lr_scale must be a number > 0, got {cfg['lr_scale']!r}")
+    if cfg["release"] not in ("handoff", "fade"):
+        raise LDACError(f"release must be handoff or fade, got {cfg['release']!r}")
+    if not (_is_number(cfg["ld_check"]) and cfg["ld_check"] >= 0):
+        raise LDACError(f"ld_check must be a number >= 0, got {cfg['ld_check']!r}")
     if not (_is_number(cfg["rho"]) and cfg["rho"] > 0):
         raise LDACError(f"rho must be a number > 0, got {cfg['rho']!r}")
     floor = cfg["floor"]

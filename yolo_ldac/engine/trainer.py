@@ -29,8 +29,9 @@ class PrunedDetectionTrainer(DetectionTrainer):
     """
 
     def __init__(self, model: nn.Module, overrides: dict[str, Any] | None = None, _callbacks: dict | None = None,
-                 resume_from: str | Path | None = None):
+                 resume_from: str | Path | None = None, lr_scale: float = 1.0):
         self.pruned_model = model
+        self.lr_scale = float(lr_scale)
         self.resume_from = Path(resume_from) if resume_from else None
         overrides = dict(overrides or {})
         overrides.setdefault("model", "pruned.pt")  # only a label: setup_model below never loads it
@@ -44,6 +45,18 @@ class PrunedDetectionTrainer(DetectionTrainer):
 
     def get_model(self, cfg=None, weights=None, verbose: bool = True) -> nn.Module:
         return self.pruned_model
+
+    def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
+        """Ultralytics' optimizer (``optimizer=auto`` picks it and its lr), every group's lr times ``lr_scale``:
+        the model is already trained, and the lr Ultralytics fits for training from pretrained weights knocks it
+        out of its minimum in the first steps (measured: yolo_ldac/cfg/default.yaml, ``lr_scale``)."""
+        optimizer = super().build_optimizer(model, name=name, lr=lr, momentum=momentum, decay=decay,
+                                            iterations=iterations)
+        if self.lr_scale != 1.0:
+            for group in optimizer.param_groups:
+                group["lr"] *= self.lr_scale
+            self.args.lr0 = float(self.args.lr0) * self.lr_scale
+        return optimizer
 
     def setup_model(self):
         self.pruned_model.criterion = None  # rebuilt with this run's loss gains
@@ -65,10 +78,11 @@ class PushTrainer(PrunedDetectionTrainer):
     fine-tuning after the last prune step (a push may decay its terms there)."""
 
     def __init__(self, model: nn.Module, overrides: dict[str, Any] | None = None, _callbacks: dict | None = None,
-                 resume_from: str | Path | None = None, push=None, final: bool = False):
+                 resume_from: str | Path | None = None, push=None, final: bool = False, lr_scale: float = 1.0):
         self.push = push
         self.final = final
-        super().__init__(model, overrides=overrides, _callbacks=_callbacks, resume_from=resume_from)
+        super().__init__(model, overrides=overrides, _callbacks=_callbacks, resume_from=resume_from,
+                         lr_scale=lr_scale)
         if push is not None:
             self.add_callback("on_train_epoch_start", self._push_epoch_start)
             self.add_callback("on_train_batch_end", self._push_batch_end)

@@ -23,16 +23,28 @@ class LDACDetectionLoss(v8DetectionLoss):
         gamma: weight of the L1 penalty on the BN scales of the channels about to be pruned.
         align: ``[(bn, mask)]``: the BN layers and boolean channel masks the alignment penalty acts on.
         samples: sampling and ridge settings.
+        pooled: compute J from pooled statistics (:class:`~yolo_ldac.ldac.pooled.PooledObjective`, an EMA of the
+            scatter sums over batches with ``momentum``) instead of the batch alone.
+        levels: per level, whether its J takes part (``None``: all); see :func:`yolo_ldac.ldac.pooled.real_levels`.
     """
 
     def __init__(self, model, alpha: float = 0.01, beta: float = 0.01, gamma: float = 1e-4,
-                 align: list | None = None, samples: SampleConfig | None = None):
+                 align: list | None = None, samples: SampleConfig | None = None, pooled: bool = False,
+                 momentum: float = 0.9, levels: list[bool] | None = None):
         super().__init__(model)
         self.alpha, self.beta, self.gamma = alpha, beta, gamma
         self.align = align or []
         self.samples = samples or SampleConfig()
         self.num_classes = int(model.model[-1].nc)
         self.running_sw: list = []  # EMA of Sw per level, mixed in for batches with few samples per class
+        self.levels = levels
+        self.pooled = None
+        if pooled:
+            from yolo_ldac.ldac.objective import total_classes
+            from yolo_ldac.ldac.pooled import PooledObjective
+
+            k = total_classes(self.num_classes, self.samples)
+            self.pooled = [PooledObjective(k, momentum=momentum, rho=self.samples.rho) for _ in self.stride]
 
     def __call__(self, preds, batch):
         out = self.parse_output(preds)
@@ -43,7 +55,13 @@ class LDACDetectionLoss(v8DetectionLoss):
         ld = cov = zero
         if self.alpha or self.beta:
             samples = level_samples(feats, self.stride.tolist(), batch, self.num_classes, self.samples)
-            if self.alpha:
+            if self.alpha and self.pooled is not None:
+                ld = zero
+                for li, ((x, y), obj) in enumerate(zip(samples, self.pooled)):
+                    if len(y) and (self.levels is None or self.levels[li]):
+                        j = obj(x, y)  # updates the pooled counts: divide by the classes seen so far - 1
+                        ld = ld - j / max(int((obj.counts > 0).sum()) - 1, 1)
+            elif self.alpha:
                 ld = -sum(objective_per_level(samples, self.num_classes, self.samples, self.running_sw))
             if self.beta:
                 cov = sum(decorrelation(x) for x, _ in samples) / len(samples)

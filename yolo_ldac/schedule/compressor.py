@@ -474,18 +474,21 @@ class Compressor:
         model.train()
         for p in model.parameters():
             p.requires_grad_(True)
-        trainer = PushTrainer(model, overrides=overrides, push=self.push, final=final, resume_from=resume_from)
+        trainer = PushTrainer(model, overrides=overrides, push=self.push, final=final, resume_from=resume_from,
+                              lr_scale=float(self.cfg.get("lr_scale", 1.0)))
         self.callbacks.attach_to_trainer(trainer)
         self.trainer = trainer
         t = time.perf_counter()
         # Optimizer steps (the EMA's update count, which a resumed phase restores) and the schedule of each phase.
         steps = self.state.record.setdefault("optimizer_steps", {})
+        trainer.train()
+        # After training: optimizer=auto has replaced lr0 and the optimizer name by what it chose (lr_scale applied).
         self.state.record.setdefault("train_schedule", {})[name] = {
             "epochs": epochs, "batch": int(trainer.batch_size), "nbs": int(trainer.args.nbs),
             "accumulate": int(max(round(trainer.args.nbs / max(trainer.batch_size, 1)), 1)),
             "lr0": float(trainer.args.lr0), "lrf": float(trainer.args.lrf), "optimizer": str(trainer.args.optimizer),
+            "lr_scale": float(self.cfg.get("lr_scale", 1.0)),
             "warmup_epochs": float(trainer.args.warmup_epochs), "cos_lr": bool(trainer.args.cos_lr)}
-        trainer.train()
         steps[name] = int(getattr(getattr(trainer, "ema", None), "updates", 0) or 0)
         self._time("train", time.perf_counter() - t)
         trained = self._trained_model(phase_dir, model)
