@@ -399,7 +399,8 @@ def report(records: list[dict], base_map: float | None) -> str:
                  for x in rs if x.get("rounds")]
         step1 = "; ".join(f"{a:.3f} -> {b:.3f}" for a, b in first) if first else "-"
         p = rs[0].get("parts") or {}
-        label = method if not p else f"{method} ({p.get('criterion')}, push {p.get('push')}, {p.get('compensate')})"
+        label = method if not p.get("criterion") else \
+            f"{method} ({p.get('criterion')}, push {p.get('push')}, {p.get('compensate')})"
         wall = statistics.mean(r["wall_s"] for r in rs)
         lines.append(f"| {label} | {_ms(m)} | {_ms(m50)} | {delta} | {_size_cell(rs, 'flops_g', 'flops_pct', 3)} | "
                      f"{_size_cell(rs, 'params_m', 'params_pct', 3)} | {_latency_cell(rs)} | "
