@@ -12,7 +12,8 @@
    FLOPs and params removed, and ONNX Runtime CPU latency of both (``YOLOLDAC(best).benchmark(baseline=base)``:
    each export parity-checked, ``--latency-runs`` timed runs, 1 thread and all threads, interleaved).
 
-About 2-3 minutes on one core of a 2-core Xeon after ``make install`` (benchmarks/README.md). A smoke test of the
+Measured after ``make install``, pinned to one core of this 2-core machine while the other core trained: 111 s with
+the data to build and the base to train, 56 s with both cached (slower when the core is shared). A smoke test of the
 flow, not a benchmark: 64 images and a few epochs say that the pipeline works, not how well a criterion preserves
 accuracy; comparisons at equal FLOPs and optimizer steps live in ``benchmarks/grid.py``.
 """
