@@ -42,8 +42,9 @@ from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "benchmarks"):  # the package, and the scripts' shared module (common.py)
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 # Offline Ultralytics with a private config dir, before anything imports ultralytics.
 os.environ.setdefault("YOLO_CONFIG_DIR", str(ROOT / ".cache" / "ultralytics"))
@@ -51,6 +52,7 @@ from yolo_ldac.utils.env import setup_offline_env, shared_weights_dir  # noqa: E
 
 setup_offline_env(offline=True)
 from yolo_ldac.utils.io import atomic_write_json, read_json  # noqa: E402
+from common import count_images, onnx_latency  # noqa: E402  (benchmarks/common.py)
 
 SCRIPT = "benchmarks/compare.py"
 WEIGHTS = shared_weights_dir()
@@ -115,18 +117,6 @@ def train_epochs(method: str, rounds: int, epochs_per_round: int, finetune_epoch
     if equalize:
         return finetune_epochs + epochs_per_round, total
     return finetune_epochs, total - epochs_per_round
-
-
-def count_images(data: Path, split: str = "train") -> int | None:
-    try:
-        from ultralytics.data.utils import check_det_dataset
-
-        info = check_det_dataset(str(data))
-    except Exception:
-        return None
-    from yolo_ldac.data._common import split_image_files
-
-    return len(split_image_files(info.get(split)))
 
 
 def default_data(preset: dict) -> list[Path]:
@@ -238,55 +228,13 @@ def _worker(spec: dict) -> tuple[str, str | None]:
         return spec["id"], traceback.format_exc()
 
 
-def measure_latency(onnx_path: Path, imgsz: int, runs: int, threads: int, warmup: int = 10) -> dict:
-    """ONNX Runtime CPU latency of one batch-1 image: median (and spread) in ms over ``runs`` after ``warmup``."""
-    import numpy as np
-    import onnxruntime as ort
-
-    from yolo_ldac.export import preprocess_image
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = int(threads)
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    x = preprocess_image(None, imgsz)
-    if "float16" in inp.type:
-        x = x.astype(np.float16)
-    feed = {inp.name: x}
-    for _ in range(warmup):
-        sess.run(None, feed)
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - t) * 1e3)
-    times.sort()
-    return {"median_ms": round(statistics.median(times), 3), "min_ms": round(times[0], 3),
-            "p90_ms": round(times[min(len(times) - 1, int(0.9 * len(times)))], 3), "threads": int(threads),
-            "runs": runs, "warmup": warmup}
-
-
 def add_latency(path: Path, runs: int) -> dict:
     """Export the run's best.pt to ONNX (parity checked) and add its CPU latency to the run's JSON."""
-    from yolo_ldac.export import export_model
-
     rec = read_json(path)
-    t0 = time.perf_counter()
-    imgsz = int(rec["settings"]["imgsz"])
-    onnx_path = export_model(rec["best"], format="onnx", imgsz=imgsz, parity=True, device="cpu", batch=1)
-    t_export = time.perf_counter() - t0
-    n_all = os.cpu_count() or 1
-    one = measure_latency(onnx_path, imgsz, runs, threads=1)
-    every = measure_latency(onnx_path, imgsz, runs, threads=n_all)
-    rec["latency"] = {"provider": "CPUExecutionProvider", "batch": 1, "imgsz": imgsz, "onnx": str(onnx_path),
-                      "parity": "ok (max rel diff <= 1e-3 vs PyTorch on bus.jpg)",
-                      "threads_1": one, "threads_all": every, "all_threads": n_all,
-                      "ms_1_thread": one["median_ms"], "ms_all_threads": every["median_ms"]}
-    rec["wall_s"]["export_latency"] = round(time.perf_counter() - t0, 2)
-    rec["wall_s"]["export"] = round(t_export, 2)
+    lat = onnx_latency(rec["best"], imgsz=int(rec["settings"]["imgsz"]), runs=runs)
+    rec["latency"] = lat
+    rec["wall_s"]["export_latency"] = lat["wall_s"]
+    rec["wall_s"]["export"] = lat["export_s"]
     rec["wall_s"]["total"] = round(rec["wall_s"]["train"] + rec["wall_s"]["export_latency"], 2)
     rec["status"] = "finished"
     atomic_write_json(path, rec, indent=1)

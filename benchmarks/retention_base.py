@@ -9,6 +9,8 @@ it (settings, the val curve from results.csv, the plateau evidence, wall time, m
 
 Usage:
     python benchmarks/retention_base.py --data datasets/composite-400x160/data.yaml --epochs 80
+    python benchmarks/retention_base.py --data datasets/composite-1024x416/data.yaml --imgsz 416 --batch 32 \
+        --device 0 --workers 4 --epochs 60        # the GPU grid's base (benchmarks/grid.py --preset gpu)
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--imgsz", type=int, default=160)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu, 0, ... (the GPU grid's base: 0)")
+    ap.add_argument("--workers", type=int, default=0, help="dataloader workers")
     args = ap.parse_args(argv)
 
     import torch
@@ -87,7 +91,8 @@ def main(argv=None) -> int:
     if run_dir.exists():
         shutil.rmtree(run_dir)
     info = check_det_dataset(str(data))
-    ultra = dict(imgsz=args.imgsz, batch=args.batch, nbs=args.batch, warmup_epochs=1, workers=0, device="cpu",
+    ultra = dict(imgsz=args.imgsz, batch=args.batch, nbs=args.batch, warmup_epochs=1, workers=args.workers,
+                 device=args.device,
                  seed=0, deterministic=True, plots=False, patience=args.patience, verbose=False,
                  val=True, amp=False)
     if args.hours > 0:

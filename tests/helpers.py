@@ -169,10 +169,12 @@ def teacher_dataset(model_path, out_dir, imgsz: int = 160, conf: float = 0.4):
 def load_script(relpath: str):
     """Import a script of the repository (e.g. ``benchmarks/compare.py``) as a module, without running its main."""
     import importlib.util
+    import sys
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / relpath
     spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import does (dataclasses look their module up there)
     spec.loader.exec_module(module)
     return module

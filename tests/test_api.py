@@ -77,6 +77,7 @@ def test_report_json_content(report, compressed):
         assert report[side]["flops_g"] > 0 and report[side]["params_m"] > 0
     assert report["after"]["flops_g"] < report["before"]["flops_g"]
     assert report["removed"] == result.removed
+    assert report["model"] == report["settings"]["model"] == "yolo11n.yaml"  # what was passed, not the default
     assert isinstance(report["layers"], list) and report["layers"]
     assert all({"name", "before", "after"} <= set(layer) for layer in report["layers"])
     assert any(layer["after"] < layer["before"] for layer in report["layers"])

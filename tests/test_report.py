@@ -30,7 +30,7 @@ def _report():
         ],
         "timings": {"prune": 12.5, "finetune": 3600.0, "val": 45.25},
         "paths": {"best": "runs/x/best.pt", "portable": "runs/x/best.safetensors", "run_dir": "runs/x"},
-        "settings": {"epochs": 10, "round_to": 8, "imgsz": 640},
+        "settings": {"epochs": 10, "round_to": 8, "imgsz": 640, "model": "other.pt"},
     }
 
 
@@ -52,6 +52,9 @@ def test_write_report_files_and_numbers(tmp_path):
                  "| prune | 12.5 |", "1:00:00",  # timings
                  "`round_to`", "`ratio` | 0.5", "best.safetensors"):
         assert text in md, text
+    # The before column is the model the user passed, and its name wins over a settings entry of the same key.
+    assert "*before*: the input model `yolo11n.pt` as passed on `coco8.yaml`" in md
+    assert "| `model` | yolo11n.pt |" in md and "| `model` | other.pt |" not in md
     # None renders as '-': after mAP50 (and so its change), and a missing round value.
     assert "| mAP50 | 0.6213 | - | - |" in md
     assert "| 2 | 0.503 | 0.4456 | - | 0.4398 |" in md

@@ -151,6 +151,13 @@ def _headline(report: dict) -> str:
     return "; ".join(parts)
 
 
+def _before_after_legend(report: dict) -> str:
+    """What the two columns are: *before* is the model the user passed, *after* the run's result."""
+    data = f" on `{_md_escape(report.get('data'))}`" if report.get("data") else ""
+    return (f"*before*: the input model `{_md_escape(report.get('model'))}` as passed{data}, before any pruning or "
+            "training; *after*: this run's model (`weights/best.pt`).")
+
+
 def format_markdown(report: dict) -> str:
     """The ``report.md`` text: summary, before/after, rounds, per-layer channels, timings, settings and paths."""
     md = [f"# yolo-ldac report: {_md_escape(report.get('model'))}", ""]
@@ -166,6 +173,7 @@ def format_markdown(report: dict) -> str:
         where = ", ".join(str(r.get("at_phase")) for r in resumed)
         md += [f"This run was interrupted and resumed {len(resumed)} time(s), at phase(s): {where}.", ""]
     md += ["## Before / after", ""]
+    md += [_before_after_legend(report), ""]
     md += _md_table(["metric", "before", "after", "change"], [list(r) for r in _rows(report)])
     md += ["", "mAP changes are in percentage points; FLOPs and params changes are the percent removed.", ""]
 
@@ -218,7 +226,8 @@ def format_markdown(report: dict) -> str:
 
     md += ["## Settings", ""]
     settings = {k: report.get(k) for k in ("model", "data", "method", "target", "ratio")}
-    settings.update(report.get("settings") or {})
+    # what the run recorded at the top (the model it was given, ...) wins over a settings entry of the same name
+    settings.update({k: v for k, v in (report.get("settings") or {}).items() if k not in settings})
     rows = [[f"`{k}`", v if not isinstance(v, (dict, list)) else json.dumps(v, default=str)] for k, v in settings.items()]
     md += _md_table(["setting", "value"], rows, align="ll") + [""]
 

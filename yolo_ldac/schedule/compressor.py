@@ -263,6 +263,9 @@ class Compressor:
                                 "exist_ok=False, an input model is never overwritten")
         run_dir.mkdir(parents=True, exist_ok=True)
         source = str(self.source) if isinstance(self.source, (str, Path)) else type(self.source).__name__
+        # The model the user passed (YOLOLDAC(model) hands it over apart from cfg, whose `model` is the default):
+        # the state's and the report's settings record it, not the default.
+        self.ldac_cfg["model"] = source
         phases = plan_phases(self.mode, self.cfg, bool(self.push.trains_before_first_step))
         self.state = RunState.new(run_dir, self.mode, self.ldac_cfg, source, phases)
         self.state.record.update(parts=self.parts, device=str(self.device), timings={"prune": 0.0, "train": 0.0},
