@@ -554,6 +554,12 @@ def main(argv: list[str] | None = None) -> int:
     base_maps = [r["before"]["map50_95"] for r in records if r["before"].get("map50_95") is not None]
     base_map = base_maps[0] if base_maps else None
     text = report(records, base_map)
+    # Runs of an earlier default (e.g. method=ldac before its preset pushed): kept, labelled by their parts, never
+    # mixed into the rows above (their settings differ) and never rerun.
+    earlier = [json.loads(p.read_text()) for p in sorted((args.out / "ablation").glob("*.json"))]
+    if earlier:
+        text += ("\n\nEarlier defaults (the parts in brackets; `benchmarks/results/grid/<data>/ablation/`, same "
+                 "protocol and base):\n\n" + report(earlier, base_map))
     from yolo_ldac.utils.io import atomic_write_text
 
     atomic_write_text(args.out / "grid.md", f"Base mAP50-95 {base_map}\n\n" + text + "\n")

@@ -5,8 +5,12 @@
    PrunedDetectionTrainer and PushTrainer(push=ldac) (validation off), median epoch duration after the first (from
    results.csv's cumulative ``time`` column; epoch 1 carries the set-up). (b) includes data loading and is
    noisy at this size (4 steps per epoch); (a) isolates the loss.
-2. Times ``LDACCriterion.prepare`` (the gradient-x-activation trace) over the calibration batches against one
-   Ultralytics validation pass of the same model on the val split, in total and per image.
+   The push step of (a) is the LDAC loss (J from pooled statistics) plus the handoff's per-step work (cutting the
+   gradients of the released columns and setting them on the schedule, :mod:`yolo_ldac.push.handoff`), measured
+   on a real handoff of 12.5 % of the FLOPs.
+2. Times the trace of ``criterion=ldac`` (the Fisher of the assigner-located detection loss) over the calibration
+   batches against one Ultralytics validation pass of the same model on the val split, in total and per image;
+   the first-version discriminant trace (``ldac_j``) is timed too.
 
 Writes benchmarks/results/ldac_overhead.json with the machine. Default: COCO YOLO11n from ../shared/weights
 on a generated shapes set (64 train / 16 val, 160 px), CPU.
@@ -52,7 +56,8 @@ def main() -> None:
     from yolo_ldac.api import validate
     from yolo_ldac.engine.trainer import PrunedDetectionTrainer, PushTrainer
     from yolo_ldac.push import build_push
-    from yolo_ldac.ldac.criterion import DiscriminantTraceCriterion as LDACCriterion
+    from yolo_ldac.ldac.criterion import DiscriminantTraceCriterion
+    from yolo_ldac.parts import build_parts
     from yolo_ldac.nn.adapter import adapt_head_to_names, load_detection_model, rewrite_split_blocks
     from yolo_ldac.pruning.calibration import build_calibration_batches
 
@@ -97,16 +102,40 @@ def main() -> None:
         return sorted(times)[n // 2]
 
     step_det = step_seconds(v8DetectionLoss(model))
-    step_ldac = step_seconds(LDACDetectionLoss(model))
+    step_ldac = step_seconds(LDACDetectionLoss(model, pooled=True))
 
     calib = build_calibration_batches(info, imgsz=args.imgsz, batch=8, n_batches=4)
     n_calib = sum(len(b["img"]) for b in calib)
-    crit = LDACCriterion()
+
+    from yolo_ldac.nn.adapter import protected_layers
+    from yolo_ldac.pruning.complexity import layer_channels, measure
+    from yolo_ldac.pruning.engine import ChannelPruner
+    from yolo_ldac.push.handoff import HandoffSchedule, doomed_inputs
+
+    pruner = ChannelPruner(model, build_parts({"method": "l2"})["criterion"],
+                           measure(model, 640, protected=protected_layers(model)), layer_channels(model),
+                           protected_layers(model))
+    handoff = HandoffSchedule(model, doomed_inputs(model, pruner.choose(0.125)), [b["img"] for b in calib])
+    loss, _ = v8DetectionLoss(model)(model(step_batch["img"]), step_batch)
+    loss.sum().backward()
+    times = []
+    for i in range(9):
+        t0 = time.perf_counter()
+        handoff.cut_gradients(model)
+        handoff.apply(model, (i + 1) / 10, 0.1)
+        times.append(time.perf_counter() - t0)
+    handoff_s = sorted(times)[4]
+
+    def time_trace(crit) -> float:
+        m = copy.deepcopy(base)
+        crit.prepare(m, calib)  # warm-up
+        t = time.perf_counter()
+        crit.prepare(m, calib)
+        return time.perf_counter() - t
+
+    trace_s = time_trace(build_parts({"method": "ldac"})["criterion"])
+    trace_j_s = time_trace(DiscriminantTraceCriterion())
     model = copy.deepcopy(base)
-    crit.prepare(model, calib)  # warm-up
-    t = time.perf_counter()
-    crit.prepare(model, calib)
-    trace_s = time.perf_counter() - t
     cfg = {"data": str(data)}
     validate(model, cfg, {"imgsz": args.imgsz, "batch": 16})  # warm-up
     t = time.perf_counter()
@@ -115,10 +144,11 @@ def main() -> None:
     n_val = 16
     result = {
         "model": Path(args.model).name, "imgsz": args.imgsz, "train_images": 64, "epochs": args.epochs,
-        "step_seconds": {"detection loss": round(step_det, 4), "LDAC push loss": round(step_ldac, 4)},
-        "push_overhead_step_pct": round(100 * (step_ldac / step_det - 1), 1),
+        "step_seconds": {"detection loss": round(step_det, 4), "LDAC push loss": round(step_ldac, 4),
+                         "handoff per step": round(handoff_s, 5)},
+        "push_overhead_step_pct": round(100 * ((step_ldac + handoff_s) / step_det - 1), 1),
         "epoch_seconds": epochs, "median_epoch_seconds": steady, "push_overhead_epoch_pct": round(100 * overhead, 1),
-        "trace_seconds": round(trace_s, 3), "trace_images": n_calib, "val_seconds": round(val_s, 3),
+        "trace_seconds": round(trace_s, 3), "trace_ldac_j_seconds": round(trace_j_s, 3), "trace_images": n_calib, "val_seconds": round(val_s, 3),
         "val_images": n_val, "trace_vs_val": round(trace_s / val_s, 2),
         "trace_vs_val_per_image": round((trace_s / n_calib) / (val_s / n_val), 2), "machine": machine_info(),
     }

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The core grid of BENCHMARKS.md in one command (issue 11): both data sets, FLOPs ratios 0.3 and 0.5,
+# dense / random / l2 / group_fisher / ldac, 3 seeds on the headline cell (composite, 0.5) and 2 elsewhere, every
+# run 600+ optimizer steps; then latency of every run (on an idle machine), the grid tables and schedule plots into
+# BENCHMARKS.md, and the retention curves of every registered criterion on both data sets.
+#
+# Resumable: finished runs and points are read back (rerun the same command after an interruption); a run made with
+# other settings is refused. Wall time on 2 cores: about 41 runs x 150-380 s on one core each, two at a time (~1.5 h),
+# plus the retention curves (~1 h on one core). Needs the two bases (see benchmarks/README.md, "grid.py"):
+#   COMPOSITE_BASE  the COCO YOLO11n fine-tuned on composite-400x160 (benchmarks/retention_base.py)
+#   PEDESTRIAN_BASE the COCO YOLO11n fine-tuned on pedestrian-e1x160
+# Usage: COMPOSITE_BASE=... COMPOSITE_DATA=... PEDESTRIAN_BASE=... PEDESTRIAN_DATA=... bash benchmarks/core_grid.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+export OMP_NUM_THREADS=1 YOLO_OFFLINE=1 YOLO_AUTOINSTALL=False YOLO_CONFIG_DIR=${YOLO_CONFIG_DIR:-$PWD/.cache/ultralytics}
+CB=${COMPOSITE_BASE:-runs/base/yolo11n-composite-400x160.pt}
+CD=${COMPOSITE_DATA:-datasets/composite-400x160/data.yaml}
+PB=${PEDESTRIAN_BASE:-runs/base/yolo11n-pedestrian-e30.pt}
+PD=${PEDESTRIAN_DATA:-datasets/pedestrian-e1x160/data.yaml}
+C="--base $CB --data $CD"
+P="--base $PB --data $PD --epochs 18"   # 556 frames / 16 = 35 steps per epoch: 18 epochs = 630 steps
+M="dense random l2 group_fisher ldac"
+G="$PY benchmarks/grid.py --no-latency"
+
+# Training, two processes at a time (one per core).
+(taskset -c 0 $G $C --ratios 0.5 --methods $M --seeds 0 1 2 && taskset -c 0 $G $C --ratios 0.3 --methods $M --seeds 0 1) &
+(taskset -c 1 $G $P --ratios 0.3 --methods $M --seeds 0 1 && taskset -c 1 $G $P --ratios 0.5 --methods $M --seeds 0 1) &
+wait
+
+# Latency, one run at a time on the otherwise idle machine; then the tables, plots and BENCHMARKS.md sections.
+# (each invocation times the runs it names and reports every run JSON of its data set)
+$PY benchmarks/grid.py $C --ratios 0.3 --methods $M --seeds 0 1
+$PY benchmarks/grid.py $C --ratios 0.5 --methods $M --seeds 0 1 2 --benchmarks-md
+$PY benchmarks/grid.py $P --ratios 0.3 0.5 --methods $M --seeds 0 1 --benchmarks-md
+
+# Retention curves: every registered criterion, its preset's compensation (mean; lsq for ldac) and lsq.
+ALL=$($PY -c "from yolo_ldac.pruning.criteria import CRITERIA; print(' '.join(sorted(CRITERIA)))")
+R="$PY benchmarks/retention.py --calib-batches 4 --calib-batch 8 --imgsz 160"
+(taskset -c 0 $R $C --criteria $ALL --variants mean lsq --benchmarks-md) &
+(taskset -c 1 $R --base $PB --data $PD --criteria $ALL --variants mean lsq --benchmarks-md) &
+wait
