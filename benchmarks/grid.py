@@ -558,8 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     # mixed into the rows above (their settings differ) and never rerun.
     earlier = [json.loads(p.read_text()) for p in sorted((args.out / "ablation").glob("*.json"))]
     if earlier:
-        text += ("\n\nEarlier defaults (the parts in brackets; `benchmarks/results/grid/<data>/ablation/`, same "
-                 "protocol and base):\n\n" + report(earlier, base_map))
+        text += ("\n\nRuns of an earlier `method=ldac` preset (its parts in brackets: LDAC's push, `push=ldac`), "
+                 "same protocol and base, from `benchmarks/results/grid/<data>/ablation/`:\n\n"
+                 + report(earlier, base_map))
     from yolo_ldac.utils.io import atomic_write_text
 
     atomic_write_text(args.out / "grid.md", f"Base mAP50-95 {base_map}\n\n" + text + "\n")

@@ -262,11 +262,12 @@ def _curves(records: list[dict]) -> dict[str, list[dict]]:
     return curves
 
 
-def markdown_section(records: list[dict], base: dict, title: str = "Retention curves (one-shot, no training)") -> str:
+def markdown_section(records: list[dict], base: dict, title: str | None = None) -> str:
     """A markdown section: mAP50-95 (and mAP50) per criterion / variant per FLOPs ratio, wall time per curve."""
     curves = _curves(records)
     ratios = sorted({r["ratio"] for r in records})
     s = base["settings"]
+    title = title or f"Retention curves on {Path(s['data']).parent.name} (one-shot, no training)"
     lines = [f"## {title}", "",
              f"Base `{Path(s['base']).name}` on `{Path(s['data']).parent.name}` (val mAP50-95 **{base['map50_95']:.4f}**, "
              f"mAP50 {base['map50']:.4f}, {base['flops_g']:.3f} GFLOPs at {s['flops_imgsz']} px). Each point: a fresh "

@@ -47,7 +47,7 @@ _SPECIAL_PRESETS = {
     # Measured (BENCHMARKS.md, benchmarks/grid.py; mean over seeds): LDAC's push (the handoff and the pooled
     # discriminant loss) makes every prune step exact, but its rounds lose in the push phases what plain training
     # loses after the steps, and the finished models were no better: composite 50 % 0.216 vs 0.216 (push none), 30 %
-    # 0.198 vs 0.211, pedestrian 30 % 0.468 vs 0.485, 50 % 0.484 vs 0.469. So the preset does not push.
+    # 0.198 vs 0.212, pedestrian 30 % 0.468 vs 0.490, 50 % 0.484 vs 0.491. So the preset does not push.
     "ldac": {"criterion": "ldac", "push": "none", "compensate": "lsq"},
 }
 PART_KEYS = ("criterion", "push", "compensate")
