@@ -282,6 +282,11 @@ def test_good_ratio_accepted(ratio):
         ({"epochs": -1}, "epochs must be an integer >= 0"),
         ({"compensate": 3}, "compensate must be the name of a compensation"),
         ({"portable": 1}, "portable must be True or False"),
+        ({"lr_scale": 0}, "lr_scale must be a number > 0, got 0"),
+        ({"lr_scale": "x"}, "lr_scale must be a number > 0"),
+        ({"release": "zero"}, "release must be handoff or fade, got 'zero'"),
+        ({"ld_check": -1}, "ld_check must be a number >= 0"),
+        ({"ld_pooled": "yes"}, "ld_pooled must be True or False"),
     ],
 )
 def test_bad_values_rejected(overrides, fragment):
