@@ -27,9 +27,11 @@ import torch.nn as nn
 from yolo_ldac.push import PUSHES, Push
 
 
-def doomed_outputs(model: nn.Module, chosen: dict[str, list[int]]) -> dict[str, list[int]]:
-    """Every output a prune of ``chosen`` (root layer name -> channels) removes: ``conv name -> channels`` for the
-    root and each coupled convolution of its dependency group."""
+def removed_channels(model: nn.Module, chosen: dict[str, list[int]], side: str = "out") -> dict[str, list[int]]:
+    """The convolution channels a prune of ``chosen`` (root layer name -> output channels) removes, on one ``side``:
+    ``"out"``: the outputs of the root and of each coupled convolution of its dependency group; ``"in"``: the inputs
+    of every ungrouped convolution that reads them (a removed input of a depthwise convolution takes that
+    convolution's output with it). ``conv name -> channels``."""
     import torch_pruning as tp
 
     from yolo_ldac.pruning.engine import build_graph
@@ -41,10 +43,19 @@ def doomed_outputs(model: nn.Module, chosen: dict[str, list[int]]) -> dict[str, 
     for root_name, idxs in chosen.items():
         group = graph.get_pruning_group(modules[root_name], tp.prune_conv_out_channels, idxs=sorted(idxs))
         for item in group:
-            mod = item.dep.target.module
-            if isinstance(mod, nn.Conv2d) and graph.is_out_channel_pruning_fn(item.dep.handler):
+            mod, fn = item.dep.target.module, item.dep.handler
+            if not isinstance(mod, nn.Conv2d):
+                continue
+            if (graph.is_out_channel_pruning_fn(fn) if side == "out"
+                    else mod.groups == 1 and graph.is_in_channel_pruning_fn(fn)):
                 out.setdefault(names[mod], set()).update(int(i) for i in item.idxs)
     return {k: sorted(v) for k, v in out.items()}
+
+
+def doomed_outputs(model: nn.Module, chosen: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Every output a prune of ``chosen`` (root layer name -> channels) removes: ``conv name -> channels`` for the
+    root and each coupled convolution of its dependency group."""
+    return removed_channels(model, chosen, "out")
 
 
 class FadeSchedule:

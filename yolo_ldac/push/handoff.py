@@ -32,27 +32,13 @@ import torch
 import torch.nn as nn
 
 from yolo_ldac.push import PUSHES
-from yolo_ldac.push.fade import FadingPush, FadeSchedule, doomed_outputs
+from yolo_ldac.push.fade import FadingPush, FadeSchedule, doomed_outputs, removed_channels
 
 
 def doomed_inputs(model: nn.Module, chosen: dict[str, list[int]]) -> dict[str, list[int]]:
     """Every convolution input a prune of ``chosen`` removes: ``conv name -> input channels`` (ungrouped consumers
     only: a removed input of a depthwise convolution takes that convolution's output with it)."""
-    import torch_pruning as tp
-
-    from yolo_ldac.pruning.engine import build_graph
-
-    modules = dict(model.named_modules())
-    names = {m: n for n, m in modules.items()}
-    out: dict[str, set[int]] = {}
-    graph = build_graph(model)  # nothing is pruned here, so one graph serves every group
-    for root_name, idxs in chosen.items():
-        group = graph.get_pruning_group(modules[root_name], tp.prune_conv_out_channels, idxs=sorted(idxs))
-        for item in group:
-            mod = item.dep.target.module
-            if isinstance(mod, nn.Conv2d) and mod.groups == 1 and graph.is_in_channel_pruning_fn(item.dep.handler):
-                out.setdefault(names[mod], set()).update(int(i) for i in item.idxs)
-    return {k: sorted(v) for k, v in out.items()}
+    return removed_channels(model, chosen, "in")
 
 
 @dataclass
