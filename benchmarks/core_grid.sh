@@ -6,17 +6,21 @@
 #
 # Resumable: finished runs and points are read back (rerun the same command after an interruption); a run made with
 # other settings is refused. Wall time on 2 cores: about 41 runs x 150-380 s on one core each, two at a time (~1.5 h),
-# plus the retention curves (~1 h on one core). Needs the two bases (see benchmarks/README.md, "grid.py"):
-#   COMPOSITE_BASE  the COCO YOLO11n fine-tuned on composite-400x160 (benchmarks/retention_base.py)
-#   PEDESTRIAN_BASE the COCO YOLO11n fine-tuned on pedestrian-e1x160
+# plus the retention curves (~20 min on 2 cores). Needs the two bases; the grid never trains them (one core each):
+#   COMPOSITE_BASE  the COCO YOLO11n fine-tuned 50 epochs on composite-400x160, final epoch (7 min):
+#     python benchmarks/retention_base.py --data datasets/composite-400x160/data.yaml --epochs 50 --patience 50 \
+#         --name yolo11n-composite400-e50          # -> runs/base/yolo11n-composite400-e50-last.pt
+#   PEDESTRIAN_BASE the COCO YOLO11n fine-tuned 60 epochs on pedestrian-e1x160 (11 min):
+#     python benchmarks/retention_base.py --data datasets/pedestrian-e1x160/data.yaml --epochs 60 --patience 60 \
+#         --name yolo11n-pedestrian-e60 --record base_e60.json   # -> runs/base/yolo11n-pedestrian-e60.pt
 # Usage: COMPOSITE_BASE=... COMPOSITE_DATA=... PEDESTRIAN_BASE=... PEDESTRIAN_DATA=... bash benchmarks/core_grid.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=1 YOLO_OFFLINE=1 YOLO_AUTOINSTALL=False YOLO_CONFIG_DIR=${YOLO_CONFIG_DIR:-$PWD/.cache/ultralytics}
-CB=${COMPOSITE_BASE:-runs/base/yolo11n-composite-400x160.pt}
+CB=${COMPOSITE_BASE:-runs/base/yolo11n-composite400-e50-last.pt}
 CD=${COMPOSITE_DATA:-datasets/composite-400x160/data.yaml}
-PB=${PEDESTRIAN_BASE:-runs/base/yolo11n-pedestrian-e30.pt}
+PB=${PEDESTRIAN_BASE:-runs/base/yolo11n-pedestrian-e60.pt}
 PD=${PEDESTRIAN_DATA:-datasets/pedestrian-e1x160/data.yaml}
 C="--base $CB --data $CD"
 P="--base $PB --data $PD --epochs 18"   # 556 frames / 16 = 35 steps per epoch: 18 epochs = 630 steps

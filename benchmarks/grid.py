@@ -60,7 +60,7 @@ PRESETS: dict[str, dict] = {
     "cpu": dict(epochs=24, rounds=4, epochs_per_round=2, imgsz=160, batch=16, warmup_epochs=1.0, calib=4,
                 device="cpu", workers=0, jobs=1, n_train=400, n_val=100,
                 data=ROOT / "datasets" / "composite-400x160" / "data.yaml",
-                base=ROOT / "runs" / "base" / "yolo11n-composite-400x160.pt",
+                base=ROOT / "runs" / "base" / "yolo11n-composite400-e50-last.pt",
                 out=ROOT / "benchmarks" / "results" / "grid", project=ROOT / "runs" / "grid"),
     "gpu": dict(epochs=19, rounds=4, epochs_per_round=2, imgsz=416, batch=32, warmup_epochs=1.0, calib=4,
                 device="0", workers=4, jobs=3, n_train=1024, n_val=256,
@@ -446,6 +446,40 @@ def plot_schedule(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def base_record(base: str | Path) -> tuple[Path, dict] | None:
+    """The ``retention_base.py`` record (``results/retention/<data>/*.json``) of the checkpoint ``base``, if any."""
+    name = Path(base).name
+    for path in sorted((ROOT / "benchmarks" / "results" / "retention").glob("*/*.json")):
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict) and "val_curve" in rec and name in {
+                Path(str(rec.get(k, ""))).name for k in ("weights", "weights_used_for_retention")}:
+            return path, rec
+    return None
+
+
+def plateau_line(base: str | Path) -> str:
+    """One sentence of the base's plateau evidence for the grid section (the rule of issue 11 and its noise-robust
+    reading), or a notice that the base has no record."""
+    found = base_record(base)
+    if found is None:
+        return f"No training record of `{Path(base).name}` under benchmarks/results/retention/: its plateau is unknown."
+    path, rec = found
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from retention_base import plateau_evidence
+
+    ev = plateau_evidence(rec["val_curve"])
+    rel = path.relative_to(ROOT)
+    return (f"Its training curve (`{rel}`): {ev['epochs']} epochs, best mAP50-95 {ev['best_map50_95']:.3f} at epoch "
+            f"{ev['best_epoch']}, mean of the last 5 {ev['mean_last_5']:.3f} (previous 5: {ev['mean_previous_5']:.3f}); "
+            f"plateau rule (last-5 mean within 1 point of the best epoch) **{'met' if ev['rule_met'] else 'not met'}**; "
+            f"against the best 5-epoch mean ({ev['best_moving_average_5']:.3f}, to epoch "
+            f"{ev['best_moving_average_5_ends_epoch']}) {'met' if ev['rule_met_moving_average'] else 'not met'}, "
+            f"{'still rising' if ev['rising'] else 'not rising'}.")
+
+
 def write_benchmarks_section(args: argparse.Namespace, records: list[dict], text: str, base_map: float) -> None:
     """The ``grid-<data>`` section of BENCHMARKS.md (``--benchmarks-md``)."""
     from sections import write_section
@@ -458,8 +492,7 @@ def write_benchmarks_section(args: argparse.Namespace, records: list[dict], text
         f"## The user's flow on {args.data.parent.name}: base -> compressed, equal optimizer steps", "",
         f"Written by `{SCRIPT} --report-only --benchmarks-md` from the run JSON in `{rel}/`; do not edit by hand.",
         "",
-        f"Base: `{Path(r0['base']).name}` (the COCO YOLO11n fine-tuned on this set; its curve and plateau: "
-        "`benchmarks/results/retention/<data>/base.json`), validated here at "
+        f"Base: `{Path(r0['base']).name}` (the COCO YOLO11n fine-tuned on this set), validated here at "
         f"mAP50-95 {base_map:.4f}. Every run trains {args.epochs} epochs at batch {s['batch']} with nbs = batch "
         f"(one optimizer step per batch), warm-up {s['warmup_epochs']} epoch per phase, {s['imgsz']} px; "
         f"pruned runs: {s.get('rounds', args.rounds)} prune steps with {s.get('epochs_per_round', args.epochs_per_round)} "
@@ -468,7 +501,7 @@ def write_benchmarks_section(args: argparse.Namespace, records: list[dict], text
         "(the EMA's updates). FLOPs (G, at 640 px) and params (M) of the final model, with the percent removed. "
         "Latency: best.pt exported to ONNX (parity checked), ONNX Runtime CPU, batch 1 at the run's imgsz, median "
         "of the timed runs after 10 warm-up runs, 1 thread / all threads (`-`: not measured). Mean ± std over "
-        "seeds; a lead counts only beyond both spreads.", "",
+        "seeds; a lead counts only beyond both spreads.", "", plateau_line(r0["base"]), "",
         text, "", f"![schedule]({rel}/schedule.png)", "",
         f"Machine: {m.get('cpu')} ({m.get('cores')} cores), GPU {m.get('gpu') or 'none'}; torch "
         f"{m.get('torch')}, ultralytics {m.get('ultralytics')}, torch-pruning {m.get('torch_pruning')}."])
@@ -516,6 +549,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.preset_values = preset
     if args.latency_runs < 1 or args.jobs < 1:
         ap.error("--latency-runs and --jobs must be >= 1")
+    # Absolute, so that a run's key does not depend on the folder the grid was started from.
+    args.base, args.data = Path(args.base).resolve(), Path(args.data).resolve()
     args.out = args.out / args.data.parent.name
     return args
 

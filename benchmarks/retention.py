@@ -22,7 +22,7 @@ more than X of its channels per step), ``perflop`` (blocks ranked by score per F
 back-to-back prune steps to the ratio, rescoring between them), ``ridgeX`` (the lsq ridge). E.g. ``lsq+cap0.3``.
 
 Usage:
-    python benchmarks/retention.py --base runs/base/yolo11n-composite-400x160.pt \\
+    python benchmarks/retention.py --base runs/base/yolo11n-composite400-e50-last.pt \\
         --data datasets/composite-400x160/data.yaml --criteria random l2 group_fisher --variants mean lsq
     python benchmarks/retention.py ... --report-only     # redraw the plot and table from the JSON files
 
@@ -431,9 +431,10 @@ def main(argv=None) -> int:
             from sections import write_section
 
             rel = out.relative_to(ROOT)
+            findings = f"\n\nFindings: `{rel.parent}/FINDINGS.md`." if (out.parent / "FINDINGS.md").is_file() else ""
             write_section(f"retention-{out.parent.name}", text + f"\n\nWritten by `benchmarks/retention.py "
                           f"--report-only --benchmarks-md` from the points in `{rel}/`; plots: "
-                          f"![retention]({rel}/retention.png)\n\nFindings: `{rel.parent}/FINDINGS.md`.")
+                          f"![retention]({rel}/retention.png){findings}")
         return 0
     retention_curves(args.base, args.data, args.criteria, args.ratios, variants, out=args.out, imgsz=args.imgsz,
                      calib_batches=args.calib_batches, calib_batch=args.calib_batch, threads=args.threads)

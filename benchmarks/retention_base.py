@@ -47,17 +47,39 @@ def read_results_csv(path: Path) -> list[dict]:
     return [{k: float(r[k]) for k in keep if r.get(k) not in (None, "")} for r in rows]
 
 
-def plateau_evidence(curve: list[dict], window: int = 5) -> dict:
-    """Best epoch and the best mAP50-95 of the last ``window`` epochs vs. the ``window`` before them."""
+def plateau_evidence(curve: list[dict], window: int = 5, margin: float = 0.01) -> dict:
+    """The plateau rule of the benchmark (issue 11): the mean mAP50-95 of the last ``window`` epochs within
+    ``margin`` of the best epoch (``rule_met``). Also the best ``window``-epoch moving average (a single lucky epoch
+    of a noisy curve sets ``best`` but not this) and the rule against it (``rule_met_moving_average``), and whether the
+    curve is still rising (``rising``: the last window's mean more than ``margin`` above the window before it; a
+    rising curve passes the moving-average test trivially, so ``plateau_robust`` needs both).
+
+    Example:
+        >>> ev = plateau_evidence([{"epoch": e, "metrics/mAP50-95(B)": m} for e, m in enumerate([.1, .2, .3, .3, .3], 1)], 2)
+        >>> ev["mean_last_2"], ev["rule_met"]
+        (0.3, True)
+    """
     maps = [r["metrics/mAP50-95(B)"] for r in curve]
     if not maps:
         return {}
     best = max(range(len(maps)), key=maps.__getitem__)
     last = maps[-window:]
     prev = maps[-2 * window:-window] or maps[:1]
+    mean_last = sum(last) / len(last)
+    mean_prev = sum(prev) / len(prev)
+    moving = [sum(maps[i:i + window]) / window for i in range(len(maps) - window + 1)] or [mean_last]
+    best_ma = max(range(len(moving)), key=moving.__getitem__)
     return {"best_epoch": int(curve[best]["epoch"]), "best_map50_95": maps[best], "epochs": len(maps),
             f"max_last_{window}": max(last), f"max_previous_{window}": max(prev),
-            f"gain_last_{window}_vs_previous": round(max(last) - max(prev), 4)}
+            f"gain_last_{window}_vs_previous": round(max(last) - max(prev), 4),
+            f"mean_last_{window}": round(mean_last, 5), "margin": margin,
+            "rule_met": bool(mean_last >= maps[best] - margin - 1e-12),
+            f"best_moving_average_{window}": round(moving[best_ma], 5),
+            f"best_moving_average_{window}_ends_epoch": int(curve[best_ma + window - 1]["epoch"]) if len(maps) >= window
+            else int(curve[-1]["epoch"]),
+            "rule_met_moving_average": bool(mean_last >= moving[best_ma] - margin - 1e-12),
+            f"mean_previous_{window}": round(mean_prev, 5), "rising": bool(mean_last - mean_prev > margin),
+            "plateau_robust": bool(mean_last >= moving[best_ma] - margin - 1e-12 and mean_last - mean_prev <= margin)}
 
 
 def main(argv=None) -> int:
@@ -73,6 +95,12 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="cpu, 0, ... (the GPU grid's base: 0)")
     ap.add_argument("--workers", type=int, default=0, help="dataloader workers")
+    ap.add_argument("--lr-scale", type=float, default=1.0,
+                    help="multiply the learning rates Ultralytics picks (yolo-ldac's lr_scale key; 1: its defaults)")
+    ap.add_argument("--close-mosaic", type=int, default=10,
+                    help="Ultralytics' close_mosaic: the last epochs train without mosaic (0: mosaic throughout)")
+    ap.add_argument("--record", default="base.json",
+                    help="file name of the JSON record under benchmarks/results/retention/<data>/")
     args = ap.parse_args(argv)
 
     import torch
@@ -94,7 +122,9 @@ def main(argv=None) -> int:
     ultra = dict(imgsz=args.imgsz, batch=args.batch, nbs=args.batch, warmup_epochs=1, workers=args.workers,
                  device=args.device,
                  seed=0, deterministic=True, plots=False, patience=args.patience, verbose=False,
-                 val=True, amp=False)
+                 val=True, amp=False, close_mosaic=args.close_mosaic)
+    if args.lr_scale != 1.0:
+        ultra["lr_scale"] = args.lr_scale
     if args.hours > 0:
         ultra["time"] = args.hours
     t0 = time.perf_counter()
@@ -103,6 +133,9 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - t0
     stable = project / f"{name}.pt"
     shutil.copy2(result.best, stable)
+    last = Path(result.best).with_name("last.pt")
+    if last.is_file():  # the final epoch too: with a plateau, best and last differ by noise
+        shutil.copy2(last, project / f"{name}-last.pt")
     curve = read_results_csv(run_dir / "finetune" / "results.csv")
     rec = {
         "what": "base model of the retention curves", "weights": str(stable), "source_weights": str(args.weights),
@@ -112,7 +145,7 @@ def main(argv=None) -> int:
         "val_curve": curve, "plateau": plateau_evidence(curve), "wall_s": round(wall, 1),
         "machine": machine_info(), "date": datetime.now().astimezone().isoformat(timespec="seconds"),
     }
-    out = ROOT / "benchmarks" / "results" / "retention" / key / "base.json"
+    out = ROOT / "benchmarks" / "results" / "retention" / key / args.record
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rec, indent=1, default=str), encoding="utf-8")
     print(json.dumps(rec["plateau"]), f"wall {wall:.0f}s ->", stable)

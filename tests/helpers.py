@@ -178,3 +178,22 @@ def load_script(relpath: str):
     sys.modules[spec.name] = module  # as an import does (dataclasses look their module up there)
     spec.loader.exec_module(module)
     return module
+
+
+def output_rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest difference of boxes and of scores of two Detect outputs, each against its own largest value (as the
+    export parity check)."""
+    return max(float((a[:, :4] - b[:, :4]).abs().max() / b[:, :4].abs().max()),
+               float((a[:, 4:] - b[:, 4:]).abs().max() / b[:, 4:].abs().max()))
+
+
+def channel_pruner(model, criterion: str = "l2", compensate: str = "mean"):
+    """A ``ChannelPruner`` on ``model`` with the registered ``criterion`` and ``compensate`` mode, FLOPs at 640 px."""
+    from yolo_ldac.nn.adapter import protected_layers
+    from yolo_ldac.parts import build_parts
+    from yolo_ldac.pruning.complexity import layer_channels, measure
+    from yolo_ldac.pruning.engine import ChannelPruner
+
+    crit = build_parts({"method": criterion})["criterion"]
+    return ChannelPruner(model, crit, measure(model, 640, protected=protected_layers(model)), layer_channels(model),
+                         protected_layers(model), compensate=compensate)

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from helpers import channel_pruner, output_rel_diff
 
 from yolo_ldac.push.fade import FadeSchedule, doomed_outputs
 
@@ -18,28 +19,11 @@ def calibrated():
     return tiny_pruned_model("yolo11n.yaml", nc=3, seed=1, n_groups=0)
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Largest difference of boxes and of scores, each against its own largest value (as the export parity)."""
-    return max(float((a[:, :4] - b[:, :4]).abs().max() / b[:, :4].abs().max()),
-               float((a[:, 4:] - b[:, 4:]).abs().max() / b[:, 4:].abs().max()))
-
-
-def _pruner(model, criterion="l2", compensate="mean"):
-    from yolo_ldac.nn.adapter import protected_layers
-    from yolo_ldac.parts import build_parts
-    from yolo_ldac.pruning.complexity import layer_channels, measure
-    from yolo_ldac.pruning.engine import ChannelPruner
-
-    crit = build_parts({"method": criterion})["criterion"]
-    return ChannelPruner(model, crit, measure(model, 640, protected=protected_layers(model)), layer_channels(model),
-                         protected_layers(model), compensate=compensate)
-
-
 def test_faded_channels_are_removed_exactly(calibrated, calib_batches):
     """Faded to 0 (scale and shift), the planned channels output exactly 0: removing them (with their coupled twins)
     leaves the model's outputs unchanged."""
     model = copy.deepcopy(calibrated).eval()
-    pruner = _pruner(model)
+    pruner = channel_pruner(model)
     chosen = pruner.choose(0.3)
     doomed = doomed_outputs(model, chosen)
     assert sum(map(len, doomed.values())) >= sum(map(len, chosen.values())) > 0
@@ -52,18 +36,18 @@ def test_faded_channels_are_removed_exactly(calibrated, calib_batches):
         schedule.apply(model, 0.0)
         faded = model(x)[0]
     assert (half - dense).abs().max() > 1e-3  # the fade does change the model while it runs
-    step = _pruner(model).step(0.3, calib_batches, planned=chosen)
+    step = channel_pruner(model).step(0.3, calib_batches, planned=chosen)
     assert abs(step.reached_ratio - 0.3) <= 0.01
     with torch.no_grad():
         after = model.eval()(x)[0]
     assert after.shape == faded.shape
     # float32 reordering across ~100 layers, amplified by DFL decoding, is ~1e-4 of the boxes' scale
-    assert _rel(after, faded) < 1e-3
+    assert output_rel_diff(after, faded) < 1e-3
     # The same removal without the fade changes the outputs by far more: the check can fail.
     plain = copy.deepcopy(calibrated).eval()
-    _pruner(plain).step(0.3, calib_batches, planned=chosen)
+    channel_pruner(plain).step(0.3, calib_batches, planned=chosen)
     with torch.no_grad():
-        assert _rel(plain(x)[0], dense) > 1e-2
+        assert output_rel_diff(plain(x)[0], dense) > 1e-2
 
 
 def test_push_phase_fades_to_zero_and_step_is_lossless(shapes_data, tmp_path):
@@ -99,7 +83,7 @@ def test_push_phase_fades_to_zero_and_step_is_lossless(shapes_data, tmp_path):
     res = runner.compress(data=str(shapes_data), ratio=0.3, rounds=1, epochs_per_round=2, finetune_epochs=0,
                           method="l2", push="fade", imgsz=64, batch=8, plots=False, workers=0, project=str(tmp_path))
     assert seen["max_doomed"] == 0.0
-    assert _rel(seen["after"], seen["before"]) < 1e-3
+    assert output_rel_diff(seen["after"], seen["before"]) < 1e-3
     rep = json.loads((res.run_dir / "report.json").read_text())
     assert rep["rounds"][0]["planned_by_push"] and rep["rounds"][0]["faded_channels"] > 0
     assert rep["parts"] == {"criterion": "l2", "push": "fade", "compensate": "mean"}

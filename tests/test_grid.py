@@ -23,3 +23,34 @@ def test_equal_epochs_and_settings_keys():
     assert pushed["resolved"]["parts"] == {"criterion": "ldac", "push": "fade", "compensate": "lsq"}
     assert grid.parse_method("ldac:push=fade:fade_end=0.25") == ("ldac", {"push": "fade", "fade_end": 0.25})
     assert grid.run_key(plain, "b.pt", "d.yaml") != grid.run_key(pushed, "b.pt", "d.yaml")
+
+
+def test_plateau_evidence_on_hand_set_curves():
+    """The base's plateau rule (issue 11) on curves whose answers are known: a flat end passes, a lone early spike
+    fails the rule's letter but not its moving-average reading, a rising curve is flagged."""
+    base = load_script("benchmarks/retention_base.py")
+
+    def curve(maps):
+        return [{"epoch": e, "metrics/mAP50-95(B)": m} for e, m in enumerate(maps, 1)]
+
+    flat = base.plateau_evidence(curve([0.10, 0.15, 0.18, 0.20, 0.21, 0.20, 0.21, 0.20, 0.21, 0.20, 0.21, 0.20, 0.21]))
+    assert flat["rule_met"] and flat["plateau_robust"] and not flat["rising"]
+    assert flat["mean_last_5"] == 0.206 and flat["best_map50_95"] == 0.21
+    spike = base.plateau_evidence(curve([0.10, 0.24, 0.20, 0.21, 0.20, 0.21, 0.20, 0.21, 0.20, 0.21, 0.20, 0.21]))
+    assert spike["best_epoch"] == 2 and not spike["rule_met"]  # 0.206 < 0.24 - 0.01
+    assert spike["rule_met_moving_average"] and spike["plateau_robust"]
+    rising = base.plateau_evidence(curve([0.10, 0.11, 0.12, 0.13, 0.14, 0.15, 0.16, 0.17, 0.18, 0.19]))
+    assert rising["rising"] and not rising["plateau_robust"] and not rising["rule_met"]
+
+
+def test_run_key_does_not_depend_on_the_working_folder(tmp_path, monkeypatch):
+    """A grid started with a relative --base and one started with the absolute path read the same runs back."""
+    grid = load_grid()
+    (tmp_path / "b.pt").write_bytes(b"")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "data.yaml").write_text("names: [a]\n")
+    monkeypatch.chdir(tmp_path)
+    rel = grid.parse_args(["--base", "b.pt", "--data", "d/data.yaml"])
+    absolute = grid.parse_args(["--base", str(tmp_path / "b.pt"), "--data", str(tmp_path / "d" / "data.yaml")])
+    assert rel.base == absolute.base == tmp_path / "b.pt" and rel.out == absolute.out
+    assert grid.plan_grid(rel)[0].key == grid.plan_grid(absolute)[0].key

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from helpers import channel_pruner, output_rel_diff
 
 from yolo_ldac.push.handoff import HandoffSchedule, doomed_inputs
 
@@ -18,32 +19,16 @@ def calibrated():
     return tiny_pruned_model("yolo11n.yaml", nc=3, seed=1, n_groups=0)
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return max(float((a[:, :4] - b[:, :4]).abs().max() / b[:, :4].abs().max()),
-               float((a[:, 4:] - b[:, 4:]).abs().max() / b[:, 4:].abs().max()))
-
-
 def _mean_dev(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean absolute difference of the class scores, against their mean size."""
     return float((a[:, 4:] - b[:, 4:]).abs().mean() / b[:, 4:].abs().mean())
-
-
-def _pruner(model, criterion="l2", compensate="lsq"):
-    from yolo_ldac.nn.adapter import protected_layers
-    from yolo_ldac.parts import build_parts
-    from yolo_ldac.pruning.complexity import layer_channels, measure
-    from yolo_ldac.pruning.engine import ChannelPruner
-
-    crit = build_parts({"method": criterion})["criterion"]
-    return ChannelPruner(model, crit, measure(model, 640, protected=protected_layers(model)), layer_channels(model),
-                         protected_layers(model), compensate=compensate)
 
 
 def test_handoff_at_one_equals_the_lsq_step_and_the_step_is_then_exact(calibrated, calib_batches):
     """t = 1 in steps (0.25 + 0.5 + 0.25) is the lsq-compensated pruned model; removing the channels then changes
     nothing, and t = 0 is the model itself."""
     model = copy.deepcopy(calibrated).eval()
-    chosen = _pruner(model).choose(0.3)
+    chosen = channel_pruner(model, compensate="lsq").choose(0.3)
     doomed = doomed_inputs(model, chosen)
     assert sum(map(len, doomed.values())) > 0
     images = [b["img"] for b in calib_batches]
@@ -52,7 +37,7 @@ def test_handoff_at_one_equals_the_lsq_step_and_the_step_is_then_exact(calibrate
     with torch.no_grad():
         dense = model(x)[0]
         sched.apply(model, 0.0, 0.0)
-        assert _rel(model(x)[0], dense) < 1e-6
+        assert output_rel_diff(model(x)[0], dense) < 1e-6
         sched.apply(model, 0.25, 0.25)
         sched.apply(model, 0.75, 0.5)
         sched.apply(model, 1.0, 0.25)
@@ -62,15 +47,15 @@ def test_handoff_at_one_equals_the_lsq_step_and_the_step_is_then_exact(calibrate
     assert all(float(mods[c.name].weight.detach()[:, c.removed].abs().max()) == 0.0 for c in sched.consumers)
     # the same as pruning the original with compensate=lsq on the same calibration images
     ref = copy.deepcopy(calibrated).eval()
-    _pruner(ref).step(0.3, calib_batches, planned=chosen)
-    step = _pruner(model, compensate="none").step(0.3, calib_batches, planned=chosen)
+    channel_pruner(ref, compensate="lsq").step(0.3, calib_batches, planned=chosen)
+    step = channel_pruner(model, compensate="none").step(0.3, calib_batches, planned=chosen)
     assert abs(step.reached_ratio - 0.3) <= 0.01
     plain = copy.deepcopy(calibrated).eval()
-    _pruner(plain, compensate="none").step(0.3, calib_batches, planned=chosen)
+    channel_pruner(plain, compensate="none").step(0.3, calib_batches, planned=chosen)
     with torch.no_grad():
         after, lsq, none = model.eval()(x)[0], ref(x)[0], plain(x)[0]
-    assert _rel(after, handed) < 1e-3  # the step itself is exact
-    assert _rel(after, dense) > 1e-2  # the handoff did change the model: the checks above can fail
+    assert output_rel_diff(after, handed) < 1e-3  # the step itself is exact
+    assert output_rel_diff(after, dense) > 1e-2  # the handoff did change the model: the checks above can fail
     # It lands near the one-shot lsq step (not exactly: lsq fits one group after another, each with its own
     # relative ridge; the handoff fits all of a consumer's removed inputs at once), far from no compensation.
     # Measured: mean score deviation 0.026 (handoff) vs 0.56 (no compensation).
@@ -105,7 +90,7 @@ def test_push_phase_hands_off_and_step_is_lossless(shapes_data, tmp_path):
                           method="l2", push="handoff", imgsz=64, batch=8, plots=False, workers=0,
                           project=str(tmp_path))
     assert seen["max_read"] == 0.0
-    assert _rel(seen["after"], seen["before"]) < 1e-3
+    assert output_rel_diff(seen["after"], seen["before"]) < 1e-3
     rep = json.loads((res.run_dir / "report.json").read_text())
     assert rep["rounds"][0]["planned_by_push"] and rep["rounds"][0]["handed_off_inputs"] > 0
     assert rep["parts"] == {"criterion": "l2", "push": "handoff", "compensate": "mean"}
