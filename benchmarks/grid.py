@@ -487,9 +487,11 @@ def write_benchmarks_section(args: argparse.Namespace, records: list[dict], text
     r0 = records[0]
     s = r0["settings"]
     rel = args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out
+    lr = {r["settings"].get("lr_scale", 1.0) for r in records}
+    variant = f" (lr_scale {', '.join(f'{v:g}' for v in sorted(lr))})" if lr != {1.0} else ""
     m = r0["machine"]
     body = "\n".join([
-        f"## The user's flow on {args.data.parent.name}: base -> compressed, equal optimizer steps", "",
+        f"## The user's flow on {args.data.parent.name}: base -> compressed, equal optimizer steps{variant}", "",
         f"Written by `{SCRIPT} --report-only --benchmarks-md` from the run JSON in `{rel}/`; do not edit by hand.",
         "",
         f"Base: `{Path(r0['base']).name}` (the COCO YOLO11n fine-tuned on this set), validated here at "
@@ -501,11 +503,18 @@ def write_benchmarks_section(args: argparse.Namespace, records: list[dict], text
         "(the EMA's updates). FLOPs (G, at 640 px) and params (M) of the final model, with the percent removed. "
         "Latency: best.pt exported to ONNX (parity checked), ONNX Runtime CPU, batch 1 at the run's imgsz, median "
         "of the timed runs after 10 warm-up runs, 1 thread / all threads (`-`: not measured). Mean ± std over "
-        "seeds; a lead counts only beyond both spreads.", "", plateau_line(r0["base"]), "",
+        "seeds; a lead counts only beyond both spreads."
+        + (f" Every run here, dense included, trains at lr_scale {', '.join(f'{v:g}' for v in sorted(lr))}: "
+           "yolo-ldac's key that scales every learning rate Ultralytics picks (optimizer=auto) for the push and "
+           "fine-tuning phases." if variant else ""), "", plateau_line(r0["base"]), "",
         text, "", f"![schedule]({rel}/schedule.png)", "",
         f"Machine: {m.get('cpu')} ({m.get('cores')} cores), GPU {m.get('gpu') or 'none'}; torch "
         f"{m.get('torch')}, ultralytics {m.get('ultralytics')}, torch-pruning {m.get('torch_pruning')}."])
-    write_section(f"grid-{args.data.parent.name}", body)
+    main_id = f"grid-{args.data.parent.name}"
+    if args.out.parent.name == "grid":
+        write_section(main_id, body)
+    else:  # another results folder (e.g. grid-lr0.25): its own section, after the main grid's of this data set
+        write_section(f"{args.out.parent.name}-{args.data.parent.name}", body, after=main_id)
 
 
 # ------------------------------------------------------------------------------------------------ main
