@@ -208,3 +208,174 @@ def test_exist_ok_never_overwrites_the_input_model(first_run, tmp_path):
     except LDACError:
         pass  # refusing is fine too
     assert (src.stat().st_mtime_ns, src.read_bytes()) == before
+
+
+# ------------------------------------------------------------------------- values Ultralytics would choke on
+@pytest.mark.parametrize("arg, match", [
+    ("imgsz=0", r"imgsz must be a positive integer .*got 0$"),
+    ("imgsz=-32", r"imgsz must be a positive integer .*got -32$"),
+    ("imgsz=64.5", r"imgsz must be a positive integer .*got 64\.5$"),
+    ("imgsz=[64,96]", r"imgsz must be a positive integer .*got \[64, 96\]$"),
+    ("batch=0", r"batch must be an integer >= 1, got 0$"),
+    ("batch=-1", r"batch must be an integer >= 1, got -1 \(Ultralytics' automatic batch size is not supported"),
+    ("batch=0.5", r"batch must be an integer >= 1, got 0\.5"),
+    ("workers=-1", r"workers must be an integer >= 0, got -1"),
+    ("seed=-3", r"seed must be an integer >= 0, got -3"),
+    ("device=gpu", r"device must be cpu, mps, a CUDA index .*got 'gpu'"),
+    ("lr0=abc", r"'lr0=abc' is of invalid type str"),
+    ("mosaic=1.5", r"'mosaic=1\.5' is an invalid value"),
+])
+def test_bad_shared_value(arg, match, shapes_data, tmp_path, capfd):
+    project = tmp_path / "runs"
+    assert_cli_rejects(["prune", "model=yolov8n.yaml", f"data={shapes_data}", arg, "plots=False"], project, capfd,
+                       match)
+    assert not project.exists()
+    key, _, value = arg.partition("=")
+    from yolo_ldac.cfg import parse_value
+
+    assert_api_rejects(lambda: YOLOLDAC("yolov8n.yaml").prune(data=str(shapes_data), project=str(project),
+                                                              **{key: parse_value(value)}), project, key)
+
+
+def test_export_takes_an_imgsz_pair():
+    from yolo_ldac.cfg import get_cfg
+
+    assert get_cfg({"imgsz": [64, 96]}, mode="export")["imgsz"] == [64, 96]
+    with pytest.raises(LDACError, match="imgsz"):
+        get_cfg({"imgsz": [64, 0]}, mode="export")
+
+
+@pytest.mark.parametrize("device", ["cuda:0", "0", "0,1"])
+def test_unavailable_gpu(device, shapes_data, tmp_path, capfd):
+    if torch.cuda.is_available() and torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has the GPUs asked for")
+    project = tmp_path / "runs"
+    assert_cli_rejects(["prune", "model=yolov8n.yaml", f"data={shapes_data}", f"device={device}", *FAST_ARGS],
+                       project, capfd, r"device=.* is not available: this machine has")
+    assert not project.exists()
+
+
+@pytest.mark.slow
+def test_imgsz_rounded_up_to_the_stride(shapes_data, tmp_path, caplog):
+    """imgsz=33 used to end in a shape mismatch inside the LDAC trace: it is rounded up to 64, with a notice."""
+    res = YOLOLDAC("yolov8n.yaml").prune(data=str(shapes_data), ratio=0.2, method="l1", rounds=1, val_steps=False,
+                                         project=str(tmp_path / "runs"), imgsz=33, batch=8, plots=False)
+    assert res.report["settings"]["imgsz"] == 64
+    assert "imgsz=33 is not a multiple of the model's max stride 32: using imgsz=64" in caplog.text
+
+
+def test_data_yaml_without_names(shapes_data, tmp_path, capfd):
+    root = shapes_data.parent
+    data = tmp_path / "nonames.yaml"
+    data.write_text(f"path: {root}\ntrain: images/train\nval: images/val\n")
+    project = tmp_path / "runs"
+    assert_cli_rejects(["prune", "model=yolov8n.yaml", f"data={data}", *FAST_ARGS], project, capfd,
+                       r"has no 'names' key")
+    data.write_text(f"path: {root}\ntrain: images/train\nnames: [a]\n")
+    assert_cli_rejects(["prune", "model=yolov8n.yaml", f"data={data}", *FAST_ARGS], project, capfd,
+                       r"has no 'val' key")
+
+
+# ------------------------------------------------------------------------------------ the output folder, the disk
+def test_project_under_a_regular_file(shapes_data, tmp_path, capfd):
+    """project= below a file: mkdir fails for root too."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    project = blocker / "runs"
+    line = assert_cli_rejects(["prune", "model=yolov8n.yaml", f"data={shapes_data}", *FAST_ARGS], project, capfd,
+                              r"project=.*file/runs: cannot (create|write) the run directory")
+    assert "Traceback" not in line
+
+
+def test_read_only_project(shapes_data, tmp_path, capfd):
+    import os
+
+    project = tmp_path / "ro"
+    project.mkdir()
+    project.chmod(0o555)
+    try:
+        if os.access(project, os.W_OK):
+            pytest.skip("chmod does not stop this user (root) from writing: see test_project_under_a_regular_file")
+        assert_cli_rejects(["prune", "model=yolov8n.yaml", f"data={shapes_data}", *FAST_ARGS], project, capfd,
+                           r"project=.*: cannot (create|write) the run directory .*(Permission denied|Read-only)")
+        assert list(project.iterdir()) == []
+    finally:
+        project.chmod(0o755)
+
+
+def _check_failed_run(run_dir: Path, phase: str | None) -> None:
+    """state.json names the phase the run stopped in (``phase``; None: any) and nothing looks finished. A disk
+    with no byte left may keep the state saved at that phase's start (status running): it still says where."""
+    import json
+
+    assert run_dir.is_dir()
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["current"] and state["current"] == (phase or state["current"]), state
+    if phase is not None:
+        assert state["status"] == "failed" and "No space left on device" in state["record"]["error"], state
+    else:
+        assert state["status"] in ("failed", "running"), state
+    left = [p.relative_to(run_dir) for p in run_dir.rglob("*")
+            if p.name.endswith(".tmp") or p.name.startswith(("best.", "report."))]
+    assert not left, f"a failed run left {left}"
+
+
+@pytest.mark.slow
+def test_full_disk_while_saving(shapes_data, tmp_path, capfd, monkeypatch):
+    """A full disk (ENOSPC) while best.pt is written: one line, exit 2, no best.pt / best.tmp / report left, and
+    state.json says the run stopped in phase save."""
+    import errno
+
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):
+        if ".best.pt." in str(f):  # the atomic write's temporary file of best.pt: half written, then ENOSPC
+            Path(f).write_bytes(b"\0" * 1024)
+            raise OSError(errno.ENOSPC, "No space left on device", str(f))
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    project = tmp_path / "runs"
+    capfd.readouterr()
+    rc = main(["prune", "model=yolov8n.yaml", f"data={shapes_data}", "ratio=0.2", "method=l1", "rounds=1",
+               "val_steps=False", *FAST_ARGS, f"project={project}", "name=full"])
+    lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2, lines
+    assert len(lines) == 1 and lines[0].startswith("yolo-ldac: error: "), lines
+    assert "No space left on device" in lines[0] and "phase save" in lines[0] and "resume=" in lines[0], lines[0]
+    _check_failed_run(project / "full", "save")
+
+
+def test_full_disk_on_a_real_tmpfs(shapes_data, tmp_path, capfd):
+    """A real small tmpfs as project=, where this runner may mount one."""
+    import shutil
+    import subprocess
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if not shutil.which("mount") or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                                                   capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN); see test_full_disk_while_saving")
+    try:
+        project = mnt / "runs"
+        capfd.readouterr()
+        rc = main(["prune", "model=yolov8n.yaml", f"data={shapes_data}", "ratio=0.2", "method=l1", "rounds=1",
+                   "val_steps=False", *FAST_ARGS, f"project={project}", "name=full"])
+        lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.strip()]
+        assert rc == 2 and len(lines) == 1 and "No space left on device" in lines[0], lines
+        if (project / "full" / "state.json").is_file():
+            _check_failed_run(project / "full", None)
+        assert not list(project.rglob("best.pt")) and not list(project.rglob("*.tmp"))
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_traceback_only_with_explicit_verbose(tmp_path, capfd):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    capfd.readouterr()
+    assert main(["info", "model=absent.pt", "verbose=True"]) == 2
+    err = capfd.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("yolo-ldac: error: "), err
+    assert main(["info", "model=absent.pt"]) == 2
+    assert len(capfd.readouterr().err.strip().splitlines()) == 1

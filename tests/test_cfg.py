@@ -47,6 +47,7 @@ EXPECTED_DEFAULTS = {
     "criterion": None,
     "push": None,
     "resume": False,
+    "strict_labels": True,
     "fade": True,
     "fade_end": 0.5,
     "release": "handoff",

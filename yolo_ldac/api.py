@@ -118,8 +118,11 @@ class YOLOLDAC:
         """Validate the model on ``data``; returns ``{"map50_95", "map50", "flops_g", "params_m"}``."""
         cfg = get_cfg({k: v for k, v in dict(kwargs, data=data).items() if v is not None}, mode="val")
         data_dict = check_data(cfg["data"])
+        from yolo_ldac.data.check import audit_dataset
         from yolo_ldac.nn.adapter import adapt_head_to_names
 
+        audit_dataset(data_dict, str(cfg["data"]), splits=("val",), strict=cfg["strict_labels"],
+                      single_cls=bool(cfg.get("single_cls", False)))
         model = adapt_head_to_names(self.model, data_dict["names"])
         metrics = validate(model, cfg, split_args(cfg)[1])
         return {**metrics, **model_complexity(model)}

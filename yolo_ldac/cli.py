@@ -6,13 +6,16 @@ Examples:
     yolo-ldac cfg        # print the defaults
 
 Every value is parsed with ``yaml.safe_load`` (never eval). Any failure the user can fix (an unknown key, a
-value out of range, a missing file) is printed as one line ``yolo-ldac: error: <message>`` on stderr, with exit
-status 2; Ctrl-C exits with 130. Any other exception is a bug and shows its traceback.
+value out of range, a missing file, an output folder that cannot be written, a full disk, a missing optional
+package) is printed as one line ``yolo-ldac: error: <message>`` on stderr, with exit status 2; its traceback is
+printed too only when ``verbose=True`` is given explicitly. Ctrl-C exits with 130. Any other exception is a bug and
+shows its traceback.
 """
 
 from __future__ import annotations
 
 import sys
+import traceback
 
 from yolo_ldac import __version__
 from yolo_ldac.cfg import DEFAULT_CFG_PATH, MODES, closest, get_cfg, load_defaults, parse_value, valid_keys
@@ -75,6 +78,26 @@ def _one_line(e: BaseException) -> str:
     """The exception's message on a single line (its type name when it has none)."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return "; ".join(lines) or type(e).__name__
+
+
+def _os_error_line(e: OSError) -> str:
+    """An OSError (unwritable folder, full disk, ...) as one line: what failed, on which file."""
+    where = f": {e.filename}" if getattr(e, "filename", None) else ""
+    return f"{e.strerror or _one_line(e)}{where}"
+
+
+def _import_error_line(e: ImportError) -> str:
+    name = e.name or _one_line(e)
+    return f"the Python package {name!r} is needed here and is not installed (pip install {name.split('.')[0]})"
+
+
+def _explicit_verbose(argv: list[str]) -> bool:
+    """Whether ``verbose=True`` was given on the command line (the default True prints no tracebacks)."""
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key.strip() == "verbose" and parse_value(value) is True:
+            return True
+    return False
 
 
 def parse_args(argv: list[str]) -> tuple[str | None, dict]:
@@ -161,8 +184,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg = get_cfg(overrides, mode=mode)  # fail fast on a bad key or value, before the heavy imports
         _dispatch(cfg["mode"], overrides)
         return 0
-    except LDACError as e:
-        print(f"yolo-ldac: error: {_one_line(e)}", file=sys.stderr)
+    except (LDACError, OSError, ImportError) as e:
+        if isinstance(e, ImportError) and (e.name or "").startswith("yolo_ldac"):
+            raise  # our own module missing: a broken install or a bug, not the user's to fix
+        if _explicit_verbose(argv):
+            traceback.print_exception(e, file=sys.stderr)
+        line = (_one_line(e) if isinstance(e, LDACError) else
+                _os_error_line(e) if isinstance(e, OSError) else _import_error_line(e))
+        print(f"yolo-ldac: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("yolo-ldac: error: interrupted", file=sys.stderr)

@@ -42,7 +42,7 @@ SHARED_KEYS = frozenset(
 
 # Our keys that must be exactly True or False.
 _BOOL_KEYS = ("fade", "ld_pooled", "val_steps", "portable", "parity", "exist_ok", "plots", "verbose", "half", "int8",
-              "parity_map")
+              "parity_map", "strict_labels")
 
 _INT_RE = re.compile(r"[-+]?\d[\d_]*")
 _FLOAT_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
@@ -193,6 +193,68 @@ def _check_parts(cfg: dict, explicit: dict) -> None:
         raise
 
 
+def stride_multiple(imgsz: int, stride: int) -> int:
+    """``imgsz`` rounded up to a multiple of the model's max ``stride`` (what its feature maps need).
+
+    Example:
+        >>> stride_multiple(33, 32), stride_multiple(64, 32)
+        (64, 64)
+    """
+    stride = max(int(stride), 1)
+    return -(-int(imgsz) // stride) * stride
+
+
+def _check_imgsz(v: Any, mode: str) -> None:
+    pair = mode == "export" and isinstance(v, (list, tuple)) and len(v) == 2
+    if pair and all(_is_int(x) and x > 0 for x in v):
+        return  # export takes (h, w)
+    if not (_is_int(v) and v > 0):
+        pair = ", or [h, w] for export" if mode == "export" else ""
+        raise LDACError(f"imgsz must be a positive integer (square images, i.e. imgsz=640{pair}; one that is no "
+                        f"multiple of the model's stride is rounded up), got {v!r}")
+
+
+def _check_shared(cfg: dict, explicit: dict) -> None:
+    """The keys we share with Ultralytics, checked here because a bad one fails deep inside its trainer."""
+    _check_imgsz(cfg["imgsz"], cfg["mode"])
+    batch = cfg["batch"]
+    if not (_is_int(batch) and batch >= 1):
+        auto = batch == -1 or (_is_number(batch) and 0 < batch < 1)
+        note = (" (Ultralytics' automatic batch size is not supported: calibration, the LDAC statistics and "
+                "validation need a fixed one)") if auto else ""
+        raise LDACError(f"batch must be an integer >= 1, got {batch!r}{note}")
+    _check_int(cfg, "workers", 0)
+    _check_int(cfg, "seed", 0)
+    for key in ("project", "name"):
+        if not isinstance(cfg[key], str) or not cfg[key].strip():
+            raise LDACError(f"{key} must be a folder name (a non-empty string), got {cfg[key]!r}")
+    if "device" in explicit and cfg.get("device") is not None:
+        from yolo_ldac.utils.device import check_device
+
+        check_device(cfg["device"])
+
+
+def _check_ultralytics_values(explicit: dict) -> None:
+    """Ultralytics' own type and range checks (``ultralytics.cfg.check_cfg``) on the Ultralytics keys given."""
+    ours = _defaults()
+    given = {k: v for k, v in explicit.items() if k not in ours}
+    if not given:
+        return
+    import sys
+
+    if "ultralytics" not in sys.modules:  # first import: set the offline environment up before it
+        from yolo_ldac.utils.env import setup_offline_env
+
+        setup_offline_env()
+    from ultralytics.cfg import check_cfg
+
+    try:
+        check_cfg(dict(given), hard=True)
+    except (TypeError, ValueError, SyntaxError) as e:
+        text = " ".join(str(e).split())
+        raise LDACError(text or f"invalid value among {given!r}") from None
+
+
 def _validate(cfg: dict, explicit: dict) -> None:
     mode = cfg["mode"]
     if mode not in MODES:
@@ -262,7 +324,9 @@ def _validate(cfg: dict, explicit: dict) -> None:
         raise LDACError(f"resume must be True, False or a run directory, got {resume!r}")
     if resume and mode not in ("compress", "prune", "finetune"):
         raise LDACError(f"resume= applies to compress, prune and finetune runs, not to {mode}")
+    _check_shared(cfg, explicit)
     _check_parts(cfg, explicit)
+    _check_ultralytics_values(explicit)
 
 
 def _load_cfg_file(path: Any) -> dict:
@@ -344,6 +408,7 @@ __all__ = [
     "load_defaults",
     "parse_value",
     "split_args",
+    "stride_multiple",
     "ultralytics_keys",
     "valid_keys",
 ]

@@ -1,4 +1,5 @@
-"""Checking a dataset yaml before a run: it resolves, and its train and val splits hold images."""
+"""Checking a dataset yaml before a run: it resolves, names its classes, its train and val splits hold images,
+and (:func:`audit_dataset`) their label files are usable."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ def check_data(data: str | None) -> dict:
     from ultralytics.utils.checks import check_file
 
     try:
-        check_file(str(data))
+        resolved = check_file(str(data))
     except Exception:
         raise LDACError(f"data file '{data}' not found") from None
+    _check_keys(data, resolved)
     try:
         info = check_det_dataset(str(data))
     except Exception as e:
@@ -35,3 +37,55 @@ def check_data(data: str | None) -> dict:
         if not split_image_files(folders):
             raise LDACError(f"data '{data}': the {split} split ({', '.join(map(str, folders))}) holds no images")
     return info
+
+
+def _check_keys(data: str, resolved: str | Path) -> None:
+    """Name the missing key of a data yaml (Ultralytics says only "key missing")."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(resolved).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return  # Ultralytics reports it, with its own words
+    if not isinstance(raw, dict):
+        return
+    for key, what in (("train", "the train images folder"), ("val", "the val images folder")):
+        if key not in raw and not (key == "val" and "validation" in raw):
+            raise LDACError(f"data '{data}' has no '{key}' key ({what}, relative to 'path')")
+    if raw.get("names") is None and raw.get("nc") is None:
+        raise LDACError(f"data '{data}' has no 'names' key: list the class names, i.e. names: {{0: person, 1: car}} "
+                        "(or give nc: the number of classes)")
+    names = raw.get("names")
+    if names is not None and (not isinstance(names, (list, dict)) or not names):
+        raise LDACError(f"data '{data}': names must be a non-empty list or {{id: name}} mapping, got {names!r}")
+
+
+def audit_dataset(info: dict, data: str, splits: tuple[str, ...] = ("train", "val"), strict: bool = True,
+                  single_cls: bool = False) -> dict:
+    """Read every label file of ``splits`` of a resolved dataset (``check_data(data)``) once.
+
+    Returns ``{split: {"images", "label_files", "dropped", "used", "examples"}}``. With ``strict`` a broken file
+    raises :class:`LDACError` (one line naming the first files and lines); otherwise a warning says how many images
+    each split loses (Ultralytics skips them). See :mod:`yolo_ldac.data.labels` for the rules.
+
+    Example:
+        >>> audit_dataset(check_data("shapes/data.yaml"), "shapes/data.yaml")["train"]["dropped"]  # doctest: +SKIP
+        0
+    """
+    from yolo_ldac.data._common import split_image_files
+    from yolo_ldac.data.labels import audit_split, broken_labels_message
+
+    nc = len(info["names"]) if info.get("names") is not None else None
+    audits = []
+    for split in splits:
+        folders = info.get(split)
+        audits.append(audit_split(split, split_image_files(folders if isinstance(folders, list) else [folders]),
+                                  nc, single_cls=single_cls))
+    message = broken_labels_message(audits, data)
+    if message and strict:
+        raise LDACError(message)
+    if message:
+        from ultralytics.utils import LOGGER
+
+        LOGGER.warning(f"strict_labels=False: {message.split('; fix them')[0]}; those images are left out")
+    return {a.split: a.as_dict() for a in audits}

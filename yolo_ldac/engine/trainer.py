@@ -17,6 +17,8 @@ from typing import Any
 import torch.nn as nn
 from ultralytics.models.yolo.detect import DetectionTrainer
 
+from yolo_ldac.utils.io import AtomicPath
+
 EPOCH_LAST, EPOCH_BEST = "epoch_last.pt", "epoch_best.pt"
 
 
@@ -41,7 +43,8 @@ class PrunedDetectionTrainer(DetectionTrainer):
         super().__init__(overrides=overrides, _callbacks=_callbacks)  # deletes results.csv unless resuming
         if rows is not None:  # a resumed phase continues its own results.csv
             self.csv.write_bytes(rows)
-        self.last, self.best = self.wdir / EPOCH_LAST, self.wdir / EPOCH_BEST
+        # Atomic: a full disk mid-epoch leaves the previous epoch's weights, never a truncated file to resume from.
+        self.last, self.best = AtomicPath(self.wdir) / EPOCH_LAST, AtomicPath(self.wdir) / EPOCH_BEST
 
     def get_model(self, cfg=None, weights=None, verbose: bool = True) -> nn.Module:
         return self.pruned_model

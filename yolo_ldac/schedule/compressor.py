@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 import random
 import re
 import shutil
@@ -158,6 +159,14 @@ class Compressor:
         from yolo_ldac.data.check import check_data
 
         self.data = check_data(cfg["data"]) if (cfg.get("data") or needs_data) else None
+        if self.data is not None:
+            from yolo_ldac.data.check import audit_dataset
+
+            # Before the run directory exists: a broken label file stops the run here (strict_labels=True).
+            self.labels = audit_dataset(self.data, str(cfg["data"]), strict=bool(cfg.get("strict_labels", True)),
+                                        single_cls=bool(cfg.get("single_cls", False)))
+        else:
+            self.labels = None
         if not ratio_free and self.data is None:
             for kind, part in (("criterion", self.criterion), ("push", self.push)):
                 if part.needs_data:
@@ -231,6 +240,7 @@ class Compressor:
 
             self.model = load_detection_model(self.source)
         model = self.model
+        self._round_imgsz(model)
         if self.data is not None:
             model = adapt_head_to_names(model, self.data["names"])
         model = copy.deepcopy(model).float().cpu()
@@ -248,20 +258,50 @@ class Compressor:
                                 "be removed")
         self.prepared = model.to(self.device)
 
-    def run(self):
-        """Run every phase of a new run; returns a :class:`yolo_ldac.schedule.result.CompressResult` (``None`` if stopped)."""
+    def _round_imgsz(self, model: nn.Module) -> None:
+        """Round ``imgsz`` up to a multiple of the model's max stride (its feature maps need it), with a notice."""
+        from yolo_ldac.cfg import stride_multiple
+
+        stride = int(max(getattr(model, "stride", torch.tensor([32])).max().item(), 1))
+        imgsz = int(self.cfg["imgsz"])
+        rounded = stride_multiple(imgsz, stride)
+        if rounded != imgsz:
+            from ultralytics.utils import LOGGER
+
+            LOGGER.warning(f"imgsz={imgsz} is not a multiple of the model's max stride {stride}: using imgsz={rounded}")
+            for d in (self.cfg, self.ldac_cfg, self.ultra):
+                d["imgsz"] = rounded
+
+    def _make_run_dir(self) -> Path:
+        """Create ``project/name`` (incremented unless exist_ok); an unwritable ``project`` is one line."""
         from ultralytics.utils.files import increment_path
 
-        self._setup()
-        self._check_inputs()
-        # Inputs are valid: from here on the run directory exists.
-        run_dir = increment_path(Path(self.cfg["project"]) / self.cfg["name"], exist_ok=self.cfg["exist_ok"]).resolve()
+        project = self.cfg["project"]
+        try:
+            run_dir = increment_path(Path(project) / self.cfg["name"], exist_ok=self.cfg["exist_ok"]).resolve()
+        except OSError as e:
+            raise LDACError(f"project={project}: cannot create the run directory ({e.strerror or e})") from e
         if isinstance(self.source, (str, Path)) and Path(self.source).exists():
             src = Path(self.source).resolve()
             if src.is_relative_to(run_dir):
                 raise LDACError(f"the run directory {run_dir} holds the input model {src}: choose another name= or "
                                 "exist_ok=False, an input model is never overwritten")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            probe = run_dir / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise LDACError(f"project={project}: cannot write the run directory {run_dir} "
+                            f"({e.strerror or type(e).__name__})") from e
+        return run_dir
+
+    def run(self):
+        """Run every phase of a new run; returns a :class:`yolo_ldac.schedule.result.CompressResult` (``None`` if stopped)."""
+        self._setup()
+        self._check_inputs()
+        # Inputs are valid: from here on the run directory exists.
+        run_dir = self._make_run_dir()
         source = str(self.source) if isinstance(self.source, (str, Path)) else type(self.source).__name__
         # The model the user passed (YOLOLDAC(model) hands it over apart from cfg, whose `model` is the default):
         # the state's and the report's settings record it, not the default.
@@ -269,7 +309,8 @@ class Compressor:
         phases = plan_phases(self.mode, self.cfg, bool(self.push.trains_before_first_step))
         self.state = RunState.new(run_dir, self.mode, self.ldac_cfg, source, phases)
         self.state.record.update(parts=self.parts, device=str(self.device), timings={"prune": 0.0, "train": 0.0},
-                                 dense_complexity=self.dense_comp.as_dict(), dense_channels=self.dense_channels)
+                                 dense_complexity=self.dense_comp.as_dict(), dense_channels=self.dense_channels,
+                                 labels=self.labels)
         self.state.save()
         self.run_dir = run_dir
         return self._loop()
@@ -333,14 +374,30 @@ class Compressor:
                         break
             except BaseException as e:
                 if state.status != "finished":
-                    state.status = "failed"
-                    state.record["error"] = f"{type(e).__name__}: {e}"
-                    state.save()
+                    self._fail(e)
+                if isinstance(e, OSError):  # the disk, not the inputs: one line, and how to continue
+                    raise LDACError(f"the run stopped in phase {state.current or '?'}: {_os_error(e)}; "
+                                    f"{state.path} records where; free space and continue with `yolo-ldac "
+                                    f"{self.mode} resume={self.run_dir}`") from e
                 raise
             finally:
                 bar.close()
             self.callbacks.run("on_run_end", self)
         return self.result if state.status == "finished" else None
+
+    def _fail(self, e: BaseException) -> None:
+        """A run that did not finish: state.json says where it stopped, and nothing is named like a finished model."""
+        from ultralytics.utils import LOGGER
+
+        state = self.state
+        state.status = "failed"
+        state.record["error"] = f"{type(e).__name__}: {e}"
+        for path in finished_outputs(self.run_dir):
+            path.unlink(missing_ok=True)
+        try:
+            state.save()
+        except OSError as err:  # a full disk: the state saved at the phase's start still names it
+            LOGGER.warning(f"could not record the failure in {state.path}: {_os_error(err)}")
 
     def _run_phase(self, name: str) -> None:
         state = self.state
@@ -559,6 +616,7 @@ class Compressor:
                       "portable": str(self.run_dir / "weights" / "best.safetensors") if cfg["portable"] else None,
                       "state": str(self.state.path), "log": str(self.run_dir / LOG_FILE)},
             "settings": {k: v for k, v in self.ldac_cfg.items() if k not in {"mode"}},
+            "labels": rec.get("labels"),
             "flops_imgsz": 640, "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         }
         write_report(self.run_dir, report)
@@ -583,6 +641,23 @@ class Compressor:
         return CompressResult(self.run_dir, best, portable if portable.exists() else None, rep["before"],
                               rep["after"], rep["removed"], rep["layers"], rep.get("rounds", []),
                               rep.get("timings", {}), rep, resumed=bool(rep.get("resumed")))
+
+
+def finished_outputs(run_dir: Path) -> list[Path]:
+    """The files of a run directory that only a finished run may hold (the model and its report).
+
+    Example:
+        >>> [p.name for p in finished_outputs(Path("run"))][:2]
+        ['best.pt', 'best.safetensors']
+    """
+    weights = Path(run_dir) / "weights"
+    return [weights / "best.pt", weights / "best.safetensors", weights / "best.json",
+            *(Path(run_dir) / f"report.{ext}" for ext in ("json", "md"))]
+
+
+def _os_error(e: OSError) -> str:
+    where = f": {e.filename}" if e.filename else ""
+    return f"{e.strerror or e}{where}"
 
 
 def _metric_view(m: dict) -> dict:

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -31,8 +32,46 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError:
+        raise
+    except Exception as e:
+        # torch.save reports a full disk as RuntimeError ("iostream error", "unexpected pos"): say what it was.
+        if _disk_full(path.parent):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _disk_full(folder: Path, margin: int = 1 << 20) -> bool:
+    """Whether ``folder``'s file system has less than ``margin`` bytes left for this user."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < margin
+
+
+class AtomicPath(type(Path())):
+    """A path whose ``write_bytes`` / ``write_text`` are atomic: a full disk never leaves half a file under its name.
+
+    Handed to code that writes through ``path.write_bytes`` (Ultralytics' trainer saves its per-epoch weights so).
+
+    Example:
+        >>> import tempfile
+        >>> p = AtomicPath(tempfile.mkdtemp()) / "w.pt"
+        >>> p.write_bytes(b"abc"), p.read_bytes()
+        (3, b'abc')
+    """
+
+    def write_bytes(self, data) -> int:  # noqa: D102
+        atomic_write_bytes(Path(self), bytes(data))
+        return len(data)
+
+    def write_text(self, data: str, encoding: str | None = None, errors: str | None = None,
+                   newline: str | None = None) -> int:  # noqa: D102
+        atomic_write_bytes(Path(self), data.encode(encoding or "utf-8", errors or "strict"))
+        return len(data)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
