@@ -35,7 +35,6 @@ Example:
 
 from __future__ import annotations
 
-import ast
 import copy
 import hashlib
 import json
@@ -242,43 +241,11 @@ def _version(dist: str) -> str | None:
 # ------------------------------------------------------------------------------------------------------------ load
 def _check_yaml_safe(yaml: dict, src: Path) -> None:
     """Refuse yaml content that would make Ultralytics' model parser run code: layer names must resolve to
-    ``nn.Module`` classes and ``activation`` must be a literal ``[torch.]nn.<Class>(literal args)`` call."""
-    import torchvision
-    from ultralytics.nn import tasks
+    ``nn.Module`` classes and ``activation`` must be a literal ``[torch.]nn.<Activation>(literal args)`` call. A
+    portable pair is checked whatever the trust: it is meant to be safe to open."""
+    from yolo_ldac.safe_load import check_model_yaml
 
-    layers = list(yaml.get("backbone") or []) + list(yaml.get("head") or [])
-    if not layers:
-        raise LDACError(f"'{src}': the model yaml has no layers")
-    for layer in layers:
-        if not (isinstance(layer, list) and len(layer) == 4 and isinstance(layer[2], str)):
-            raise LDACError(f"'{src}': malformed yaml layer {layer!r}")
-        name = layer[2]
-        if name.startswith("nn."):
-            obj = getattr(torch.nn, name[3:], None)
-        elif name.startswith("torchvision.ops."):
-            obj = getattr(torchvision.ops, name[16:], None)
-        else:
-            obj = vars(tasks).get(name)
-        if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
-            raise LDACError(f"'{src}': yaml layer type '{name}' is not an Ultralytics/torch layer")
-    act = yaml.get("activation")
-    if act:
-        try:
-            call = ast.parse(str(act).strip(), mode="eval").body
-            assert isinstance(call, ast.Call)
-            parts, node = [], call.func
-            while isinstance(node, ast.Attribute):
-                parts.append(node.attr)
-                node = node.value
-            assert isinstance(node, ast.Name)
-            parts.append(node.id)
-            assert parts[1:] in (["nn"], ["nn", "torch"])
-            klass = getattr(nn, parts[0])
-            assert isinstance(klass, type) and issubclass(klass, nn.Module)
-            for a in list(call.args) + [kw.value for kw in call.keywords]:
-                ast.literal_eval(a)
-        except Exception:
-            raise LDACError(f"'{src}': unsupported activation {act!r} (expected e.g. 'nn.SiLU()')") from None
+    check_model_yaml(yaml, src, trusted=False, hint=None)
 
 
 def _read_meta(js_path: Path) -> dict:
@@ -477,7 +444,9 @@ def unfinished_notice(path: str | Path) -> str | None:
         if parent == parent.parent:
             break
     try:
-        meta = torch.load(path, map_location="cpu", weights_only=False).get("yolo_ldac") or {}
+        from yolo_ldac.safe_load import load_checkpoint
+
+        meta = load_checkpoint(path).get("yolo_ldac") or {}  # weights_only unless the caller trusts the file
     except Exception:
         return None
     if meta.get("finished") is False:
