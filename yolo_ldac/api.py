@@ -145,7 +145,7 @@ class YOLOLDAC:
         data_dict = check_data(cfg["data"])
         from yolo_ldac.nn.adapter import adapt_head_to_names
 
-        model = adapt_head_to_names(self.model, data_dict["names"])
+        model = adapt_head_to_names(self.model, data_dict["names"], seed=int(cfg["seed"] or 0))
         metrics = validate(model, cfg, split_args(cfg)[1])
         return {**metrics, **model_complexity(model)}
 

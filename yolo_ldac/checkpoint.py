@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +217,7 @@ def save_portable(model: nn.Module, path: str | Path) -> Path:
         for k, v in model.state_dict().items()
     }
     st_path, js_path = portable_paths(path)
-    weights = st_save(state, metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION)})
+    weights = _sorted_metadata(st_save(state, metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION)}))
     # The pair is one artifact: the JSON, written last, names the hash of the weights it belongs to, so a crash
     # between the two writes leaves a pair that load_portable refuses instead of a silent mismatch.
     meta["safetensors_sha256"] = hashlib.sha256(weights).hexdigest()
@@ -227,6 +228,22 @@ def save_portable(model: nn.Module, path: str | Path) -> Path:
     except OSError as e:
         raise LDACError(f"cannot write portable checkpoint '{st_path}': {e.strerror or e}") from e
     return st_path
+
+
+def _sorted_metadata(blob: bytes) -> bytes:
+    """``blob`` (a safetensors file) with its ``__metadata__`` keys in sorted order.
+
+    safetensors writes that map in hash order, which is random per process: the same weights then give different
+    bytes (and a different hash in the JSON). The header keeps its length, so the data offsets stay valid.
+    """
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | header
+    text = json.dumps(ordered, separators=(",", ":")).encode("utf-8")
+    if len(text) > n:  # never expected (same content, same compact form): keep the file as written
+        return blob
+    return blob[:8] + text.ljust(n, b" ") + blob[8 + n:]
 
 
 def _version(dist: str) -> str | None:

@@ -158,11 +158,20 @@ def protected_layers(model: nn.Module) -> list[nn.Module]:
     return list(dict.fromkeys(flat))
 
 
-def adapt_head_to_names(model: nn.Module, names: dict[int, str], verbose: bool = True) -> nn.Module:
+def adapt_head_to_names(model: nn.Module, names: dict[int, str], verbose: bool = True, seed: int = 0) -> nn.Module:
     """Return a detector whose class head matches ``names``; rows are remapped by class name like Ultralytics does.
 
     A COCO model fine-tuned on a new class list keeps its knowledge of the classes whose names match; validating
-    the raw 80-class model on that data would compare class ids and silently give ~0 mAP.
+    the raw 80-class model on that data would compare class ids and silently give ~0 mAP. The rows of classes new
+    to the model are initialised from ``seed`` (the global RNG is left as it was), so the same inputs give the same
+    weights.
+
+    Example:
+        >>> m = load_detection_model("yolov8n.yaml")
+        >>> a = adapt_head_to_names(m, {0: "cat", 1: "dog"}, seed=1).model[-1].cv3[0][-1].weight
+        >>> b = adapt_head_to_names(m, {0: "cat", 1: "dog"}, seed=1).model[-1].cv3[0][-1].weight
+        >>> bool(torch.equal(a, b))
+        True
     """
     from ultralytics.nn.tasks import DetectionModel
 
@@ -171,7 +180,9 @@ def adapt_head_to_names(model: nn.Module, names: dict[int, str], verbose: bool =
         return model
     if any(type(m) in (C2fSplit, C3k2Split) for m in model.model):
         raise LDACError("cannot change the class list of an already pruned model; fine-tune it on data with its own classes")
-    new = DetectionModel(model.yaml, nc=len(names), verbose=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        new = DetectionModel(model.yaml, nc=len(names), verbose=False)
     new.names = names
     new.load(model, verbose=verbose)
     new.args = getattr(model, "args", None)

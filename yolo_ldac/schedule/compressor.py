@@ -232,7 +232,7 @@ class Compressor:
             self.model = load_detection_model(self.source)
         model = self.model
         if self.data is not None:
-            model = adapt_head_to_names(model, self.data["names"])
+            model = adapt_head_to_names(model, self.data["names"], seed=int(self.cfg["seed"]))
         model = copy.deepcopy(model).float().cpu()
         rewrite_split_blocks(model)
         self.dense_comp = measure(model, 640, protected=protected_layers(model))
