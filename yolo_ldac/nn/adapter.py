@@ -52,8 +52,8 @@ def load_detection_model(src: Any, trusted: bool | None = None) -> nn.Module:
             check_is_detector(model, src)
             return model.float().cpu()
         if path.suffix not in {".pt", ".yaml", ".yml"}:
-            raise LDACError(f"model '{src}' must be a .pt checkpoint, a .yaml model definition or a portable "
-                            "best.json")
+            raise LDACError(f"model '{src}' must be a .pt checkpoint or a .yaml model definition (or a portable "
+                            "best.json)")
         if path.suffix == ".pt" and not path.exists() and not _is_ultralytics_asset(path.name):
             raise LDACError(f"model file '{src}' not found")
         try:
