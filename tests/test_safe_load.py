@@ -213,3 +213,22 @@ def test_export_messages_name_no_temporary_folder(portable, capfd):
     assert "yolo-ldac-export-" not in text
     assert "Validate:" not in text
     assert str(portable.parent / "best.onnx") in text  # the summary names the final file
+
+
+def test_payload_baseline_refused_by_benchmark(payload_pt, pruned, tmp_path, capfd):
+    from yolo_ldac.checkpoint import save_ultralytics_checkpoint
+
+    path, marker = payload_pt
+    good = save_ultralytics_checkpoint(pruned, tmp_path / "best.pt", {"method": "l2", "ratio": 0.5})
+    assert_cli_rejects(["benchmark", f"model={good}", f"baseline={path}", "imgsz=64", "formats=onnx"],
+                       tmp_path / "runs", capfd, "payload.pt.*trusted=True")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"\x80\x04not a checkpoint at all" * 50], ids=["empty", "garbage"])
+def test_damaged_file_is_not_called_untrusted(content, tmp_path, capfd):
+    """A file that is no checkpoint at all gets a message about the file, not advice to trust it."""
+    path = tmp_path / "broken.pt"
+    path.write_bytes(content)
+    line = assert_cli_rejects(["info", f"model={path}"], tmp_path / "runs", capfd, "not a loadable checkpoint")
+    assert "trusted" not in line

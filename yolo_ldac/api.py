@@ -203,6 +203,11 @@ class YOLOLDAC:
             models[Path(self.source).stem] = Path(self.source)
         if cfg["data"]:
             check_data(cfg["data"])
+        from yolo_ldac.safe_load import check_checkpoint
+
+        for path in models.values():  # the baseline too: refused with one line before the results folder exists
+            if path.suffix == ".pt":
+                check_checkpoint(path)
         formats = parse_list(cfg["formats"], "formats")
         precisions = parse_list(cfg["precisions"], "precisions")
         threads = parse_threads(cfg["threads"])

@@ -27,6 +27,7 @@ import contextlib
 import contextvars
 import functools
 import pickle
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,7 @@ def unlisted_globals(path: str | Path) -> list[str]:
     register_safe_globals()
     try:
         needed = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except ValueError:  # not a torch.save() zip archive: the load itself reports the format error
+    except (ValueError, RuntimeError, OSError):  # not a (complete) torch.save() zip archive: the load reports it
         return []
     with _SafeLoad.loading(str(path)):  # registers the Ultralytics classes this file names, if they are known
         allowed = _allowed_names()
@@ -146,9 +147,11 @@ def check_checkpoint(path: str | Path, trusted: bool | None = None) -> None:
         raise refusal(path, bad)
 
 
-def _is_refused(e: BaseException) -> bool:
+def _is_refused(e: BaseException, path: str | Path) -> bool:
+    """Whether a failed ``weights_only`` load of ``path`` was the allow-list refusing it (not a damaged file)."""
+    zipped = zipfile.is_zipfile(str(path))  # random bytes also raise UnpicklingError: that is no refusal
     while e is not None:
-        if isinstance(e, pickle.UnpicklingError):
+        if isinstance(e, pickle.UnpicklingError) and (zipped or "allowed global" in str(e)):
             return True
         e = e.__cause__ or e.__context__
     return False
@@ -170,8 +173,11 @@ def load_checkpoint(path: str | Path, trusted: bool | None = None) -> dict:
     try:
         ckpt, _ = torch_safe_load(str(path), safe_only=not trusted)
     except (TypeError, pickle.UnpicklingError) as e:
-        if not trusted and _is_refused(e):
+        if not trusted and _is_refused(e, path):
             raise refusal(path) from None
+        if isinstance(e, pickle.UnpicklingError) or not zipfile.is_zipfile(str(path)):
+            raise LDACError(f"model file '{path}' is not a loadable checkpoint: the file is empty, truncated or not "
+                            "a torch.save() archive") from e
         raise
     return ckpt
 
@@ -201,8 +207,11 @@ def load_model_and_checkpoint(path: str | Path, trusted: bool | None = None, dev
         try:
             model, ckpt = ultra_load(str(path), device=device, fuse=fuse)
         except (TypeError, pickle.UnpicklingError) as e:
-            if not trusted and _is_refused(e):
+            if not trusted and _is_refused(e, path):
                 raise refusal(path) from None
+            if not zipfile.is_zipfile(str(path)):
+                raise LDACError(f"model file '{path}' is not a loadable checkpoint: the file is empty, truncated or "
+                                "not a torch.save() archive") from e
             raise
     yaml = getattr(model, "yaml", None)
     if isinstance(yaml, dict):
