@@ -232,3 +232,16 @@ def test_damaged_file_is_not_called_untrusted(content, tmp_path, capfd):
     path.write_bytes(content)
     line = assert_cli_rejects(["info", f"model={path}"], tmp_path / "runs", capfd, "not a loadable checkpoint")
     assert "trusted" not in line
+
+
+def test_own_checkpoint_loads_in_ultralytics_safe_mode(pruned, tmp_path, monkeypatch):
+    """Plain Ultralytics with ULTRALYTICS_SAFE_LOAD=1 opens yolo-ldac's best.pt once yolo_ldac.nn.modules is imported."""
+    from ultralytics import YOLO
+    from ultralytics.nn import tasks
+
+    import yolo_ldac.nn.modules  # noqa: F401
+    from yolo_ldac.checkpoint import save_ultralytics_checkpoint
+
+    path = save_ultralytics_checkpoint(pruned, tmp_path / "best.pt", {"method": "l2", "ratio": 0.5})
+    monkeypatch.setattr(tasks, "SAFE_LOAD", True)
+    assert type(YOLO(str(path)).model.model[2]).__name__ in {"C3k2Split", "C2fSplit"}
