@@ -46,6 +46,7 @@ EXPECTED_DEFAULTS = {
     "compensate": None,
     "criterion": None,
     "push": None,
+    "trusted": False,
     "resume": False,
     "strict_labels": True,
     "fade": True,

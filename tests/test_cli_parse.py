@@ -24,9 +24,9 @@ class FakeYOLOLDAC:
     calls: list = []
     raise_on_call: BaseException | None = None
 
-    def __init__(self, model):
+    def __init__(self, model, trusted=False):
         self.model = model
-        FakeYOLOLDAC.calls.append(("__init__", model, {}))
+        FakeYOLOLDAC.calls.append(("__init__", model, {"trusted": True} if trusted else {}))
 
     def _record(self, name, kwargs):
         FakeYOLOLDAC.calls.append((name, self.model, kwargs))
@@ -239,3 +239,8 @@ def test_subprocess_help_and_bad_key_import_nothing_heavy(tmp_path):
     p = _subprocess("-c", code, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines()[-1] == "(0, 2) False False"
+
+
+def test_dispatch_passes_trusted_to_the_constructor(fake_api):
+    assert main(["info", "model=m.pt", "trusted=True"]) == 0
+    assert fake_api.calls[0] == ("__init__", "m.pt", {"trusted": True})

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +22,37 @@ from yolo_ldac.errors import LDACError
 from yolo_ldac.schedule.result import CompressResult  # noqa: F401  (re-exported)
 
 
+def _under_policy(method):
+    """Run a mode under :func:`yolo_ldac.safe_load.policy`: ``trusted=`` of the call, else the runner's."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        from yolo_ldac.safe_load import policy
+
+        trusted = kwargs.get("trusted")
+        with policy(self.trusted if trusted is None else bool(trusted)):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class YOLOLDAC:
-    """A detector to compress. ``model`` is a checkpoint path, an Ultralytics model name or yaml, or a model.
+    """A detector to compress. ``model`` is a checkpoint path (``.pt`` or a portable ``best.json``), an Ultralytics
+    model name or yaml, or a model. ``trusted=True`` lets a ``.pt`` be fully unpickled and a yaml's activation be
+    evaluated, as Ultralytics does: only for files from a source you trust (see :mod:`yolo_ldac.safe_load`).
 
     Example:
         >>> YOLOLDAC("yolov8n.yaml").info(imgsz=640)["params_m"] > 0
         True
     """
 
-    def __init__(self, model: str | Path | nn.Module = "yolo11n.pt"):
+    def __init__(self, model: str | Path | nn.Module = "yolo11n.pt", trusted: bool = False):
         from yolo_ldac.schedule.callbacks import Callbacks
 
+        if not isinstance(trusted, bool):
+            raise LDACError(f"trusted must be True or False, got {trusted!r}")
         self.source = model
+        self.trusted = trusted
         self._model: nn.Module | None = None
         self.callbacks = Callbacks()
         _ = self.model  # fail now, with one line, on a model that cannot be loaded
@@ -43,7 +63,7 @@ class YOLOLDAC:
         if self._model is None:
             from yolo_ldac.nn.adapter import load_detection_model
 
-            self._model = load_detection_model(self.source)
+            self._model = load_detection_model(self.source, trusted=self.trusted)
         return self._model
 
     @model.setter
@@ -63,6 +83,7 @@ class YOLOLDAC:
         return self
 
     # --- public modes ------------------------------------------------------------------------------------
+    @_under_policy
     def compress(self, data: str | None = None, ratio: float | None = None, method: str | None = None,
                  **kwargs: Any) -> CompressResult | None:
         """Prune ``ratio`` of the model's FLOPs (or params/channels) over ``rounds`` steps with training between
@@ -73,11 +94,13 @@ class YOLOLDAC:
         """
         return self._compress_mode("compress", dict(kwargs, data=data, ratio=ratio, method=method))
 
+    @_under_policy
     def prune(self, data: str | None = None, ratio: float | None = None, method: str | None = None,
               **kwargs: Any) -> CompressResult | None:
         """Prune without any training (``rounds`` steps back to back); ``data`` feeds calibration and validation."""
         return self._compress_mode("prune", dict(kwargs, data=data, ratio=ratio, method=method))
 
+    @_under_policy
     def finetune(self, data: str | None = None, epochs: int | None = None, **kwargs: Any) -> CompressResult | None:
         """Train the (pruned) model as it is for ``epochs`` (default ``finetune_epochs``) with Ultralytics."""
         return self._compress_mode("finetune", dict(kwargs, data=data, epochs=epochs))
@@ -86,6 +109,7 @@ class YOLOLDAC:
         from yolo_ldac.schedule.compressor import Compressor
 
         overrides = {k: v for k, v in kwargs.items() if v is not None}
+        overrides.setdefault("trusted", self.trusted)
         cfg = get_cfg(overrides, mode=mode)
         if cfg["resume"]:
             if isinstance(self.source, (str, Path)) and str(self.source) != "yolo11n.pt":
@@ -114,6 +138,7 @@ class YOLOLDAC:
         project = overrides.pop("project", "runs/ldac")
         return Compressor.resume(run_dir, overrides, project=project)
 
+    @_under_policy
     def val(self, data: str | None = None, **kwargs: Any) -> dict:
         """Validate the model on ``data``; returns ``{"map50_95", "map50", "flops_g", "params_m"}``."""
         cfg = get_cfg({k: v for k, v in dict(kwargs, data=data).items() if v is not None}, mode="val")
@@ -123,10 +148,11 @@ class YOLOLDAC:
 
         audit_dataset(data_dict, str(cfg["data"]), splits=("val",), strict=cfg["strict_labels"],
                       single_cls=bool(cfg.get("single_cls", False)))
-        model = adapt_head_to_names(self.model, data_dict["names"])
+        model = adapt_head_to_names(self.model, data_dict["names"], seed=int(cfg["seed"] or 0))
         metrics = validate(model, cfg, split_args(cfg)[1])
         return {**metrics, **model_complexity(model)}
 
+    @_under_policy
     def export(self, format: str | None = None, **kwargs: Any) -> Path:
         """Export to ``format`` (onnx, litert/tflite, openvino, ... ; ``half=True`` / ``int8=True data=...``) and check
         the file against PyTorch in its own runtime (raw outputs; with ``data`` also mAP). See :mod:`yolo_ldac.export`.
@@ -155,6 +181,7 @@ class YOLOLDAC:
             print(result.summary())
         return result.path
 
+    @_under_policy
     def benchmark(self, **kwargs: Any):
         """Export this model (and ``baseline``, its dense original) to every runtime in ``formats`` at every precision
         in ``precisions``, check each export, and time it (median / p90 over ``runs``, 1 thread and all threads);
@@ -169,8 +196,8 @@ class YOLOLDAC:
         from yolo_ldac.deploy.benchmark import parse_list, parse_threads, run_benchmark
 
         cfg = get_cfg(kwargs, mode="benchmark")
-        if not isinstance(self.source, (str, Path)) or Path(self.source).suffix != ".pt":
-            raise LDACError("benchmark needs a .pt checkpoint: pass model=path/to/best.pt")
+        if not isinstance(self.source, (str, Path)) or Path(self.source).suffix not in {".pt", ".json", ".safetensors"}:
+            raise LDACError("benchmark needs a checkpoint file: pass model=path/to/best.pt (or best.json)")
         models: dict[str, Path] = {}
         if cfg["baseline"]:
             models["dense"] = Path(cfg["baseline"])
@@ -179,6 +206,11 @@ class YOLOLDAC:
             models[Path(self.source).stem] = Path(self.source)
         if cfg["data"]:
             check_data(cfg["data"])
+        from yolo_ldac.safe_load import check_checkpoint
+
+        for path in models.values():  # the baseline too: refused with one line before the results folder exists
+            if path.suffix == ".pt":
+                check_checkpoint(path)
         formats = parse_list(cfg["formats"], "formats")
         precisions = parse_list(cfg["precisions"], "precisions")
         threads = parse_threads(cfg["threads"])
@@ -196,6 +228,7 @@ class YOLOLDAC:
             print(f"WARNING: {len(result.failed)} export(s) failed their checks: see the status column")
         return result
 
+    @_under_policy
     def info(self, imgsz: int | None = None, **kwargs: Any) -> dict:
         """FLOPs (G), parameters (M) and per-layer output channels; ``table`` holds a printable summary."""
         from yolo_ldac.pruning.complexity import layer_channels

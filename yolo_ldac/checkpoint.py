@@ -35,10 +35,10 @@ Example:
 
 from __future__ import annotations
 
-import ast
 import copy
 import hashlib
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -217,7 +217,7 @@ def save_portable(model: nn.Module, path: str | Path) -> Path:
         for k, v in model.state_dict().items()
     }
     st_path, js_path = portable_paths(path)
-    weights = st_save(state, metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION)})
+    weights = _sorted_metadata(st_save(state, metadata={"format": FORMAT_NAME, "version": str(FORMAT_VERSION)}))
     # The pair is one artifact: the JSON, written last, names the hash of the weights it belongs to, so a crash
     # between the two writes leaves a pair that load_portable refuses instead of a silent mismatch.
     meta["safetensors_sha256"] = hashlib.sha256(weights).hexdigest()
@@ -228,6 +228,22 @@ def save_portable(model: nn.Module, path: str | Path) -> Path:
     except OSError as e:
         raise LDACError(f"cannot write portable checkpoint '{st_path}': {e.strerror or e}") from e
     return st_path
+
+
+def _sorted_metadata(blob: bytes) -> bytes:
+    """``blob`` (a safetensors file) with its ``__metadata__`` keys in sorted order.
+
+    safetensors writes that map in hash order, which is random per process: the same weights then give different
+    bytes (and a different hash in the JSON). The header keeps its length, so the data offsets stay valid.
+    """
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = ({"__metadata__": dict(sorted(meta.items()))} if meta else {}) | header
+    text = json.dumps(ordered, separators=(",", ":")).encode("utf-8")
+    if len(text) > n:  # never expected (same content, same compact form): keep the file as written
+        return blob
+    return blob[:8] + text.ljust(n, b" ") + blob[8 + n:]
 
 
 def _version(dist: str) -> str | None:
@@ -242,43 +258,11 @@ def _version(dist: str) -> str | None:
 # ------------------------------------------------------------------------------------------------------------ load
 def _check_yaml_safe(yaml: dict, src: Path) -> None:
     """Refuse yaml content that would make Ultralytics' model parser run code: layer names must resolve to
-    ``nn.Module`` classes and ``activation`` must be a literal ``[torch.]nn.<Class>(literal args)`` call."""
-    import torchvision
-    from ultralytics.nn import tasks
+    ``nn.Module`` classes and ``activation`` must be a literal ``[torch.]nn.<Activation>(literal args)`` call. A
+    portable pair is checked whatever the trust: it is meant to be safe to open."""
+    from yolo_ldac.safe_load import check_model_yaml
 
-    layers = list(yaml.get("backbone") or []) + list(yaml.get("head") or [])
-    if not layers:
-        raise LDACError(f"'{src}': the model yaml has no layers")
-    for layer in layers:
-        if not (isinstance(layer, list) and len(layer) == 4 and isinstance(layer[2], str)):
-            raise LDACError(f"'{src}': malformed yaml layer {layer!r}")
-        name = layer[2]
-        if name.startswith("nn."):
-            obj = getattr(torch.nn, name[3:], None)
-        elif name.startswith("torchvision.ops."):
-            obj = getattr(torchvision.ops, name[16:], None)
-        else:
-            obj = vars(tasks).get(name)
-        if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
-            raise LDACError(f"'{src}': yaml layer type '{name}' is not an Ultralytics/torch layer")
-    act = yaml.get("activation")
-    if act:
-        try:
-            call = ast.parse(str(act).strip(), mode="eval").body
-            assert isinstance(call, ast.Call)
-            parts, node = [], call.func
-            while isinstance(node, ast.Attribute):
-                parts.append(node.attr)
-                node = node.value
-            assert isinstance(node, ast.Name)
-            parts.append(node.id)
-            assert parts[1:] in (["nn"], ["nn", "torch"])
-            klass = getattr(nn, parts[0])
-            assert isinstance(klass, type) and issubclass(klass, nn.Module)
-            for a in list(call.args) + [kw.value for kw in call.keywords]:
-                ast.literal_eval(a)
-        except Exception:
-            raise LDACError(f"'{src}': unsupported activation {act!r} (expected e.g. 'nn.SiLU()')") from None
+    check_model_yaml(yaml, src, trusted=False, hint=None)
 
 
 def _read_meta(js_path: Path) -> dict:
@@ -477,7 +461,9 @@ def unfinished_notice(path: str | Path) -> str | None:
         if parent == parent.parent:
             break
     try:
-        meta = torch.load(path, map_location="cpu", weights_only=False).get("yolo_ldac") or {}
+        from yolo_ldac.safe_load import load_checkpoint
+
+        meta = load_checkpoint(path).get("yolo_ldac") or {}  # weights_only unless the caller trusts the file
     except Exception:
         return None
     if meta.get("finished") is False:

@@ -152,7 +152,7 @@ def _dispatch(mode: str, overrides: dict):
 
         return Compressor.resume(overrides["resume"], {k: v for k, v in overrides.items() if k != "resume"},
                                  project=overrides.get("project", load_defaults()["project"]), mode=mode)
-    runner = YOLOLDAC(model)
+    runner = YOLOLDAC(model, trusted=overrides.get("trusted") is True)  # safe loading unless trusted=True
     result = getattr(runner, mode)(**kwargs)
     if mode == "info" and isinstance(result, dict) and result.get("table"):
         print(result["table"])

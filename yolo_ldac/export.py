@@ -27,11 +27,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import shutil
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,6 +194,43 @@ def _ultralytics_export(pt_path: Path, **args: Any) -> Path:
     return Path(out)
 
 
+class _TempPathFilter(logging.Filter):
+    """Rewrites Ultralytics' export messages that name the temporary folder: its "Predict:"/"Validate:" hints and
+    "Results saved to" line are dropped (the file is renamed and moved after the checks; the summary names the final
+    path), every other mention of the folder becomes the folder the export is moved to."""
+
+    _DROP = ("Predict:", "Validate:", "Results saved to")
+
+    def __init__(self, tmp: Path, dest: Path):
+        super().__init__()
+        self.tmps = sorted({str(tmp), str(Path(tmp).resolve())}, key=len, reverse=True)
+        self.dest = str(dest)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if not any(t in msg for t in self.tmps):
+            return True
+        lines = [ln for ln in msg.split("\n") if not (any(t in ln for t in self.tmps) and any(d in ln for d in self._DROP))]
+        msg = "\n".join(lines)
+        for t in self.tmps:
+            msg = msg.replace(t, self.dest)
+        record.msg, record.args = msg, None
+        return bool(msg.strip())
+
+
+@contextlib.contextmanager
+def _temp_paths_hidden(tmp: Path, dest: Path) -> Iterator[None]:
+    """While exporting in ``tmp``, Ultralytics' messages name ``dest`` instead (see :class:`_TempPathFilter`)."""
+    from ultralytics.utils import LOGGER as ULTRA_LOGGER
+
+    filt = _TempPathFilter(tmp, dest)
+    ULTRA_LOGGER.addFilter(filt)
+    try:
+        yield
+    finally:
+        ULTRA_LOGGER.removeFilter(filt)
+
+
 def _to_pt(src: Path, tmp: Path) -> Path:
     """``src`` as an Ultralytics ``.pt`` inside ``tmp`` (a copy, or a portable checkpoint written as ``.pt``)."""
     if src.suffix in {".json", ".safetensors"}:
@@ -323,9 +363,13 @@ def export_checked(
         LDACError: bad input, a missing optional runtime (with its pip command), an export failure, or a failed
             check (the export is then discarded; ``parity=False`` keeps it).
     """
+    from yolo_ldac.safe_load import check_checkpoint, is_trusted, policy
+
     src = Path(model_path)
     if not src.is_file():
         raise LDACError(f"model file '{src}' not found")
+    if src.suffix == ".pt":
+        check_checkpoint(src)  # refuse an unsafe file with one line before anything unpickles it
     fmt = normalise_format(format)
     precision = precision_of(half, int8)
     if "quantize" in kwargs:
@@ -357,7 +401,8 @@ def export_checked(
 
     t0 = time.perf_counter()
     notes: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="yolo-ldac-export-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="yolo-ldac-export-") as tmp, policy(is_trusted()), \
+            _temp_paths_hidden(Path(tmp), src.parent):
         pt_path = _to_pt(src, Path(tmp))
         out = _export_in(pt_path, fmt, args)
         if fmt == "litert" and precision == "fp16":

@@ -245,7 +245,11 @@ def segment_sources(
             if model is None:
                 from ultralytics import YOLO
 
-                model = YOLO(str(seg_weights))
+                from yolo_ldac.safe_load import check_checkpoint, is_trusted, policy
+
+                check_checkpoint(seg_weights)
+                with policy(is_trusted()):  # weights_only unless the caller trusts the file
+                    model = YOLO(str(seg_weights))
             r = model.predict(img, imgsz=_SEG_IMGSZ, conf=bg_conf, device="cpu", retina_masks=True,
                               verbose=False)[0]
             n = len(r.boxes)

@@ -94,8 +94,12 @@ def _load_detector(weights):
     if isinstance(weights, Path) or os.sep in str(weights):
         if not Path(weights).is_file():
             raise LDACError(f"detector weights not found: {weights}")
+    from yolo_ldac.safe_load import check_checkpoint, is_trusted, policy
+
+    check_checkpoint(weights)
     try:
-        model = YOLO(str(weights))
+        with policy(is_trusted()):  # weights_only unless the caller trusts the file
+            model = YOLO(str(weights))
     except Exception as e:  # noqa: BLE001 - offline download, corrupt file, ...
         raise LDACError(f"could not load detector weights {weights}: {e}") from e
     if model.task != "detect":

@@ -36,6 +36,7 @@ from yolo_ldac.errors import LDACError
 from yolo_ldac.utils.log import LOGGER  # noqa: E402
 
 DEFAULT_FORMATS = ("onnx", "litert", "openvino")
+MODEL_SUFFIXES = (".pt", ".json", ".safetensors")  # a checkpoint, or either file of a portable pair
 
 
 @dataclass
@@ -67,6 +68,7 @@ class BenchmarkResult:
     @property
     def failed(self) -> list[BenchRow]:
         return [r for r in self.rows if r.status.startswith("failed")]
+
 
 
 def time_runtime(runtime: Any, x: np.ndarray, runs: int = 50, warmup: int = 10) -> dict[str, float]:
@@ -108,11 +110,10 @@ def parse_threads(value: Any) -> list[int]:
 
 
 def _complexity(pt: Path, imgsz: int) -> dict[str, float]:
-    from ultralytics.nn.tasks import load_checkpoint
-
     from yolo_ldac.nn.adapter import model_complexity
+    from yolo_ldac.safe_load import load_model
 
-    model, _ = load_checkpoint(str(pt), device="cpu")
+    model = load_model(pt, device="cpu")
     c = model_complexity(model.float(), imgsz)
     return {"flops_g": c["flops_g"], "params_m": c["params_m"]}
 
@@ -197,8 +198,8 @@ def run_benchmark(
     if not models:
         raise LDACError("no model to benchmark")
     for label, path in models.items():
-        if not Path(path).is_file() or Path(path).suffix != ".pt":
-            raise LDACError(f"{label} model '{path}' must be an existing .pt checkpoint")
+        if not Path(path).is_file() or Path(path).suffix not in MODEL_SUFFIXES:
+            raise LDACError(f"{label} model '{path}' must be an existing .pt checkpoint or portable best.json")
     formats = [normalise_format(f) for f in formats]
     for f in formats:
         if f not in DEFAULT_FORMATS:
@@ -225,7 +226,12 @@ def run_benchmark(
         if label not in local:  # each model's exports go to the benchmark folder, not next to the user's weights
             (out_dir / label).mkdir(exist_ok=True)
             local[label] = out_dir / label / f"{label}.pt"
-            shutil.copy2(models[label], local[label])
+            if Path(models[label]).suffix == ".pt":
+                shutil.copy2(models[label], local[label])
+            else:  # a portable pair: rebuilt without unpickling, written as the .pt the runtimes read
+                from yolo_ldac.export import _to_pt
+
+                _to_pt(Path(models[label]), out_dir / label).replace(local[label])
             comp[label] = _complexity(local[label], imgsz)
         row = BenchRow(model=label, format=fmt, precision=prec, **comp[label])
         rows.append(row)

@@ -242,9 +242,9 @@ def model_meta(model: Any) -> tuple[dict, int]:
         if net is None:
             raise LDACError(f"validating '{model.path}' needs the class names of the model it was exported from")
     else:
-        from ultralytics.nn.tasks import load_checkpoint
+        from yolo_ldac.safe_load import load_model
 
-        net, _ = load_checkpoint(str(model), device="cpu")
+        net = load_model(model, device="cpu")
     return dict(net.names), int(max(net.stride.max().item(), 32))
 
 

@@ -218,9 +218,9 @@ class TorchRuntime(Runtime):
     format = "pytorch"
 
     def _load(self) -> None:
-        from ultralytics.nn.tasks import load_checkpoint
+        from yolo_ldac.safe_load import load_model
 
-        model, _ = load_checkpoint(str(self.path), device="cpu", fuse=True)
+        model = load_model(self.path, device="cpu", fuse=True)
         self.model = model.float().eval()
         self.input_shape = (1, 3, -1, -1)
 

@@ -66,9 +66,9 @@ class PrunedDetectionTrainer(DetectionTrainer):
         self.model = self.pruned_model
         if self.resume_from is None:
             return None
-        from ultralytics.nn.tasks import load_checkpoint
+        from yolo_ldac.safe_load import load_model_and_checkpoint
 
-        weights, ckpt = load_checkpoint(self.resume_from)
+        weights, ckpt = load_model_and_checkpoint(self.resume_from)  # under the run's trust policy
         # As Ultralytics resumes: the module starts from the last epoch's EMA weights; optimizer, EMA, epoch and
         # best fitness are restored from the checkpoint by resume_training().
         self.pruned_model.load_state_dict(weights.float().state_dict())

@@ -20,10 +20,13 @@ from yolo_ldac.nn.modules import C2fSplit, C3k2Split
 REWRITE_ATOL = 1e-4
 
 
-def load_detection_model(src: Any) -> nn.Module:
+def load_detection_model(src: Any, trusted: bool | None = None) -> nn.Module:
     """Return an Ultralytics ``DetectionModel`` (float32, CPU) from a path, a model name, a yaml or a live model.
 
-    Names Ultralytics knows (``yolov8n.pt``) download through Ultralytics when online, as in ``YOLO(...)``.
+    Names Ultralytics knows (``yolov8n.pt``) download through Ultralytics when online, as in ``YOLO(...)``. A
+    portable pair (``best.json`` / ``best.safetensors``) is rebuilt without unpickling. Unless ``trusted`` (default:
+    the current :func:`yolo_ldac.safe_load.policy`, safe), a ``.pt`` is loaded with ``weights_only=True`` and an
+    allow-list, and a yaml is checked before Ultralytics parses it (:mod:`yolo_ldac.safe_load`).
 
     Example:
         >>> model = load_detection_model("yolov8n.yaml")
@@ -33,18 +36,33 @@ def load_detection_model(src: Any) -> nn.Module:
     from ultralytics import YOLO
     from ultralytics.nn.tasks import DetectionModel
 
+    from yolo_ldac import safe_load
+
+    trusted = safe_load.is_trusted() if trusted is None else bool(trusted)
     if isinstance(src, DetectionModel):
         model = src
     elif hasattr(src, "model") and isinstance(getattr(src, "model"), DetectionModel):  # a YOLO wrapper
         model = src.model
     elif isinstance(src, (str, Path)):
         path = Path(src)
+        if path.suffix in {".json", ".safetensors"}:
+            from yolo_ldac.checkpoint import load_portable
+
+            model = load_portable(path)
+            check_is_detector(model, src)
+            return model.float().cpu()
         if path.suffix not in {".pt", ".yaml", ".yml"}:
-            raise LDACError(f"model '{src}' must be a .pt checkpoint or a .yaml model definition")
+            raise LDACError(f"model '{src}' must be a .pt checkpoint or a .yaml model definition (or a portable "
+                            "best.json)")
         if path.suffix == ".pt" and not path.exists() and not _is_ultralytics_asset(path.name):
             raise LDACError(f"model file '{src}' not found")
         try:
-            model = YOLO(str(src), task="detect" if path.suffix != ".pt" else None).model
+            if path.suffix == ".pt":
+                model = safe_load.load_model(path, trusted=trusted)
+            else:
+                safe_load.load_model_yaml(path, trusted=trusted)  # before Ultralytics parses (and evaluates) it
+                with safe_load.policy(trusted):
+                    model = YOLO(str(src), task="detect").model
         except LDACError:
             raise
         except FileNotFoundError as e:
@@ -140,11 +158,20 @@ def protected_layers(model: nn.Module) -> list[nn.Module]:
     return list(dict.fromkeys(flat))
 
 
-def adapt_head_to_names(model: nn.Module, names: dict[int, str], verbose: bool = True) -> nn.Module:
+def adapt_head_to_names(model: nn.Module, names: dict[int, str], verbose: bool = True, seed: int = 0) -> nn.Module:
     """Return a detector whose class head matches ``names``; rows are remapped by class name like Ultralytics does.
 
     A COCO model fine-tuned on a new class list keeps its knowledge of the classes whose names match; validating
-    the raw 80-class model on that data would compare class ids and silently give ~0 mAP.
+    the raw 80-class model on that data would compare class ids and silently give ~0 mAP. The rows of classes new
+    to the model are initialised from ``seed`` (the global RNG is left as it was), so the same inputs give the same
+    weights.
+
+    Example:
+        >>> m = load_detection_model("yolov8n.yaml")
+        >>> a = adapt_head_to_names(m, {0: "cat", 1: "dog"}, seed=1).model[-1].cv3[0][-1].weight
+        >>> b = adapt_head_to_names(m, {0: "cat", 1: "dog"}, seed=1).model[-1].cv3[0][-1].weight
+        >>> bool(torch.equal(a, b))
+        True
     """
     from ultralytics.nn.tasks import DetectionModel
 
@@ -153,7 +180,9 @@ def adapt_head_to_names(model: nn.Module, names: dict[int, str], verbose: bool =
         return model
     if any(type(m) in (C2fSplit, C3k2Split) for m in model.model):
         raise LDACError("cannot change the class list of an already pruned model; fine-tune it on data with its own classes")
-    new = DetectionModel(model.yaml, nc=len(names), verbose=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        new = DetectionModel(model.yaml, nc=len(names), verbose=False)
     new.names = names
     new.load(model, verbose=verbose)
     new.args = getattr(model, "args", None)

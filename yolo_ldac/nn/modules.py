@@ -72,3 +72,8 @@ def _split_conv(conv: nn.Module, c: int) -> tuple[nn.Module, nn.Module]:
         dst_bn.running_var = bn.running_var[sl].clone()
         halves.append(half)
     return halves[0], halves[1]
+
+
+# Pickled best.pt files name these classes: on torch's weights_only allow-list, such a file also loads under
+# Ultralytics' own restricted mode (ULTRALYTICS_SAFE_LOAD=1) once this module is imported.
+torch.serialization.add_safe_globals([C2fSplit, C3k2Split])

@@ -242,7 +242,7 @@ class Compressor:
         model = self.model
         self._round_imgsz(model)
         if self.data is not None:
-            model = adapt_head_to_names(model, self.data["names"])
+            model = adapt_head_to_names(model, self.data["names"], seed=int(self.cfg["seed"]))
         model = copy.deepcopy(model).float().cpu()
         rewrite_split_blocks(model)
         self.dense_comp = measure(model, 640, protected=protected_layers(model))
@@ -298,6 +298,12 @@ class Compressor:
 
     def run(self):
         """Run every phase of a new run; returns a :class:`yolo_ldac.schedule.result.CompressResult` (``None`` if stopped)."""
+        from yolo_ldac.safe_load import policy
+
+        with policy(bool(self.cfg.get("trusted", False))):  # every checkpoint opened during the run: safely
+            return self._run()
+
+    def _run(self):
         self._setup()
         self._check_inputs()
         # Inputs are valid: from here on the run directory exists.
@@ -337,9 +343,19 @@ class Compressor:
             if overrides.get(key) is not None:
                 settings[key] = overrides[key]
         settings.pop("mode", None)
+        # Trust is the caller's to give, never the run directory's: its phase checkpoints load safely by default.
+        settings["trusted"] = bool(overrides.get("trusted") or False)
         ultra_extra = state.record.get("ultralytics_overrides", {})
         cfg = get_cfg({**ultra_extra, **settings, "resume": False}, mode=state.mode)
         comp = cls(cfg, state.source, callbacks=callbacks)
+        from yolo_ldac.safe_load import policy
+
+        with policy(cfg["trusted"]):
+            return comp._continue(state)
+
+    def _continue(self, state: RunState):
+        """Continue ``state`` (loaded by :meth:`resume`) from its next phase."""
+        comp = self
         comp._setup()
         comp.state = state
         comp.run_dir = Path(state.run_dir)
@@ -423,7 +439,9 @@ class Compressor:
 
     def _load_phase_model(self) -> nn.Module:
         if self.state.done and self.state.last_checkpoint() is not None:
-            ckpt = torch.load(self.state.last_checkpoint(), map_location="cpu", weights_only=False)
+            from yolo_ldac.safe_load import load_checkpoint
+
+            ckpt = load_checkpoint(self.state.last_checkpoint())
             return ckpt["ema"].float().to(self.device)
         return getattr(self, "prepared", None)
 
@@ -520,7 +538,9 @@ class Compressor:
         last = phase_dir / "weights" / EPOCH_LAST
         resume_from = None
         if last.is_file():
-            ckpt = torch.load(last, map_location="cpu", weights_only=False)
+            from yolo_ldac.safe_load import load_checkpoint
+
+            ckpt = load_checkpoint(last)
             if int(ckpt.get("epoch", -1)) + 1 >= epochs or ckpt.get("optimizer") is None:
                 # The training itself had finished; only the phase's bookkeeping was lost.
                 return self._trained_model(phase_dir, model)
@@ -559,14 +579,13 @@ class Compressor:
         return trained
 
     def _trained_model(self, phase_dir: Path, model: nn.Module) -> nn.Module:
-        from ultralytics.nn.tasks import load_checkpoint
-
         from yolo_ldac.engine.trainer import EPOCH_BEST, EPOCH_LAST
+        from yolo_ldac.safe_load import load_model
 
         weights = phase_dir / "weights" / EPOCH_BEST
         if not weights.is_file():
             weights = phase_dir / "weights" / EPOCH_LAST
-        trained, _ = load_checkpoint(weights)
+        trained = load_model(weights)
         return trained.float().to(self.device)
 
     # --- the end ---------------------------------------------------------------------------------------------

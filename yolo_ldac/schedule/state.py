@@ -21,7 +21,7 @@ from yolo_ldac.utils.io import atomic_write_json
 STATE_FILE = "state.json"
 STATE_VERSION = 1
 # Settings that may differ when a run is resumed: they change where and how verbosely it runs, not what it computes.
-RESUME_MAY_CHANGE = frozenset({"device", "workers", "verbose", "resume", "exist_ok"})
+RESUME_MAY_CHANGE = frozenset({"device", "workers", "verbose", "resume", "exist_ok", "trusted"})
 
 
 def _now() -> str:
