@@ -108,8 +108,28 @@ def run_settings(args: argparse.Namespace, method: str, ratio: float, seed: int)
                 epochs_per_round=args.epochs_per_round, finetune_epochs=args.epochs - push_epochs)
 
 
+_SHA_CACHE: dict[str, str] = {}
+
+
+def _file_sha256(path: str) -> str | None:
+    p = Path(path)
+    if not p.is_file():
+        return None
+    key = f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
 def run_key(settings: dict, base: str, data: str) -> str:
-    blob = json.dumps({"settings": settings, "base": base, "data": data}, sort_keys=True)
+    """What a run is: its settings, the base checkpoint's content (not its path, so a clone elsewhere reads the same
+    runs back) and the data set's folder name (the builders are deterministic and name it by size)."""
+    ident = {"base_sha256": _file_sha256(base) or str(base), "data": Path(data).parent.name}
+    blob = json.dumps({"settings": settings, **ident}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
