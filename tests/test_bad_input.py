@@ -255,13 +255,87 @@ def test_unavailable_gpu(device, shapes_data, tmp_path, capfd):
     assert not project.exists()
 
 
+ROUNDED = "imgsz=33 is not a multiple of the model's max stride 32: using imgsz=64"
+
+
+@pytest.fixture
+def ultralytics_log():
+    """What Ultralytics' LOGGER writes during the test, read from a handler on that logger itself: it does not
+    propagate to the root logger (so not to caplog), and its stream handler is bound to the stdout of import time
+    (not the test's capfd)."""
+    import io
+    import logging
+
+    from ultralytics.utils import LOGGER
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    LOGGER.addHandler(handler)
+    try:
+        yield stream
+    finally:
+        LOGGER.removeHandler(handler)
+
+
 @pytest.mark.slow
-def test_imgsz_rounded_up_to_the_stride(shapes_data, tmp_path, caplog):
+def test_imgsz_rounded_up_to_the_stride(shapes_data, tmp_path, ultralytics_log):
     """imgsz=33 used to end in a shape mismatch inside the LDAC trace: it is rounded up to 64, with a notice."""
     res = YOLOLDAC("yolov8n.yaml").prune(data=str(shapes_data), ratio=0.2, method="l1", rounds=1, val_steps=False,
                                          project=str(tmp_path / "runs"), imgsz=33, batch=8, plots=False)
     assert res.report["settings"]["imgsz"] == 64
-    assert "imgsz=33 is not a multiple of the model's max stride 32: using imgsz=64" in caplog.text
+    assert ROUNDED in ultralytics_log.getvalue()
+
+
+def _run_cli(argv: list[str], capfd, log) -> tuple[int, str]:
+    """Exit status and everything printed (streams and Ultralytics' log) by the CLI run in-process."""
+    capfd.readouterr()
+    rc = main(argv)
+    out = capfd.readouterr()
+    return rc, out.out + out.err + log.getvalue()
+
+
+def test_info_rounds_imgsz_up_to_the_stride(capfd, ultralytics_log):
+    rc, text = _run_cli(["info", "model=yolov8n.yaml", "imgsz=33"], capfd, ultralytics_log)
+    assert rc == 0, text
+    assert ROUNDED in text and "Traceback" not in text
+    assert "GFLOPs at 64 px" in text
+
+
+@pytest.mark.parametrize("imgsz", [0, -32, 64.5])
+def test_info_from_python_checks_imgsz(imgsz):
+    """``YOLOLDAC.info(imgsz=...)`` is checked as the CLI's imgsz= is: 0 is refused, not silently 640."""
+    with pytest.raises(LDACError, match="imgsz must be a positive integer"):
+        YOLOLDAC("yolov8n.yaml").info(imgsz=imgsz)
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory) -> Path:
+    """A yolov8n (random weights) saved as an Ultralytics checkpoint: something to export."""
+    from yolo_ldac.checkpoint import save_ultralytics_checkpoint
+    from yolo_ldac.nn.adapter import load_detection_model
+
+    return save_ultralytics_checkpoint(load_detection_model("yolov8n.yaml"),
+                                       tmp_path_factory.mktemp("small") / "small.pt", {})
+
+
+def test_export_rounds_imgsz_up_to_the_stride(small_checkpoint, capfd, ultralytics_log):
+    """Ultralytics' exporter rounds 33 to 64 itself; the parity check must then use 64 too, not 33."""
+    rc, text = _run_cli(["export", f"model={small_checkpoint}", "format=onnx", "imgsz=33"], capfd,
+                        ultralytics_log)
+    assert rc == 0, text
+    assert ROUNDED in text and "Traceback" not in text
+    import onnx
+
+    model = onnx.load(str(small_checkpoint.with_suffix(".onnx")))
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[2:] == [64, 64]
+
+
+def test_benchmark_rounds_imgsz_up_to_the_stride(small_checkpoint, tmp_path, capfd, ultralytics_log):
+    rc, text = _run_cli(["benchmark", f"model={small_checkpoint}", "formats=onnx", "precisions=fp32", "imgsz=33",
+                         "runs=1", "warmup=0", "threads=1", f"project={tmp_path}", "plots=False"], capfd, ultralytics_log)
+    assert rc == 0, text
+    assert ROUNDED in text and "Traceback" not in text
 
 
 def test_data_yaml_without_names(shapes_data, tmp_path, capfd):

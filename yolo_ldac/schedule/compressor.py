@@ -260,17 +260,11 @@ class Compressor:
 
     def _round_imgsz(self, model: nn.Module) -> None:
         """Round ``imgsz`` up to a multiple of the model's max stride (its feature maps need it), with a notice."""
-        from yolo_ldac.cfg import stride_multiple
+        from yolo_ldac.cfg import round_imgsz
 
-        stride = int(max(getattr(model, "stride", torch.tensor([32])).max().item(), 1))
-        imgsz = int(self.cfg["imgsz"])
-        rounded = stride_multiple(imgsz, stride)
-        if rounded != imgsz:
-            from ultralytics.utils import LOGGER
-
-            LOGGER.warning(f"imgsz={imgsz} is not a multiple of the model's max stride {stride}: using imgsz={rounded}")
-            for d in (self.cfg, self.ldac_cfg, self.ultra):
-                d["imgsz"] = rounded
+        rounded = round_imgsz(int(self.cfg["imgsz"]), model)
+        for d in (self.cfg, self.ldac_cfg, self.ultra):
+            d["imgsz"] = rounded
 
     def _make_run_dir(self) -> Path:
         """Create ``project/name`` (incremented unless exist_ok); an unwritable ``project`` is one line."""
