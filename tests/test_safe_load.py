@@ -245,3 +245,28 @@ def test_own_checkpoint_loads_in_ultralytics_safe_mode(pruned, tmp_path, monkeyp
     path = save_ultralytics_checkpoint(pruned, tmp_path / "best.pt", {"method": "l2", "ratio": 0.5})
     monkeypatch.setattr(tasks, "SAFE_LOAD", True)
     assert type(YOLO(str(path)).model.model[2]).__name__ in {"C3k2Split", "C2fSplit"}
+
+
+@pytest.fixture()
+def payload_data(shapes_data, tmp_path):
+    """A data.yaml whose val folder is missing and whose ``download:`` (Python) creates a file; returns (yaml, marker)."""
+    marker = tmp_path / "pwned-data"
+    path = tmp_path / "payload-data.yaml"
+    path.write_text(yaml.safe_dump({"path": str(shapes_data.parent), "train": "images/train", "val": "missing/val",
+                                    "names": {0: "square", 1: "circle", 2: "triangle"},
+                                    "download": f"open({str(marker)!r}, 'w').close()"}))
+    return path, marker
+
+
+def test_payload_data_download_not_run_untrusted(payload_data, tmp_path, capfd):
+    """Ultralytics execs a data.yaml's ``download:`` when the images are missing: not unless trusted=True."""
+    path, marker = payload_data
+    assert_cli_rejects(["prune", "model=yolov8n.yaml", f"data={path}", "imgsz=64", "batch=8", "plots=False"],
+                       tmp_path / "runs", capfd, r"missing/val.*'download:' script was not run.*trusted=True")
+    assert not marker.exists()
+    from yolo_ldac import YOLOLDAC
+
+    with pytest.raises(LDACError):  # trusted: Ultralytics runs it (the val images are still missing afterwards)
+        YOLOLDAC("yolov8n.yaml", trusted=True).prune(data=str(path), project=str(tmp_path / "runs"), imgsz=64,
+                                                      batch=8, plots=False)
+    assert marker.exists()

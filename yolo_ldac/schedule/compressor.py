@@ -158,7 +158,8 @@ class Compressor:
             self.criterion.needs_data or self.push.needs_data or self.compensation.needs_data))
         from yolo_ldac.data.check import check_data
 
-        self.data = check_data(cfg["data"]) if (cfg.get("data") or needs_data) else None
+        self.data = (check_data(cfg["data"], trusted=bool(cfg.get("trusted", False)))
+                     if (cfg.get("data") or needs_data) else None)
         if self.data is not None:
             from yolo_ldac.data.check import audit_dataset
 
