@@ -270,3 +270,27 @@ def test_payload_data_download_not_run_untrusted(payload_data, tmp_path, capfd):
         YOLOLDAC("yolov8n.yaml", trusted=True).prune(data=str(path), project=str(tmp_path / "runs"), imgsz=64,
                                                       batch=8, plots=False)
     assert marker.exists()
+
+
+def test_resume_refuses_a_payload_epoch_best(pruned, tmp_path):
+    """A resumed phase: Ultralytics' final_eval unpickles epoch_best.pt fully (strip_optimizer), so a stale one
+    carrying a payload is refused before training, not only the epoch_last.pt resumed from."""
+    import types
+
+    import ultralytics
+
+    from yolo_ldac.checkpoint import save_ultralytics_checkpoint
+    from yolo_ldac.engine.trainer import EPOCH_BEST, EPOCH_LAST
+    from yolo_ldac.safe_load import policy
+    from yolo_ldac.schedule.compressor import Compressor
+
+    weights = tmp_path / "run" / "compress" / "weights"
+    weights.mkdir(parents=True)
+    save_ultralytics_checkpoint(pruned, weights / EPOCH_LAST, {}, half=False)
+    marker = tmp_path / "pwned-best"
+    torch.save({"model": copy.deepcopy(pruned), "extra": _Payload(marker), "version": ultralytics.__version__},
+               weights / EPOCH_BEST)
+    fake = types.SimpleNamespace(run_dir=tmp_path / "run")
+    with policy(trusted=False), pytest.raises(LDACError, match=rf"{EPOCH_BEST}.*trusted=True"):
+        Compressor._train(fake, copy.deepcopy(pruned), 3, "compress", final=False)
+    assert not marker.exists()

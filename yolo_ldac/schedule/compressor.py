@@ -533,8 +533,12 @@ class Compressor:
         last = phase_dir / "weights" / EPOCH_LAST
         resume_from = None
         if last.is_file():
-            from yolo_ldac.safe_load import load_checkpoint
+            from yolo_ldac.safe_load import check_checkpoint, load_checkpoint
 
+            # Ultralytics reopens the phase's other checkpoints fully unpickled (final_eval's strip_optimizer on
+            # epoch_best.pt): every .pt there passes the safe check first, not only the one resumed from.
+            for pt in sorted(last.parent.glob("*.pt")):
+                check_checkpoint(pt)
             ckpt = load_checkpoint(last)
             if int(ckpt.get("epoch", -1)) + 1 >= epochs or ckpt.get("optimizer") is None:
                 # The training itself had finished; only the phase's bookkeeping was lost.
