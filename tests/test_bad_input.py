@@ -21,9 +21,12 @@ FAST_ARGS = ["imgsz=64", "batch=8", "plots=False"]
 
 
 def assert_no_results(project: Path) -> None:
+    """Nothing under ``project``: no results and no run directory (not even an empty one or its weights folder)."""
     if project.exists():
         left = [p for p in project.rglob("*") if p.name in {"report.json", "best.pt"}]
         assert not left, f"results written despite the error: {left}"
+        runs = [p for p in project.rglob("*") if p.is_dir()]
+        assert not runs, f"a run directory was left despite the error: {runs}"
 
 
 def assert_cli_rejects(argv: list[str], project: Path, capfd, match: str) -> str:
