@@ -234,17 +234,25 @@ def test_damaged_file_is_not_called_untrusted(content, tmp_path, capfd):
     assert "trusted" not in line
 
 
-def test_own_checkpoint_loads_in_ultralytics_safe_mode(pruned, tmp_path, monkeypatch):
-    """Plain Ultralytics with ULTRALYTICS_SAFE_LOAD=1 opens yolo-ldac's best.pt once yolo_ldac.nn.modules is imported."""
-    from ultralytics import YOLO
-    from ultralytics.nn import tasks
+def test_own_checkpoint_loads_in_ultralytics_safe_mode(pruned, tmp_path):
+    """Plain Ultralytics with ULTRALYTICS_SAFE_LOAD=1 opens yolo-ldac's best.pt once yolo_ldac.nn.modules is imported.
+    In a fresh process: earlier tests here have registered the safe globals already, which would hide a regression."""
+    import os
+    import subprocess
+    import sys
 
-    import yolo_ldac.nn.modules  # noqa: F401
     from yolo_ldac.checkpoint import save_ultralytics_checkpoint
 
     path = save_ultralytics_checkpoint(pruned, tmp_path / "best.pt", {"method": "l2", "ratio": 0.5})
-    monkeypatch.setattr(tasks, "SAFE_LOAD", True)
-    assert type(YOLO(str(path)).model.model[2]).__name__ in {"C3k2Split", "C2fSplit"}
+    code = ("import yolo_ldac.nn.modules\n"
+            "from ultralytics import YOLO\n"
+            f"print('BLOCK', type(YOLO({str(path)!r}).model.model[2]).__name__)\n")
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "ULTRALYTICS_SAFE_LOAD": "1",
+           "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert any(ln in {"BLOCK C3k2Split", "BLOCK C2fSplit"} for ln in proc.stdout.splitlines()), proc.stdout[-2000:]
 
 
 @pytest.fixture()
