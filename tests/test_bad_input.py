@@ -381,6 +381,44 @@ def test_read_only_project(shapes_data, tmp_path, capfd):
         project.chmod(0o755)
 
 
+def test_run_directory_write_probe_refused(shapes_data, tmp_path, capfd, monkeypatch):
+    """The run directory's write probe failing with EACCES (what a read-only project gives a non-root user; chmod
+    cannot make one for root): one line, exit 2, and the directory just made is removed again."""
+    real_write = Path.write_bytes
+
+    def refuse_probe(self, data):
+        if self.name.startswith(".write-test-"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", refuse_probe)
+    project = tmp_path / "runs"
+    assert_cli_rejects(["prune", "model=yolov8n.yaml", f"data={shapes_data}", *FAST_ARGS], project, capfd,
+                       r"project=.*: cannot write the run directory .*\(Permission denied\)")
+
+
+def test_torch_save_runtime_error_on_a_full_folder_is_enospc(tmp_path, monkeypatch):
+    """torch.save reports a full disk as RuntimeError: atomic_save turns it into OSError(ENOSPC) when the folder's
+    file system is (here: reported) full, leaves no temporary file, and keeps other RuntimeErrors as they are."""
+    import errno
+    import os
+    from types import SimpleNamespace
+
+    from yolo_ldac.utils import io
+
+    def fail(p: Path) -> None:
+        p.write_bytes(b"\0" * 16)
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # space left: not called a full disk
+        io.atomic_save(tmp_path / "a.pt", fail)
+    monkeypatch.setattr(os, "statvfs", lambda _: SimpleNamespace(f_bavail=3, f_frsize=4096))
+    with pytest.raises(OSError) as info:
+        io.atomic_save(tmp_path / "a.pt", fail)
+    assert info.value.errno == errno.ENOSPC and isinstance(info.value.__cause__, RuntimeError)
+    assert list(tmp_path.iterdir()) == []
+
+
 def _check_failed_run(run_dir: Path, phase: str | None) -> None:
     """state.json names the phase the run stopped in (``phase``; None: any) and nothing looks finished. A disk
     with no byte left may keep the state saved at that phase's start (status running): it still says where."""

@@ -281,12 +281,16 @@ class Compressor:
             if src.is_relative_to(run_dir):
                 raise LDACError(f"the run directory {run_dir} holds the input model {src}: choose another name= or "
                                 "exist_ok=False, an input model is never overwritten")
+        created = not run_dir.exists()
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             probe = run_dir / f".write-test-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:
+            if created:  # a failed run leaves no run directory of its own behind
+                with contextlib.suppress(OSError):
+                    run_dir.rmdir()
             raise LDACError(f"project={project}: cannot write the run directory {run_dir} "
                             f"({e.strerror or type(e).__name__})") from e
         return run_dir
