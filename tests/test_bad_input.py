@@ -462,6 +462,41 @@ def test_full_disk_while_saving(shapes_data, tmp_path, capfd, monkeypatch):
     _check_failed_run(project / "full", "save")
 
 
+@pytest.mark.slow
+def test_read_only_file_system_while_saving(shapes_data, tmp_path, capfd, monkeypatch):
+    """EROFS while best.pt is written: the line says the file system is read-only, not "free space", and how to
+    continue."""
+    import errno
+
+    real_save = torch.save
+
+    def read_only(obj, f, *a, **k):
+        if ".best.pt." in str(f):
+            raise OSError(errno.EROFS, "Read-only file system", str(f))
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", read_only)
+    project = tmp_path / "runs"
+    capfd.readouterr()
+    rc = main(["prune", "model=yolov8n.yaml", f"data={shapes_data}", "ratio=0.2", "method=l1", "rounds=1",
+               "val_steps=False", *FAST_ARGS, f"project={project}", "name=ro"])
+    lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1, lines
+    assert "Read-only file system" in lines[0] and "read-only" in lines[0].split("records where;")[1], lines[0]
+    assert "free space" not in lines[0] and "resume=" in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("code,words", [("ENOSPC", "free space"), ("EACCES", "writable"), ("EROFS", "read-only"),
+                                        ("EIO", "fix that")])
+def test_os_error_remedy_by_errno(code, words):
+    import errno
+
+    from yolo_ldac.schedule.compressor import _os_remedy
+
+    remedy = _os_remedy(OSError(getattr(errno, code), "x"))
+    assert words in remedy and (code == "ENOSPC") == ("free space" in remedy)
+
+
 def test_full_disk_on_a_real_tmpfs(shapes_data, tmp_path, capfd):
     """A real small tmpfs as project=, where this runner may mount one."""
     import shutil

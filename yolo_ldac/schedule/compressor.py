@@ -392,7 +392,7 @@ class Compressor:
                     self._fail(e)
                 if isinstance(e, OSError):  # the disk, not the inputs: one line, and how to continue
                     raise LDACError(f"the run stopped in phase {state.current or '?'}: {_os_error(e)}; "
-                                    f"{state.path} records where; free space and continue with `yolo-ldac "
+                                    f"{state.path} records where; {_os_remedy(e)} and continue with `yolo-ldac "
                                     f"{self.mode} resume={self.run_dir}`") from e
                 raise
             finally:
@@ -680,6 +680,25 @@ def finished_outputs(run_dir: Path) -> list[Path]:
 def _os_error(e: OSError) -> str:
     where = f": {e.filename}" if e.filename else ""
     return f"{e.strerror or e}{where}"
+
+
+def _os_remedy(e: OSError) -> str:
+    """What to do about ``e`` before resuming, by its errno (the message already names the error itself).
+
+    Example:
+        >>> import errno
+        >>> _os_remedy(OSError(errno.ENOSPC, "No space left on device"))
+        'free space'
+    """
+    import errno
+
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free space"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return "make the run directory writable"
+    if e.errno == errno.EROFS:
+        return "make the file system writable (it is read-only)"
+    return "fix that"
 
 
 def _metric_view(m: dict) -> dict:
