@@ -21,9 +21,12 @@ FAST_ARGS = ["imgsz=64", "batch=8", "plots=False"]
 
 
 def assert_no_results(project: Path) -> None:
+    """Nothing under ``project``: no results and no run directory (not even an empty one or its weights folder)."""
     if project.exists():
         left = [p for p in project.rglob("*") if p.name in {"report.json", "best.pt"}]
         assert not left, f"results written despite the error: {left}"
+        runs = [p for p in project.rglob("*") if p.is_dir()]
+        assert not runs, f"a run directory was left despite the error: {runs}"
 
 
 def assert_cli_rejects(argv: list[str], project: Path, capfd, match: str) -> str:
@@ -245,23 +248,98 @@ def test_export_takes_an_imgsz_pair():
         get_cfg({"imgsz": [64, 0]}, mode="export")
 
 
-@pytest.mark.parametrize("device", ["cuda:0", "0", "0,1"])
-def test_unavailable_gpu(device, shapes_data, tmp_path, capfd):
-    if torch.cuda.is_available() and torch.cuda.device_count() >= 2:
-        pytest.skip("this machine has the GPUs asked for")
+@pytest.mark.parametrize("device,indices", [("cuda:0", [0]), ("0", [0]), ("0,1", [0, 1])])
+def test_unavailable_gpu(device, indices, shapes_data, tmp_path, capfd):
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if max(indices) < count:
+        pytest.skip(f"this machine has the GPUs asked for ({count})")
     project = tmp_path / "runs"
     assert_cli_rejects(["prune", "model=yolov8n.yaml", f"data={shapes_data}", f"device={device}", *FAST_ARGS],
                        project, capfd, r"device=.* is not available: this machine has")
     assert not project.exists()
 
 
+ROUNDED = "imgsz=33 is not a multiple of the model's max stride 32: using imgsz=64"
+
+
+@pytest.fixture
+def ultralytics_log():
+    """What Ultralytics' LOGGER writes during the test, read from a handler on that logger itself: it does not
+    propagate to the root logger (so not to caplog), and its stream handler is bound to the stdout of import time
+    (not the test's capfd)."""
+    import io
+    import logging
+
+    from ultralytics.utils import LOGGER
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    LOGGER.addHandler(handler)
+    try:
+        yield stream
+    finally:
+        LOGGER.removeHandler(handler)
+
+
 @pytest.mark.slow
-def test_imgsz_rounded_up_to_the_stride(shapes_data, tmp_path, caplog):
+def test_imgsz_rounded_up_to_the_stride(shapes_data, tmp_path, ultralytics_log):
     """imgsz=33 used to end in a shape mismatch inside the LDAC trace: it is rounded up to 64, with a notice."""
     res = YOLOLDAC("yolov8n.yaml").prune(data=str(shapes_data), ratio=0.2, method="l1", rounds=1, val_steps=False,
                                          project=str(tmp_path / "runs"), imgsz=33, batch=8, plots=False)
     assert res.report["settings"]["imgsz"] == 64
-    assert "imgsz=33 is not a multiple of the model's max stride 32: using imgsz=64" in caplog.text
+    assert ROUNDED in ultralytics_log.getvalue()
+
+
+def _run_cli(argv: list[str], capfd, log) -> tuple[int, str]:
+    """Exit status and everything printed (streams and Ultralytics' log) by the CLI run in-process."""
+    capfd.readouterr()
+    rc = main(argv)
+    out = capfd.readouterr()
+    return rc, out.out + out.err + log.getvalue()
+
+
+def test_info_rounds_imgsz_up_to_the_stride(capfd, ultralytics_log):
+    rc, text = _run_cli(["info", "model=yolov8n.yaml", "imgsz=33"], capfd, ultralytics_log)
+    assert rc == 0, text
+    assert ROUNDED in text and "Traceback" not in text
+    assert "GFLOPs at 64 px" in text
+
+
+@pytest.mark.parametrize("imgsz", [0, -32, 64.5])
+def test_info_from_python_checks_imgsz(imgsz):
+    """``YOLOLDAC.info(imgsz=...)`` is checked as the CLI's imgsz= is: 0 is refused, not silently 640."""
+    with pytest.raises(LDACError, match="imgsz must be a positive integer"):
+        YOLOLDAC("yolov8n.yaml").info(imgsz=imgsz)
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory) -> Path:
+    """A yolov8n (random weights) saved as an Ultralytics checkpoint: something to export."""
+    from yolo_ldac.checkpoint import save_ultralytics_checkpoint
+    from yolo_ldac.nn.adapter import load_detection_model
+
+    return save_ultralytics_checkpoint(load_detection_model("yolov8n.yaml"),
+                                       tmp_path_factory.mktemp("small") / "small.pt", {})
+
+
+def test_export_rounds_imgsz_up_to_the_stride(small_checkpoint, capfd, ultralytics_log):
+    """Ultralytics' exporter rounds 33 to 64 itself; the parity check must then use 64 too, not 33."""
+    rc, text = _run_cli(["export", f"model={small_checkpoint}", "format=onnx", "imgsz=33"], capfd,
+                        ultralytics_log)
+    assert rc == 0, text
+    assert ROUNDED in text and "Traceback" not in text
+    import onnx
+
+    model = onnx.load(str(small_checkpoint.with_suffix(".onnx")))
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[2:] == [64, 64]
+
+
+def test_benchmark_rounds_imgsz_up_to_the_stride(small_checkpoint, tmp_path, capfd, ultralytics_log):
+    rc, text = _run_cli(["benchmark", f"model={small_checkpoint}", "formats=onnx", "precisions=fp32", "imgsz=33",
+                         "runs=1", "warmup=0", "threads=1", f"project={tmp_path}", "plots=False"], capfd, ultralytics_log)
+    assert rc == 0, text
+    assert ROUNDED in text and "Traceback" not in text
 
 
 def test_data_yaml_without_names(shapes_data, tmp_path, capfd):
@@ -301,6 +379,44 @@ def test_read_only_project(shapes_data, tmp_path, capfd):
         assert list(project.iterdir()) == []
     finally:
         project.chmod(0o755)
+
+
+def test_run_directory_write_probe_refused(shapes_data, tmp_path, capfd, monkeypatch):
+    """The run directory's write probe failing with EACCES (what a read-only project gives a non-root user; chmod
+    cannot make one for root): one line, exit 2, and the directory just made is removed again."""
+    real_write = Path.write_bytes
+
+    def refuse_probe(self, data):
+        if self.name.startswith(".write-test-"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", refuse_probe)
+    project = tmp_path / "runs"
+    assert_cli_rejects(["prune", "model=yolov8n.yaml", f"data={shapes_data}", *FAST_ARGS], project, capfd,
+                       r"project=.*: cannot write the run directory .*\(Permission denied\)")
+
+
+def test_torch_save_runtime_error_on_a_full_folder_is_enospc(tmp_path, monkeypatch):
+    """torch.save reports a full disk as RuntimeError: atomic_save turns it into OSError(ENOSPC) when the folder's
+    file system is (here: reported) full, leaves no temporary file, and keeps other RuntimeErrors as they are."""
+    import errno
+    import os
+    from types import SimpleNamespace
+
+    from yolo_ldac.utils import io
+
+    def fail(p: Path) -> None:
+        p.write_bytes(b"\0" * 16)
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # space left: not called a full disk
+        io.atomic_save(tmp_path / "a.pt", fail)
+    monkeypatch.setattr(os, "statvfs", lambda _: SimpleNamespace(f_bavail=3, f_frsize=4096))
+    with pytest.raises(OSError) as info:
+        io.atomic_save(tmp_path / "a.pt", fail)
+    assert info.value.errno == errno.ENOSPC and isinstance(info.value.__cause__, RuntimeError)
+    assert list(tmp_path.iterdir()) == []
 
 
 def _check_failed_run(run_dir: Path, phase: str | None) -> None:
@@ -344,6 +460,41 @@ def test_full_disk_while_saving(shapes_data, tmp_path, capfd, monkeypatch):
     assert len(lines) == 1 and lines[0].startswith("yolo-ldac: error: "), lines
     assert "No space left on device" in lines[0] and "phase save" in lines[0] and "resume=" in lines[0], lines[0]
     _check_failed_run(project / "full", "save")
+
+
+@pytest.mark.slow
+def test_read_only_file_system_while_saving(shapes_data, tmp_path, capfd, monkeypatch):
+    """EROFS while best.pt is written: the line says the file system is read-only, not "free space", and how to
+    continue."""
+    import errno
+
+    real_save = torch.save
+
+    def read_only(obj, f, *a, **k):
+        if ".best.pt." in str(f):
+            raise OSError(errno.EROFS, "Read-only file system", str(f))
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", read_only)
+    project = tmp_path / "runs"
+    capfd.readouterr()
+    rc = main(["prune", "model=yolov8n.yaml", f"data={shapes_data}", "ratio=0.2", "method=l1", "rounds=1",
+               "val_steps=False", *FAST_ARGS, f"project={project}", "name=ro"])
+    lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.strip()]
+    assert rc == 2 and len(lines) == 1, lines
+    assert "Read-only file system" in lines[0] and "read-only" in lines[0].split("records where;")[1], lines[0]
+    assert "free space" not in lines[0] and "resume=" in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("code,words", [("ENOSPC", "free space"), ("EACCES", "writable"), ("EROFS", "read-only"),
+                                        ("EIO", "fix that")])
+def test_os_error_remedy_by_errno(code, words):
+    import errno
+
+    from yolo_ldac.schedule.compressor import _os_remedy
+
+    remedy = _os_remedy(OSError(getattr(errno, code), "x"))
+    assert words in remedy and (code == "ENOSPC") == ("free space" in remedy)
 
 
 def test_full_disk_on_a_real_tmpfs(shapes_data, tmp_path, capfd):

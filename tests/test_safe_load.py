@@ -234,14 +234,71 @@ def test_damaged_file_is_not_called_untrusted(content, tmp_path, capfd):
     assert "trusted" not in line
 
 
-def test_own_checkpoint_loads_in_ultralytics_safe_mode(pruned, tmp_path, monkeypatch):
-    """Plain Ultralytics with ULTRALYTICS_SAFE_LOAD=1 opens yolo-ldac's best.pt once yolo_ldac.nn.modules is imported."""
-    from ultralytics import YOLO
-    from ultralytics.nn import tasks
+def test_own_checkpoint_loads_in_ultralytics_safe_mode(pruned, tmp_path):
+    """Plain Ultralytics with ULTRALYTICS_SAFE_LOAD=1 opens yolo-ldac's best.pt once yolo_ldac.nn.modules is imported.
+    In a fresh process: earlier tests here have registered the safe globals already, which would hide a regression."""
+    import os
+    import subprocess
+    import sys
 
-    import yolo_ldac.nn.modules  # noqa: F401
     from yolo_ldac.checkpoint import save_ultralytics_checkpoint
 
     path = save_ultralytics_checkpoint(pruned, tmp_path / "best.pt", {"method": "l2", "ratio": 0.5})
-    monkeypatch.setattr(tasks, "SAFE_LOAD", True)
-    assert type(YOLO(str(path)).model.model[2]).__name__ in {"C3k2Split", "C2fSplit"}
+    code = ("import yolo_ldac.nn.modules\n"
+            "from ultralytics import YOLO\n"
+            f"print('BLOCK', type(YOLO({str(path)!r}).model.model[2]).__name__)\n")
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "ULTRALYTICS_SAFE_LOAD": "1",
+           "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert any(ln in {"BLOCK C3k2Split", "BLOCK C2fSplit"} for ln in proc.stdout.splitlines()), proc.stdout[-2000:]
+
+
+@pytest.fixture()
+def payload_data(shapes_data, tmp_path):
+    """A data.yaml whose val folder is missing and whose ``download:`` (Python) creates a file; returns (yaml, marker)."""
+    marker = tmp_path / "pwned-data"
+    path = tmp_path / "payload-data.yaml"
+    path.write_text(yaml.safe_dump({"path": str(shapes_data.parent), "train": "images/train", "val": "missing/val",
+                                    "names": {0: "square", 1: "circle", 2: "triangle"},
+                                    "download": f"open({str(marker)!r}, 'w').close()"}))
+    return path, marker
+
+
+def test_payload_data_download_not_run_untrusted(payload_data, tmp_path, capfd):
+    """Ultralytics execs a data.yaml's ``download:`` when the images are missing: not unless trusted=True."""
+    path, marker = payload_data
+    assert_cli_rejects(["prune", "model=yolov8n.yaml", f"data={path}", "imgsz=64", "batch=8", "plots=False"],
+                       tmp_path / "runs", capfd, r"missing/val.*'download:' script was not run.*trusted=True")
+    assert not marker.exists()
+    from yolo_ldac import YOLOLDAC
+
+    with pytest.raises(LDACError):  # trusted: Ultralytics runs it (the val images are still missing afterwards)
+        YOLOLDAC("yolov8n.yaml", trusted=True).prune(data=str(path), project=str(tmp_path / "runs"), imgsz=64,
+                                                      batch=8, plots=False)
+    assert marker.exists()
+
+
+def test_resume_refuses_a_payload_epoch_best(pruned, tmp_path):
+    """A resumed phase: Ultralytics' final_eval unpickles epoch_best.pt fully (strip_optimizer), so a stale one
+    carrying a payload is refused before training, not only the epoch_last.pt resumed from."""
+    import types
+
+    import ultralytics
+
+    from yolo_ldac.checkpoint import save_ultralytics_checkpoint
+    from yolo_ldac.engine.trainer import EPOCH_BEST, EPOCH_LAST
+    from yolo_ldac.safe_load import policy
+    from yolo_ldac.schedule.compressor import Compressor
+
+    weights = tmp_path / "run" / "compress" / "weights"
+    weights.mkdir(parents=True)
+    save_ultralytics_checkpoint(pruned, weights / EPOCH_LAST, {}, half=False)
+    marker = tmp_path / "pwned-best"
+    torch.save({"model": copy.deepcopy(pruned), "extra": _Payload(marker), "version": ultralytics.__version__},
+               weights / EPOCH_BEST)
+    fake = types.SimpleNamespace(run_dir=tmp_path / "run")
+    with policy(trusted=False), pytest.raises(LDACError, match=rf"{EPOCH_BEST}.*trusted=True"):
+        Compressor._train(fake, copy.deepcopy(pruned), 3, "compress", final=False)
+    assert not marker.exists()

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from yolo_ldac.cfg import get_cfg, split_args
+from yolo_ldac.cfg import get_cfg, round_imgsz, split_args
 from yolo_ldac.checkpoint import save_ultralytics_checkpoint  # noqa: F401  (re-exported)
 from yolo_ldac.data.check import check_data
 from yolo_ldac.errors import LDACError
@@ -173,7 +173,9 @@ class YOLOLDAC:
         for key in ("batch", "device"):  # training defaults are no export settings: only explicit ones are
             if kwargs.get(key) is not None:
                 extra[key] = kwargs[key]
-        result = export_checked(self.source, format=cfg["format"], imgsz=cfg["imgsz"], half=cfg["half"],
+        # Rounded here, not by Ultralytics' exporter: the parity check must use the size the file was exported at.
+        imgsz = round_imgsz(cfg["imgsz"], self.model)
+        result = export_checked(self.source, format=cfg["format"], imgsz=imgsz, half=cfg["half"],
                                 int8=cfg["int8"], data=cfg.get("data"), parity=cfg["parity"], rtol=cfg["parity_rtol"],
                                 calib_images=cfg["calib_images"], map_check=cfg["parity_map"], **extra)
         self.last_export = result
@@ -217,6 +219,7 @@ class YOLOLDAC:
         imgsz = cfg["imgsz"]
         if not isinstance(imgsz, int):
             raise LDACError(f"benchmark takes a square imgsz (one integer), got {imgsz!r}")
+        imgsz = round_imgsz(imgsz, self.model)
         name = cfg["name"] if "name" in kwargs else "benchmark"
         out_dir = increment_path(Path(cfg["project"]) / name, exist_ok=cfg["exist_ok"]).resolve()
         result = run_benchmark(models, formats=formats, precisions=precisions, imgsz=imgsz, data=cfg["data"],
@@ -233,7 +236,8 @@ class YOLOLDAC:
         """FLOPs (G), parameters (M) and per-layer output channels; ``table`` holds a printable summary."""
         from yolo_ldac.pruning.complexity import layer_channels
 
-        imgsz = int(imgsz or get_cfg(kwargs, mode="info")["imgsz"])
+        overrides = dict(kwargs) if imgsz is None else dict(kwargs, imgsz=imgsz)  # checked as the CLI's imgsz= is
+        imgsz = round_imgsz(get_cfg(overrides, mode="info")["imgsz"], self.model)
         comp = model_complexity(self.model, imgsz)
         layers = layer_channels(self.model)
         lines = [f"{'layer':<40} {'out channels':>12}"] + [f"{n:<40} {c:>12}" for n, c in layers.items()]

@@ -204,6 +204,40 @@ def stride_multiple(imgsz: int, stride: int) -> int:
     return -(-int(imgsz) // stride) * stride
 
 
+def model_stride(model: Any) -> int:
+    """The max stride of a detector (32 when it has none recorded)."""
+    stride = getattr(model, "stride", None)
+    if stride is None:
+        return 32
+    if hasattr(stride, "flatten"):  # a tensor, as Ultralytics keeps it
+        values = stride.flatten().tolist()
+    elif isinstance(stride, (list, tuple)):
+        values = list(stride)
+    else:
+        values = [stride]
+    return max([int(v) for v in values] + [1])
+
+
+def round_imgsz(imgsz: int | list[int] | tuple[int, ...], model: Any) -> Any:
+    """``imgsz`` (an int, or export's ``[h, w]``) rounded up to a multiple of ``model``'s max stride, with a notice
+    on Ultralytics' logger when it changes. Every mode that runs the model at ``imgsz`` goes through this.
+
+    Example:
+        >>> round_imgsz(64, None)
+        64
+    """
+    stride = model_stride(model)
+    if isinstance(imgsz, (list, tuple)):
+        rounded: Any = type(imgsz)(stride_multiple(v, stride) for v in imgsz)
+    else:
+        rounded = stride_multiple(imgsz, stride)
+    if rounded != imgsz:
+        from ultralytics.utils import LOGGER
+
+        LOGGER.warning(f"imgsz={imgsz} is not a multiple of the model's max stride {stride}: using imgsz={rounded}")
+    return rounded
+
+
 def _check_imgsz(v: Any, mode: str) -> None:
     pair = mode == "export" and isinstance(v, (list, tuple)) and len(v) == 2
     if pair and all(_is_int(x) and x > 0 for x in v):
@@ -409,6 +443,8 @@ __all__ = [
     "parse_value",
     "split_args",
     "stride_multiple",
+    "round_imgsz",
+    "model_stride",
     "ultralytics_keys",
     "valid_keys",
 ]

@@ -8,9 +8,13 @@ from pathlib import Path
 from yolo_ldac.errors import LDACError
 
 
-def check_data(data: str | None) -> dict:
+def check_data(data: str | None, trusted: bool | None = None) -> dict:
     """Resolve a dataset yaml with Ultralytics (downloading it when Ultralytics knows how and is online) and
-    check that its train and val image folders exist and hold images; raise :class:`LDACError` otherwise."""
+    check that its train and val image folders exist and hold images; raise :class:`LDACError` otherwise.
+
+    A ``download:`` value that is not an archive URL is Python or a bash script that Ultralytics runs when the
+    images are missing: it is run only when ``trusted`` (default: the :func:`yolo_ldac.safe_load.policy` in force).
+    """
     if not data:
         raise LDACError("data=... is required (a dataset yaml, i.e. coco8.yaml)")
     path = Path(str(data))
@@ -24,11 +28,17 @@ def check_data(data: str | None) -> dict:
     except Exception:
         raise LDACError(f"data file '{data}' not found") from None
     _check_keys(data, resolved)
+    from yolo_ldac.safe_load import TRUST_HINT, is_trusted
+
+    code = _download_is_code(resolved) and not (is_trusted() if trusted is None else bool(trusted))
     try:
-        info = check_det_dataset(str(data))
+        info = check_det_dataset(str(data), autodownload=not code)
     except Exception as e:
         msg = str(e).strip().splitlines()
-        raise LDACError(f"data '{data}' is not a usable dataset: {msg[0] if msg else type(e).__name__}") from None
+        why = msg[0] if msg else type(e).__name__
+        if code:
+            why += f"; its 'download:' script was not run ({TRUST_HINT})"
+        raise LDACError(f"data '{data}' is not a usable dataset: {why}") from None
     from yolo_ldac.data._common import split_image_files
 
     for split in ("train", "val"):
@@ -37,6 +47,23 @@ def check_data(data: str | None) -> dict:
         if not split_image_files(folders):
             raise LDACError(f"data '{data}': the {split} split ({', '.join(map(str, folders))}) holds no images")
     return info
+
+
+def _download_is_code(resolved: str | Path) -> bool:
+    """Whether the yaml's ``download:`` is something Ultralytics would execute (not an archive URL it fetches)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(resolved).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return True  # unreadable here: assume the worst
+    s = raw.get("download") if isinstance(raw, dict) else None
+    if not s:
+        return False
+    from ultralytics.utils import clean_url
+
+    archives = (".zip", ".tar", ".gz", ".tgz", ".xz", ".bz2", ".txz", ".tbz2")  # Ultralytics' own URL test
+    return not (isinstance(s, str) and s.lower().startswith("http") and clean_url(s).lower().endswith(archives))
 
 
 def _check_keys(data: str, resolved: str | Path) -> None:

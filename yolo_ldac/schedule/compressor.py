@@ -158,7 +158,8 @@ class Compressor:
             self.criterion.needs_data or self.push.needs_data or self.compensation.needs_data))
         from yolo_ldac.data.check import check_data
 
-        self.data = check_data(cfg["data"]) if (cfg.get("data") or needs_data) else None
+        self.data = (check_data(cfg["data"], trusted=bool(cfg.get("trusted", False)))
+                     if (cfg.get("data") or needs_data) else None)
         if self.data is not None:
             from yolo_ldac.data.check import audit_dataset
 
@@ -260,17 +261,11 @@ class Compressor:
 
     def _round_imgsz(self, model: nn.Module) -> None:
         """Round ``imgsz`` up to a multiple of the model's max stride (its feature maps need it), with a notice."""
-        from yolo_ldac.cfg import stride_multiple
+        from yolo_ldac.cfg import round_imgsz
 
-        stride = int(max(getattr(model, "stride", torch.tensor([32])).max().item(), 1))
-        imgsz = int(self.cfg["imgsz"])
-        rounded = stride_multiple(imgsz, stride)
-        if rounded != imgsz:
-            from ultralytics.utils import LOGGER
-
-            LOGGER.warning(f"imgsz={imgsz} is not a multiple of the model's max stride {stride}: using imgsz={rounded}")
-            for d in (self.cfg, self.ldac_cfg, self.ultra):
-                d["imgsz"] = rounded
+        rounded = round_imgsz(int(self.cfg["imgsz"]), model)
+        for d in (self.cfg, self.ldac_cfg, self.ultra):
+            d["imgsz"] = rounded
 
     def _make_run_dir(self) -> Path:
         """Create ``project/name`` (incremented unless exist_ok); an unwritable ``project`` is one line."""
@@ -286,12 +281,16 @@ class Compressor:
             if src.is_relative_to(run_dir):
                 raise LDACError(f"the run directory {run_dir} holds the input model {src}: choose another name= or "
                                 "exist_ok=False, an input model is never overwritten")
+        created = not run_dir.exists()
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             probe = run_dir / f".write-test-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:
+            if created:  # a failed run leaves no run directory of its own behind
+                with contextlib.suppress(OSError):
+                    run_dir.rmdir()
             raise LDACError(f"project={project}: cannot write the run directory {run_dir} "
                             f"({e.strerror or type(e).__name__})") from e
         return run_dir
@@ -393,7 +392,7 @@ class Compressor:
                     self._fail(e)
                 if isinstance(e, OSError):  # the disk, not the inputs: one line, and how to continue
                     raise LDACError(f"the run stopped in phase {state.current or '?'}: {_os_error(e)}; "
-                                    f"{state.path} records where; free space and continue with `yolo-ldac "
+                                    f"{state.path} records where; {_os_remedy(e)} and continue with `yolo-ldac "
                                     f"{self.mode} resume={self.run_dir}`") from e
                 raise
             finally:
@@ -538,8 +537,12 @@ class Compressor:
         last = phase_dir / "weights" / EPOCH_LAST
         resume_from = None
         if last.is_file():
-            from yolo_ldac.safe_load import load_checkpoint
+            from yolo_ldac.safe_load import check_checkpoint, load_checkpoint
 
+            # Ultralytics reopens the phase's other checkpoints fully unpickled (final_eval's strip_optimizer on
+            # epoch_best.pt): every .pt there passes the safe check first, not only the one resumed from.
+            for pt in sorted(last.parent.glob("*.pt")):
+                check_checkpoint(pt)
             ckpt = load_checkpoint(last)
             if int(ckpt.get("epoch", -1)) + 1 >= epochs or ckpt.get("optimizer") is None:
                 # The training itself had finished; only the phase's bookkeeping was lost.
@@ -677,6 +680,25 @@ def finished_outputs(run_dir: Path) -> list[Path]:
 def _os_error(e: OSError) -> str:
     where = f": {e.filename}" if e.filename else ""
     return f"{e.strerror or e}{where}"
+
+
+def _os_remedy(e: OSError) -> str:
+    """What to do about ``e`` before resuming, by its errno (the message already names the error itself).
+
+    Example:
+        >>> import errno
+        >>> _os_remedy(OSError(errno.ENOSPC, "No space left on device"))
+        'free space'
+    """
+    import errno
+
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free space"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return "make the run directory writable"
+    if e.errno == errno.EROFS:
+        return "make the file system writable (it is read-only)"
+    return "fix that"
 
 
 def _metric_view(m: dict) -> dict:
