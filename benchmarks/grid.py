@@ -85,22 +85,22 @@ def run_settings(args: argparse.Namespace, method: str, ratio: float, seed: int)
     common = dict(imgsz=args.imgsz, batch=args.batch, nbs=args.batch, warmup_epochs=args.warmup_epochs,
                   workers=getattr(args, "workers", 0), seed=seed, plots=False, device=args.device, val_steps=True,
                   calib_batches=args.calib)
-    if getattr(args, "lr_scale", None) is not None:  # absent from runs made before the key existed
-        common["lr_scale"] = args.lr_scale
+    from yolo_ldac.cfg import load_defaults
+
+    lr_scale = getattr(args, "lr_scale", None)
+    lr_scale = float(load_defaults().get("lr_scale", 1.0) if lr_scale is None else lr_scale)
+    if lr_scale != 1.0:  # recorded only when not 1 (runs made before the key existed have none)
+        common["lr_scale"] = lr_scale
     if name == "dense":
         return dict(common, mode="finetune", epochs=args.epochs)
     from yolo_ldac.parts import resolve_parts
     from yolo_ldac.push import PUSHES
 
     parts = resolve_parts({"method": name, **extra})
-    from yolo_ldac.cfg import load_defaults
-
     defaults = load_defaults()  # recorded, so a run made under other defaults is never mixed in
     keys = ["fade", "fade_end", "ld_alpha", "cov_beta", "align_gamma"]
     if parts["push"] == "ldac":  # keys only push=ldac reads (added to the record after the first runs)
         keys += ["release", "ld_pooled", "ld_check"]
-    if defaults.get("lr_scale", 1.0) != 1.0 and "lr_scale" not in common:
-        keys.append("lr_scale")
     common["resolved"] = {"parts": parts, **{k: extra.get(k, defaults[k]) for k in keys}}
     first = bool(PUSHES[parts["push"]].trains_before_first_step)
     push_epochs = args.rounds * args.epochs_per_round if first else (args.rounds - 1) * args.epochs_per_round
