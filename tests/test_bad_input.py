@@ -436,26 +436,35 @@ def _check_failed_run(run_dir: Path, phase: str | None) -> None:
     assert not left, f"a failed run left {left}"
 
 
+def _prune_failing_at_best_save(shapes_data, project: Path, name: str, capfd, monkeypatch, code: int, text: str,
+                                partial: bool = False) -> tuple[int, list[str]]:
+    """A tiny prune run whose write of best.pt fails with OSError(``code``) (after ``partial`` writes half a file, as
+    a full disk does); returns the CLI's exit status and its non-empty stderr lines."""
+    real_save = torch.save
+
+    def failing(obj, f, *a, **k):
+        if ".best.pt." in str(f):  # the atomic write's temporary file of best.pt
+            if partial:
+                Path(f).write_bytes(b"\0" * 1024)
+            raise OSError(code, text, str(f))
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", failing)
+    capfd.readouterr()
+    rc = main(["prune", "model=yolov8n.yaml", f"data={shapes_data}", "ratio=0.2", "method=l1", "rounds=1",
+               "val_steps=False", *FAST_ARGS, f"project={project}", f"name={name}"])
+    return rc, [ln for ln in capfd.readouterr().err.splitlines() if ln.strip()]
+
+
 @pytest.mark.slow
 def test_full_disk_while_saving(shapes_data, tmp_path, capfd, monkeypatch):
     """A full disk (ENOSPC) while best.pt is written: one line, exit 2, no best.pt / best.tmp / report left, and
     state.json says the run stopped in phase save."""
     import errno
 
-    real_save = torch.save
-
-    def full_disk(obj, f, *a, **k):
-        if ".best.pt." in str(f):  # the atomic write's temporary file of best.pt: half written, then ENOSPC
-            Path(f).write_bytes(b"\0" * 1024)
-            raise OSError(errno.ENOSPC, "No space left on device", str(f))
-        return real_save(obj, f, *a, **k)
-
-    monkeypatch.setattr(torch, "save", full_disk)
     project = tmp_path / "runs"
-    capfd.readouterr()
-    rc = main(["prune", "model=yolov8n.yaml", f"data={shapes_data}", "ratio=0.2", "method=l1", "rounds=1",
-               "val_steps=False", *FAST_ARGS, f"project={project}", "name=full"])
-    lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.strip()]
+    rc, lines = _prune_failing_at_best_save(shapes_data, project, "full", capfd, monkeypatch, errno.ENOSPC,
+                                            "No space left on device", partial=True)
     assert rc == 2, lines
     assert len(lines) == 1 and lines[0].startswith("yolo-ldac: error: "), lines
     assert "No space left on device" in lines[0] and "phase save" in lines[0] and "resume=" in lines[0], lines[0]
@@ -468,19 +477,8 @@ def test_read_only_file_system_while_saving(shapes_data, tmp_path, capfd, monkey
     continue."""
     import errno
 
-    real_save = torch.save
-
-    def read_only(obj, f, *a, **k):
-        if ".best.pt." in str(f):
-            raise OSError(errno.EROFS, "Read-only file system", str(f))
-        return real_save(obj, f, *a, **k)
-
-    monkeypatch.setattr(torch, "save", read_only)
-    project = tmp_path / "runs"
-    capfd.readouterr()
-    rc = main(["prune", "model=yolov8n.yaml", f"data={shapes_data}", "ratio=0.2", "method=l1", "rounds=1",
-               "val_steps=False", *FAST_ARGS, f"project={project}", "name=ro"])
-    lines = [ln for ln in capfd.readouterr().err.splitlines() if ln.strip()]
+    rc, lines = _prune_failing_at_best_save(shapes_data, tmp_path / "runs", "ro", capfd, monkeypatch, errno.EROFS,
+                                            "Read-only file system")
     assert rc == 2 and len(lines) == 1, lines
     assert "Read-only file system" in lines[0] and "read-only" in lines[0].split("records where;")[1], lines[0]
     assert "free space" not in lines[0] and "resume=" in lines[0], lines[0]
