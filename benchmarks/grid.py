@@ -470,10 +470,7 @@ def base_record(base: str | Path) -> tuple[Path, dict] | None:
     """The ``retention_base.py`` record (``results/retention/<data>/*.json``) of the checkpoint ``base``, if any."""
     name = Path(base).name
     for path in sorted((ROOT / "benchmarks" / "results" / "retention").glob("*/*.json")):
-        try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
+        rec = read_record(path)
         if isinstance(rec, dict) and "val_curve" in rec and name in {
                 Path(str(rec.get(k, ""))).name for k in ("weights", "weights_used_for_retention")}:
             return path, rec
