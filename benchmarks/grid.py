@@ -32,6 +32,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -79,6 +80,25 @@ def parse_method(spec: str) -> tuple[str, dict]:
     return name, {k: parse_value(v) for k, v in (p.split("=", 1) for p in pairs)}
 
 
+@functools.lru_cache(maxsize=None)
+def _default_lr_scale(base: str, data: str) -> float:
+    """yolo-ldac's default lr_scale for ``base`` fine-tuned on ``data`` (``auto`` resolved by their class names)."""
+    import yaml
+
+    from yolo_ldac.cfg import load_defaults, resolve_lr_scale
+
+    value = load_defaults().get("lr_scale", 1.0)
+    if value != "auto":
+        return float(value)
+    from yolo_ldac.safe_load import load_checkpoint
+
+    ckpt = load_checkpoint(base)
+    model = ckpt.get("ema") or ckpt.get("model")
+    with open(data, encoding="utf-8") as f:
+        names = (yaml.safe_load(f) or {}).get("names")
+    return resolve_lr_scale(value, getattr(model, "names", None), names)
+
+
 def run_settings(args: argparse.Namespace, method: str, ratio: float, seed: int) -> dict:
     """Everything that defines a run (its JSON records it; a different one is never mixed in)."""
     name, extra = parse_method(method)
@@ -88,7 +108,8 @@ def run_settings(args: argparse.Namespace, method: str, ratio: float, seed: int)
     from yolo_ldac.cfg import load_defaults
 
     lr_scale = getattr(args, "lr_scale", None)
-    lr_scale = float(load_defaults().get("lr_scale", 1.0) if lr_scale is None else lr_scale)
+    if lr_scale is None:  # yolo-ldac's default, resolved as a run of it resolves it (auto: by the base's classes)
+        lr_scale = _default_lr_scale(str(args.base), str(args.data))
     if lr_scale != 1.0:  # recorded only when not 1 (runs made before the key existed have none)
         common["lr_scale"] = lr_scale
     if name == "dense":
@@ -505,7 +526,9 @@ def write_benchmarks_section(args: argparse.Namespace, records: list[dict], text
     s = r0["settings"]
     rel = args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out
     lr = {r["settings"].get("lr_scale", 1.0) for r in records}
-    variant = f" (lr_scale {', '.join(f'{v:g}' for v in sorted(lr))})" if lr != {1.0} else ""
+    lrs = ", ".join(f"{v:g}" for v in sorted(lr))
+    main = args.out.parent.name == "grid"
+    variant = "" if main else f" (lr_scale {lrs})"
     m = r0["machine"]
     body = "\n".join([
         f"## The user's flow on {args.data.parent.name}: base -> compressed, equal optimizer steps{variant}", "",
@@ -521,14 +544,15 @@ def write_benchmarks_section(args: argparse.Namespace, records: list[dict], text
         "Latency: best.pt exported to ONNX (parity checked), ONNX Runtime CPU, batch 1 at the run's imgsz, median "
         "of the timed runs after 10 warm-up runs, 1 thread / all threads (`-`: not measured). Mean ± std over "
         "seeds; a lead counts only beyond both spreads."
-        + (f" Every run here, dense included, trains at lr_scale {', '.join(f'{v:g}' for v in sorted(lr))}: "
-           "yolo-ldac's key that scales every learning rate Ultralytics picks (optimizer=auto) for the push and "
-           "fine-tuning phases." if variant else ""), "", plateau_line(r0["base"]), "",
+        + f" Every run here, dense included, trains at lr_scale {lrs}: yolo-ldac's key that scales every learning "
+        "rate Ultralytics picks (optimizer=auto) for the push and fine-tuning phases; its default `auto` is 0.25 for "
+        "a base trained on the data's classes, as these are, and 1 for a model with other classes.", "",
+        plateau_line(r0["base"]), "",
         text, "", f"![schedule]({rel}/schedule.png)", "",
         f"Machine: {m.get('cpu')} ({m.get('cores')} cores), GPU {m.get('gpu') or 'none'}; torch "
         f"{m.get('torch')}, ultralytics {m.get('ultralytics')}, torch-pruning {m.get('torch_pruning')}."])
     main_id = f"grid-{args.data.parent.name}"
-    if args.out.parent.name == "grid":
+    if main:
         write_section(main_id, body)
     else:  # another results folder (e.g. grid-lr0.25): its own section, after the main grid's of this data set
         write_section(f"{args.out.parent.name}-{args.data.parent.name}", body, after=main_id)

@@ -123,8 +123,7 @@ def main(argv=None) -> int:
                  device=args.device,
                  seed=0, deterministic=True, plots=False, patience=args.patience, verbose=False,
                  val=True, amp=False, close_mosaic=args.close_mosaic)
-    if args.lr_scale != 1.0:
-        ultra["lr_scale"] = args.lr_scale
+    ultra["lr_scale"] = args.lr_scale  # the user's own Ultralytics training: never yolo-ldac's lr_scale=auto
     if args.hours > 0:
         ultra["time"] = args.hours
     t0 = time.perf_counter()

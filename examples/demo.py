@@ -91,6 +91,7 @@ def train_base(model: str, data: Path, args: argparse.Namespace) -> Path:
     print(f"Base: training {Path(model).name} on {data.parent.name} for {args.base_epochs} epochs ...")
     result = YOLOLDAC(model).finetune(data=str(data), epochs=args.base_epochs, imgsz=args.imgsz, batch=args.batch,
                                       nbs=args.batch, warmup_epochs=1, seed=0, workers=0, plots=False,
+                                      lr_scale=1.0,  # the user's own Ultralytics training, not yolo-ldac's auto
                                       portable=False, project=str(PROJECT), name=f"base-{digest}", exist_ok=True)
     shutil.copy2(result.best, base)
     base.with_suffix(".json").write_text(json.dumps({k: v for k, v in settings.items() if k != "data_yaml"},

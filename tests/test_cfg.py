@@ -54,7 +54,7 @@ EXPECTED_DEFAULTS = {
     "release": "handoff",
     "ld_pooled": True,
     "ld_check": 2.0,
-    "lr_scale": 1.0,
+    "lr_scale": "auto",
     "calib_batches": 4,
     "tolerance": 0.01,
     "val_steps": True,
@@ -284,8 +284,8 @@ def test_good_ratio_accepted(ratio):
         ({"epochs": -1}, "epochs must be an integer >= 0"),
         ({"compensate": 3}, "compensate must be the name of a compensation"),
         ({"portable": 1}, "portable must be True or False"),
-        ({"lr_scale": 0}, "lr_scale must be a number > 0, got 0"),
-        ({"lr_scale": "x"}, "lr_scale must be a number > 0"),
+        ({"lr_scale": 0}, "lr_scale must be auto or a number > 0, got 0"),
+        ({"lr_scale": "x"}, "lr_scale must be auto or a number > 0"),
         ({"release": "zero"}, "release must be handoff or fade, got 'zero'"),
         ({"ld_check": -1}, "ld_check must be a number >= 0"),
         ({"ld_pooled": "yes"}, "ld_pooled must be True or False"),
@@ -366,3 +366,17 @@ def test_shipped_cfg_examples_are_valid():
     root = pathlib.Path(__file__).resolve().parents[1] / "cfg"
     for f in sorted(root.glob("*.yaml")):
         get_cfg({"cfg": str(f)})
+
+
+def test_lr_scale_auto_by_class_names():
+    """auto: a quarter of Ultralytics' lr for a model trained on the data's classes (same names, same order), its
+    own lr for anything else; a number is itself."""
+    from yolo_ldac.cfg import resolve_lr_scale
+
+    assert resolve_lr_scale("auto", {0: "person", 1: "car"}, ["person", "car"]) == 0.25
+    assert resolve_lr_scale("auto", {1: "car", 0: "person"}, {"0": "person", "1": "car"}) == 0.25
+    assert resolve_lr_scale("auto", {0: "car", 1: "person"}, ["person", "car"]) == 1.0  # other class ids
+    assert resolve_lr_scale("auto", {0: "person"}, ["person", "car"]) == 1.0
+    assert resolve_lr_scale("auto", None, ["person"]) == 1.0 and resolve_lr_scale("auto", {}, []) == 1.0
+    assert resolve_lr_scale(0.5, {0: "person"}, ["person"]) == 0.5
+    assert get_cfg({"lr_scale": "auto"}, mode="compress")["lr_scale"] == "auto"

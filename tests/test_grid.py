@@ -14,8 +14,10 @@ def load_grid():
 def test_equal_epochs_and_settings_keys():
     grid = load_grid()
     args = argparse.Namespace(imgsz=160, batch=16, warmup_epochs=1.0, device="cpu", calib=4, epochs=24, rounds=4,
-                              epochs_per_round=2)
+                              epochs_per_round=2, lr_scale=0.25)
     plain = grid.run_settings(args, "group_fisher", 0.5, 0)
+    assert plain["lr_scale"] == 0.25 and "lr_scale" not in grid.run_settings(
+        argparse.Namespace(**{**vars(args), "lr_scale": 1.0}), "group_fisher", 0.5, 0)  # 1: the keys of older runs
     pushed = grid.run_settings(args, "ldac:push=fade", 0.5, 0)
     dense = grid.run_settings(args, "dense", 0.5, 0)
     assert plain["nbs"] == plain["batch"] == 16  # one optimizer step per batch
@@ -50,7 +52,8 @@ def test_run_key_does_not_depend_on_the_working_folder(tmp_path, monkeypatch):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "data.yaml").write_text("names: [a]\n")
     monkeypatch.chdir(tmp_path)
-    rel = grid.parse_args(["--base", "b.pt", "--data", "d/data.yaml"])
-    absolute = grid.parse_args(["--base", str(tmp_path / "b.pt"), "--data", str(tmp_path / "d" / "data.yaml")])
+    rel = grid.parse_args(["--base", "b.pt", "--data", "d/data.yaml", "--lr-scale", "0.25"])
+    absolute = grid.parse_args(["--base", str(tmp_path / "b.pt"), "--data", str(tmp_path / "d" / "data.yaml"),
+                                "--lr-scale", "0.25"])
     assert rel.base == absolute.base == tmp_path / "b.pt" and rel.out == absolute.out
     assert grid.plan_grid(rel)[0].key == grid.plan_grid(absolute)[0].key

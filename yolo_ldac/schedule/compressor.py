@@ -242,6 +242,16 @@ class Compressor:
             self.model = load_detection_model(self.source)
         model = self.model
         self._round_imgsz(model)
+        from ultralytics.utils import LOGGER
+
+        from yolo_ldac.cfg import resolve_lr_scale
+
+        self.lr_scale = resolve_lr_scale(self.cfg.get("lr_scale", "auto"), getattr(model, "names", None),
+                                         self.data["names"] if self.data is not None else None)
+        if self.cfg.get("lr_scale", "auto") == "auto" and self.mode != "prune":
+            LOGGER.info(f"lr_scale=auto: {self.lr_scale:g} x Ultralytics' lr ("
+                        + ("the model's classes are the data's: it is trained on this task)" if self.lr_scale != 1.0
+                           else "the data has other classes than the model: new classes to learn)"))
         if self.data is not None:
             model = adapt_head_to_names(model, self.data["names"], seed=int(self.cfg["seed"]))
         model = copy.deepcopy(model).float().cpu()
@@ -315,7 +325,7 @@ class Compressor:
         self.state = RunState.new(run_dir, self.mode, self.ldac_cfg, source, phases)
         self.state.record.update(parts=self.parts, device=str(self.device), timings={"prune": 0.0, "train": 0.0},
                                  dense_complexity=self.dense_comp.as_dict(), dense_channels=self.dense_channels,
-                                 labels=self.labels)
+                                 labels=self.labels, lr_scale=self.lr_scale)
         self.state.save()
         self.run_dir = run_dir
         return self._loop()
@@ -359,6 +369,11 @@ class Compressor:
         comp.state = state
         comp.run_dir = Path(state.run_dir)
         comp._resumed = True
+        # lr_scale=auto was resolved against the model as it came, before its class rows were remapped: read back.
+        from yolo_ldac.cfg import resolve_lr_scale
+
+        comp.lr_scale = float(state.record.get("lr_scale") or resolve_lr_scale(
+            comp.cfg.get("lr_scale", "auto"), None, None))
         at = state.next_phase()
         state.resumed.append({"at_phase": at, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         state.status = "running"
@@ -558,7 +573,7 @@ class Compressor:
         for p in model.parameters():
             p.requires_grad_(True)
         trainer = PushTrainer(model, overrides=overrides, push=self.push, final=final, resume_from=resume_from,
-                              lr_scale=float(self.cfg.get("lr_scale", 1.0)))
+                              lr_scale=self.lr_scale)
         self.callbacks.attach_to_trainer(trainer)
         self.trainer = trainer
         t = time.perf_counter()
@@ -570,7 +585,7 @@ class Compressor:
             "epochs": epochs, "batch": int(trainer.batch_size), "nbs": int(trainer.args.nbs),
             "accumulate": int(max(round(trainer.args.nbs / max(trainer.batch_size, 1)), 1)),
             "lr0": float(trainer.args.lr0), "lrf": float(trainer.args.lrf), "optimizer": str(trainer.args.optimizer),
-            "lr_scale": float(self.cfg.get("lr_scale", 1.0)),
+            "lr_scale": self.lr_scale,
             "warmup_epochs": float(trainer.args.warmup_epochs), "cos_lr": bool(trainer.args.cos_lr)}
         steps[name] = int(getattr(getattr(trainer, "ema", None), "updates", 0) or 0)
         self._time("train", time.perf_counter() - t)
