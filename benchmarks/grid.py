@@ -518,13 +518,17 @@ def plateau_line(base: str | Path) -> str:
             f"{'still rising' if ev['rising'] else 'not rising'}.")
 
 
+def _rel(path: Path) -> Path:
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def write_benchmarks_section(args: argparse.Namespace, records: list[dict], text: str, base_map: float) -> None:
     """The ``grid-<data>`` section of BENCHMARKS.md (``--benchmarks-md``)."""
     from sections import write_section
 
     r0 = records[0]
     s = r0["settings"]
-    rel = args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out
+    rel = _rel(args.out)
     lr = {r["settings"].get("lr_scale", 1.0) for r in records}
     lrs = ", ".join(f"{v:g}" for v in sorted(lr))
     main = args.out.parent.name == "grid"
@@ -554,7 +558,7 @@ def write_benchmarks_section(args: argparse.Namespace, records: list[dict], text
     main_id = f"grid-{args.data.parent.name}"
     if main:
         write_section(main_id, body)
-    else:  # another results folder (e.g. grid-lr0.25): its own section, after the main grid's of this data set
+    else:  # another results folder (e.g. grid-lr1): its own section, after the main grid's of this data set
         write_section(f"{args.out.parent.name}-{args.data.parent.name}", body, after=main_id)
 
 
@@ -644,7 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     earlier = [json.loads(p.read_text()) for p in sorted((args.out / "ablation").glob("*.json"))]
     if earlier:
         text += ("\n\nRuns of an earlier `method=ldac` preset (its parts in brackets: LDAC's push, `push=ldac`), "
-                 "same protocol and base, from `benchmarks/results/grid/<data>/ablation/`:\n\n"
+                 f"same protocol and base, from `{_rel(args.out)}/ablation/`:\n\n"
                  + report(earlier, base_map))
     from yolo_ldac.utils.io import atomic_write_text
 
