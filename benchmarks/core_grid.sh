@@ -13,7 +13,7 @@
 #   PEDESTRIAN_BASE the COCO YOLO11n fine-tuned 60 epochs on pedestrian-e1x160 (11 min):
 #     python benchmarks/retention_base.py --data datasets/pedestrian-e1x160/data.yaml --epochs 60 --patience 60 \
 #         --name yolo11n-pedestrian-e60 --record base_e60.json   # -> runs/base/yolo11n-pedestrian-e60.pt
-# Every run trains at yolo-ldac's default lr_scale (auto: 0.25 for these bases, trained on their sets' classes). The
+# Every run trains at yolo-ldac's default lr_scale (auto: 0.25 for these bases, as for any checkpoint). The
 # same grid at Ultralytics' own lr is in results/grid-lr1/ (grid.py ... --lr-scale 1 --out benchmarks/results/grid-lr1
 # --project runs/grid-lr1), kept as an ablation.
 # Usage: COMPOSITE_BASE=... COMPOSITE_DATA=... PEDESTRIAN_BASE=... PEDESTRIAN_DATA=... bash benchmarks/core_grid.sh

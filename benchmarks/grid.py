@@ -32,7 +32,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import json
 import math
@@ -80,23 +79,11 @@ def parse_method(spec: str) -> tuple[str, dict]:
     return name, {k: parse_value(v) for k, v in (p.split("=", 1) for p in pairs)}
 
 
-@functools.lru_cache(maxsize=None)
-def _default_lr_scale(base: str, data: str) -> float:
-    """yolo-ldac's default lr_scale for ``base`` fine-tuned on ``data`` (``auto`` resolved by their class names)."""
-    import yaml
+def _default_lr_scale(base: str) -> float:
+    """yolo-ldac's default lr_scale for a run from ``base`` (``auto`` resolved as a run resolves it)."""
+    from yolo_ldac.cfg import is_trained_source, load_defaults, resolve_lr_scale
 
-    from yolo_ldac.cfg import load_defaults, resolve_lr_scale
-
-    value = load_defaults().get("lr_scale", 1.0)
-    if value != "auto":
-        return float(value)
-    from yolo_ldac.safe_load import load_checkpoint
-
-    ckpt = load_checkpoint(base)
-    model = ckpt.get("ema") or ckpt.get("model")
-    with open(data, encoding="utf-8") as f:
-        names = (yaml.safe_load(f) or {}).get("names")
-    return resolve_lr_scale(value, getattr(model, "names", None), names)
+    return resolve_lr_scale(load_defaults().get("lr_scale", 1.0), is_trained_source(base))
 
 
 def run_settings(args: argparse.Namespace, method: str, ratio: float, seed: int) -> dict:
@@ -108,8 +95,8 @@ def run_settings(args: argparse.Namespace, method: str, ratio: float, seed: int)
     from yolo_ldac.cfg import load_defaults
 
     lr_scale = getattr(args, "lr_scale", None)
-    if lr_scale is None:  # yolo-ldac's default, resolved as a run of it resolves it (auto: by the base's classes)
-        lr_scale = _default_lr_scale(str(args.base), str(args.data))
+    if lr_scale is None:  # yolo-ldac's default, resolved as a run of it resolves it
+        lr_scale = _default_lr_scale(str(args.base))
     if lr_scale != 1.0:  # recorded only when not 1 (runs made before the key existed have none)
         common["lr_scale"] = lr_scale
     if name == "dense":
@@ -184,6 +171,8 @@ class RunPlan:
     def train_kwargs(self) -> dict:
         """The keyword arguments of ``YOLOLDAC(base).compress`` / ``.finetune`` for this run."""
         kw = {k: v for k, v in self.settings.items() if k not in ("mode", "resolved")}
+        if kw.pop("distill", None) == "base":  # Ultralytics' knowledge distillation with the base as the teacher
+            kw["distill_model"] = str(self.base)
         return dict(kw, data=str(self.data), project=str(self.project), name=self.id, exist_ok=True)
 
     def weights(self) -> Path | None:
@@ -550,7 +539,7 @@ def write_benchmarks_section(args: argparse.Namespace, records: list[dict], text
         "seeds; a lead counts only beyond both spreads."
         + f" Every run here, dense included, trains at lr_scale {lrs}: yolo-ldac's key that scales every learning "
         "rate Ultralytics picks (optimizer=auto) for the push and fine-tuning phases; its default `auto` is 0.25 for "
-        "a base trained on the data's classes, as these are, and 1 for a model with other classes.", "",
+        "a model with trained weights, as these bases are, and 1 for one built from a yaml.", "",
         plateau_line(r0["base"]), "",
         text, "", f"![schedule]({rel}/schedule.png)", "",
         f"Machine: {m.get('cpu')} ({m.get('cores')} cores), GPU {m.get('gpu') or 'none'}; torch "

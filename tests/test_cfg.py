@@ -368,15 +368,13 @@ def test_shipped_cfg_examples_are_valid():
         get_cfg({"cfg": str(f)})
 
 
-def test_lr_scale_auto_by_class_names():
-    """auto: a quarter of Ultralytics' lr for a model trained on the data's classes (same names, same order), its
-    own lr for anything else; a number is itself."""
-    from yolo_ldac.cfg import resolve_lr_scale
+def test_lr_scale_auto_by_trained_weights():
+    """auto: a quarter of Ultralytics' lr for a model with trained weights (any checkpoint), its own lr for a model
+    built from a yaml (random weights); a number is itself."""
+    from yolo_ldac.cfg import is_trained_source, resolve_lr_scale
 
-    assert resolve_lr_scale("auto", {0: "person", 1: "car"}, ["person", "car"]) == 0.25
-    assert resolve_lr_scale("auto", {1: "car", 0: "person"}, {"0": "person", "1": "car"}) == 0.25
-    assert resolve_lr_scale("auto", {0: "car", 1: "person"}, ["person", "car"]) == 1.0  # other class ids
-    assert resolve_lr_scale("auto", {0: "person"}, ["person", "car"]) == 1.0
-    assert resolve_lr_scale("auto", None, ["person"]) == 1.0 and resolve_lr_scale("auto", {}, []) == 1.0
-    assert resolve_lr_scale(0.5, {0: "person"}, ["person"]) == 0.5
+    assert [is_trained_source(s) for s in ("yolo11n.yaml", "cfg/MY.YML", "yolo11n.pt", "best.pt")] == [
+        False, False, True, True]
+    assert resolve_lr_scale("auto", True) == 0.25 and resolve_lr_scale("auto", False) == 1.0
+    assert resolve_lr_scale(0.5, True) == 0.5 and resolve_lr_scale(2, False) == 2.0
     assert get_cfg({"lr_scale": "auto"}, mode="compress")["lr_scale"] == "auto"

@@ -125,9 +125,9 @@ def test_one_model_per_run_and_info_on_phase_files(shapes_data, tmp_path):
     # 16 images at batch 8 with nbs=8: one optimizer step per batch, 2 per epoch, counted from the trainer
     assert rep["optimizer_steps"] == {"round2": 2, "finetune": 2, "total": 4}
     assert rep["train_schedule"]["finetune"]["accumulate"] == 1 and rep["train_schedule"]["finetune"]["nbs"] == 8
-    # lr_scale=auto: a yaml model's class names are not the data's (new classes to learn) -> Ultralytics' own lr
+    # lr_scale=auto: a model built from a yaml (random weights) trains at Ultralytics' own lr
     assert rep["train_schedule"]["finetune"]["lr_scale"] == 1.0
-    # ... and the model it produced, now trained on these classes, fine-tunes at a quarter of it
+    # ... and the checkpoint it produced (trained weights) fine-tunes at a quarter of it
     again = YOLOLDAC(str(result.best)).finetune(data=str(shapes_data), epochs=1, project=str(tmp_path), name="ft",
                                                 nbs=8, **FAST)
     sched = json.loads((again.run_dir / "report.json").read_text())["train_schedule"]["finetune"]

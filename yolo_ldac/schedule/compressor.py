@@ -244,14 +244,13 @@ class Compressor:
         self._round_imgsz(model)
         from ultralytics.utils import LOGGER
 
-        from yolo_ldac.cfg import resolve_lr_scale
+        from yolo_ldac.cfg import is_trained_source, resolve_lr_scale
 
-        self.lr_scale = resolve_lr_scale(self.cfg.get("lr_scale", "auto"), getattr(model, "names", None),
-                                         self.data["names"] if self.data is not None else None)
+        self.lr_scale = resolve_lr_scale(self.cfg.get("lr_scale", "auto"), is_trained_source(self.source))
         if self.cfg.get("lr_scale", "auto") == "auto" and self.mode != "prune":
             LOGGER.info(f"lr_scale=auto: {self.lr_scale:g} x Ultralytics' lr ("
-                        + ("the model's classes are the data's: it is trained on this task)" if self.lr_scale != 1.0
-                           else "the data has other classes than the model: new classes to learn)"))
+                        + ("trained weights: their minimum is worth keeping)" if self.lr_scale != 1.0
+                           else "a model built from a yaml: random weights)"))
         if self.data is not None:
             model = adapt_head_to_names(model, self.data["names"], seed=int(self.cfg["seed"]))
         model = copy.deepcopy(model).float().cpu()
@@ -369,11 +368,11 @@ class Compressor:
         comp.state = state
         comp.run_dir = Path(state.run_dir)
         comp._resumed = True
-        # lr_scale=auto was resolved against the model as it came, before its class rows were remapped: read back.
-        from yolo_ldac.cfg import resolve_lr_scale
+        # The factor the run started with (lr_scale=auto resolved from the source it was started from).
+        from yolo_ldac.cfg import is_trained_source, resolve_lr_scale
 
         comp.lr_scale = float(state.record.get("lr_scale") or resolve_lr_scale(
-            comp.cfg.get("lr_scale", "auto"), None, None))
+            comp.cfg.get("lr_scale", "auto"), is_trained_source(state.source)))
         at = state.next_phase()
         state.resumed.append({"at_phase": at, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         state.status = "running"
