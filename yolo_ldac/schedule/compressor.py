@@ -557,7 +557,7 @@ class Compressor:
         model.train()
         for p in model.parameters():
             p.requires_grad_(True)
-        trainer = PushTrainer(model, overrides=overrides, push=self.push, final=final, resume_from=resume_from,
+        trainer = PushTrainer(model=model, overrides=overrides, push=self.push, final=final, resume_from=resume_from,
                               lr_scale=float(self.cfg.get("lr_scale", 1.0)))
         self.callbacks.attach_to_trainer(trainer)
         self.trainer = trainer
