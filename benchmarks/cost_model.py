@@ -11,6 +11,8 @@ For YOLO11 n/s/m/l/x built from their yaml (random weights, 80 classes, split bl
 * **push step**: one training step with LDAC's push loss (forward, ``LDACDetectionLoss`` with pooled J, backward,
   SGD step) on a batch of ``--batch`` images at ``--imgsz``: median of ``--repeats`` after one warm-up.
 
+Times are CPU seconds of the measuring process (``time.process_time``; one torch thread, so CPU time is the work
+done, and it does not grow when other jobs share the core, as they did here); wall-clock seconds are in the JSON too.
 Every measurement runs in its own child process, so that its peak memory is its own: peak RSS is the process's
 ``VmHWM`` (Linux ``/proc/self/status``), reset (``/proc/self/clear_refs``) just before the measured call, so it is the
 whole process's resident peak during that call (Python, torch and the model), not an increment. ``rss_before_mb``
@@ -98,19 +100,20 @@ def measure_prune(size: str, retrace: bool) -> dict:
     dense = measure(model, 640, protected=protected_layers(model))
     pruner = ChannelPruner(model, build_parts({"method": "l2"})["criterion"], dense, layer_channels(model),
                            protected_layers(model), compensate="none", retrace=retrace)
-    t = time.perf_counter()
+    c = time.process_time()
     build_graph(model)
-    trace_s = time.perf_counter() - t
+    trace_s = time.process_time() - c
     groups = len(pruner._collect_groups(build_graph(model), score=False))
     before = reset_peak()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     result = pruner.step(0.5)
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, time.process_time() - c
     peak = peak_mb()
     digest = hashlib.sha256()
     for k, v in model.state_dict().items():
         digest.update(k.encode() + str(tuple(v.shape)).encode() + v.detach().cpu().numpy().tobytes())
-    return {"seconds": seconds, "peak_rss_mb": peak, "rss_before_mb": before, "groups_pruned": result.groups_pruned,
+    return {"seconds": cpu, "wall_seconds": seconds, "peak_rss_mb": peak, "rss_before_mb": before,
+            "groups_pruned": result.groups_pruned,
             "groups_prunable": groups, "graph_trace_s": trace_s, "reached": result.reached_ratio,
             "gflops_640": dense.flops_g, "params": dense.params, "state_sha256": digest.hexdigest(),
             "torch_threads": torch.get_num_threads()}
@@ -123,10 +126,10 @@ def measure_trace(size: str, n: int, imgsz: int, workdir: Path) -> dict:
     batches = _batches(n, imgsz, workdir)
     crit = build_parts({"method": "ldac"})["criterion"]
     before = reset_peak()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     crit.prepare(model, batches)
-    seconds = time.perf_counter() - t
-    return {"seconds": seconds, "peak_rss_mb": peak_mb(), "rss_before_mb": before,
+    seconds, cpu = time.perf_counter() - t, time.process_time() - c
+    return {"seconds": cpu, "wall_seconds": seconds, "peak_rss_mb": peak_mb(), "rss_before_mb": before,
             "images": sum(len(b["img"]) for b in batches), "imgsz": imgsz}
 
 
@@ -146,18 +149,19 @@ def measure_push(size: str, batch: int, imgsz: int, repeats: int, workdir: Path)
     loss_fn = LDACDetectionLoss(model, alpha=0.05, beta=0.01, pooled=True)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
-    def step() -> float:
-        t = time.perf_counter()
+    def step() -> tuple[float, float]:
+        t, c = time.perf_counter(), time.process_time()
         loss, _ = loss_fn(model(step_batch["img"]), step_batch)
         loss.sum().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return time.perf_counter() - t
+        return time.process_time() - c, time.perf_counter() - t
 
     step()  # warm-up
     before = reset_peak()
     times = sorted(step() for _ in range(repeats))
-    return {"seconds": times[len(times) // 2], "all_seconds": times, "peak_rss_mb": peak_mb(),
+    return {"seconds": times[len(times) // 2][0], "wall_seconds": times[len(times) // 2][1],
+            "all_seconds": [c for c, _ in times], "peak_rss_mb": peak_mb(),
             "rss_before_mb": before, "batch": batch, "imgsz": imgsz}
 
 
@@ -185,7 +189,7 @@ def run_child(argv: list[str], timeout: int = 1800) -> dict:
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{proc.stderr[-3000:]}")
     out = json.loads(lines[-1][len("RESULT "):])
-    print(f"  {' '.join(argv[:4])}: {out['seconds']:.2f} s, peak {out['peak_rss_mb']:.0f} MiB", flush=True)
+    print(f"  {' '.join(argv[:5])}: {out['seconds']:.2f} s CPU ({out['wall_seconds']:.2f} s wall), peak {out['peak_rss_mb']:.0f} MiB", flush=True)
     return out
 
 
@@ -199,7 +203,8 @@ def loglog_slope(xs: list[float], ys: list[float]) -> float:
     """
     lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
     mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
-    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+    sxx = sum((a - mx) ** 2 for a in lx)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sxx if sxx > 0 else float("nan")
 
 
 def fits(record: dict) -> dict:
@@ -239,14 +244,14 @@ def plot(record: dict, path: Path) -> Path:
         a.annotate(r["model"], (x, r["prune_retrace"]["seconds"]), textcoords="offset points", xytext=(4, 4),
                    fontsize=8)
     a.set_xlabel("groups removed in the 50 % step (YOLO11 n s m l x)")
-    a.set_ylabel("seconds, one CPU core")
+    a.set_ylabel("CPU seconds, one thread")
     a.grid(True, which="both", alpha=0.3)
     a.legend(fontsize=8)
     calib = record["calibration"]
     n = [c["images"] for c in calib]
     b.loglog(n, [c["seconds"] for c in calib], "o-", label="seconds")
     b.set_xlabel(f"calibration images (yolo11{record['settings']['calib_model']}, {record['settings']['imgsz']} px)")
-    b.set_ylabel("ldac trace, seconds")
+    b.set_ylabel("ldac trace, CPU seconds")
     b2 = b.twinx()
     b2.semilogx(n, [c["peak_rss_mb"] for c in calib], "s--", color="tab:red", label="peak RSS")
     b2.set_ylabel("peak RSS, MiB", color="tab:red")
@@ -265,7 +270,8 @@ def section(record: dict, png: Path) -> str:
         "",
         f"Written by `benchmarks/cost_model.py --benchmarks-md` ({record['date']}). YOLO11 n/s/m/l/x from their yaml "
         "(random weights, 80 classes, split blocks rewritten), one process per measurement, "
-        f"{s['threads']} torch thread, pinned to one core (`taskset -c 1`). Peak RSS is the process's VmHWM reset just "
+        f"{s['threads']} torch thread, pinned to one core (`taskset -c 1`). Times are CPU seconds of the measuring "
+        "process (the machine was shared with other jobs; wall-clock seconds are in the JSON). Peak RSS is the process's VmHWM reset just "
         "before the measured call (the whole process, not an increment). Prune step: one 50 % FLOPs step, l2, no "
         "data, no compensation, FLOPs counted at 640 px. Trace: `criterion=ldac` over "
         f"{s['trace_images']} images at {s['imgsz']} px. Push step: forward + LDAC push loss (pooled J) + backward + "
@@ -308,10 +314,11 @@ def section(record: dict, png: Path) -> str:
         f"{f['trace_peak_vs_images']:.2f} in peak RSS.",
     ]
     if x is not None:
-        lines += ["", f"YOLO11x, one 50 % prune step on one core: **{x['prune']['seconds']:.1f} s** on one graph "
-                      f"(was {x['prune_retrace']['seconds']:.1f} s with a trace per group), peak RSS "
+        lines += ["", f"YOLO11x, one 50 % prune step on one core: **{x['prune']['seconds']:.1f} s** CPU "
+                      f"({x['prune']['wall_seconds']:.1f} s wall) on one graph, was {x['prune_retrace']['seconds']:.1f} s "
+                      f"CPU ({x['prune_retrace']['wall_seconds']:.1f} s wall) with a trace per group; peak RSS "
                       f"{x['prune']['peak_rss_mb']:.0f} MiB."]
-    lines += ["", f"![cost model]({png.relative_to(ROOT).as_posix()})"]
+    lines += ["", f"![cost model]({Path(os.path.relpath(png, ROOT)).as_posix()})"]
     return "\n".join(lines)
 
 

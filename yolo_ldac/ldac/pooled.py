@@ -34,14 +34,19 @@ from yolo_ldac.ldac.stats import DiscriminantStats, ridge_value
 
 
 def distributed() -> bool:
-    """True inside an initialised process group of more than one rank."""
+    """True in a training forward inside an initialised process group of more than one rank.
+
+    Every rank runs each training forward; Ultralytics validates on rank 0 alone, under no_grad, and an all-reduce
+    there would wait for ranks that never come: so autograd must be on too.
+    """
     import torch.distributed as dist
 
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return (torch.is_grad_enabled() and dist.is_available() and dist.is_initialized()
+            and dist.get_world_size() > 1)
 
 
 def world_sums(counts: Tensor, sums: Tensor, sq: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The scatter sums summed over all ranks (unchanged outside a process group of more than one rank).
+    """The scatter sums summed over all ranks (unchanged unless :func:`distributed`).
 
     Each result's value is the all-reduced sum exactly; its gradient is that of this rank's own term (the other
     ranks' samples are constants here).

@@ -566,13 +566,23 @@ class Compressor:
         steps = self.state.record.setdefault("optimizer_steps", {})
         trainer.train()
         # After training: optimizer=auto has replaced lr0 and the optimizer name by what it chose (lr_scale applied).
+        args, updates = trainer.args, int(getattr(getattr(trainer, "ema", None), "updates", 0) or 0)
+        if getattr(trainer, "ddp", False) and last.is_file():
+            # Multi-GPU: Ultralytics trained in worker processes; what they used is in the phase's last checkpoint.
+            from types import SimpleNamespace
+
+            from yolo_ldac.safe_load import load_checkpoint
+
+            ckpt = load_checkpoint(last)
+            args = SimpleNamespace(**{**vars(trainer.args), **(ckpt.get("train_args") or {})})
+            updates = int(ckpt.get("updates") or 0)
         self.state.record.setdefault("train_schedule", {})[name] = {
-            "epochs": epochs, "batch": int(trainer.batch_size), "nbs": int(trainer.args.nbs),
-            "accumulate": int(max(round(trainer.args.nbs / max(trainer.batch_size, 1)), 1)),
-            "lr0": float(trainer.args.lr0), "lrf": float(trainer.args.lrf), "optimizer": str(trainer.args.optimizer),
+            "epochs": epochs, "batch": int(trainer.batch_size), "nbs": int(args.nbs),
+            "accumulate": int(max(round(args.nbs / max(trainer.batch_size, 1)), 1)),
+            "lr0": float(args.lr0), "lrf": float(args.lrf), "optimizer": str(args.optimizer),
             "lr_scale": float(self.cfg.get("lr_scale", 1.0)),
-            "warmup_epochs": float(trainer.args.warmup_epochs), "cos_lr": bool(trainer.args.cos_lr)}
-        steps[name] = int(getattr(getattr(trainer, "ema", None), "updates", 0) or 0)
+            "warmup_epochs": float(args.warmup_epochs), "cos_lr": bool(args.cos_lr)}
+        steps[name] = updates
         self._time("train", time.perf_counter() - t)
         trained = self._trained_model(phase_dir, model)
         n_trained = sum(p.numel() for p in trained.parameters())
