@@ -101,7 +101,7 @@ def measure_prune(size: str, retrace: bool) -> dict:
     pruner = ChannelPruner(model, build_parts({"method": "l2"})["criterion"], dense, layer_channels(model),
                            protected_layers(model), compensate="none", retrace=retrace)
     c = time.process_time()
-    build_graph(model)
+    nodes = len(build_graph(model).module2node)
     trace_s = time.process_time() - c
     groups = len(pruner._collect_groups(build_graph(model), score=False))
     before = reset_peak()
@@ -114,7 +114,7 @@ def measure_prune(size: str, retrace: bool) -> dict:
         digest.update(k.encode() + str(tuple(v.shape)).encode() + v.detach().cpu().numpy().tobytes())
     return {"seconds": cpu, "wall_seconds": seconds, "peak_rss_mb": peak, "rss_before_mb": before,
             "groups_pruned": result.groups_pruned,
-            "groups_prunable": groups, "graph_trace_s": trace_s, "reached": result.reached_ratio,
+            "groups_prunable": groups, "graph_trace_s": trace_s, "graph_nodes": nodes, "reached": result.reached_ratio,
             "gflops_640": dense.flops_g, "params": dense.params, "state_sha256": digest.hexdigest(),
             "torch_threads": torch.get_num_threads()}
 
@@ -215,7 +215,14 @@ def fits(record: dict) -> dict:
     return {
         "prune_retrace_vs_groups": loglog_slope(g, [r["prune_retrace"]["seconds"] for r in rows]),
         "prune_vs_groups": loglog_slope(g, [r["prune"]["seconds"] for r in rows]),
+        "prune_retrace_vs_gflops": loglog_slope(fl, [r["prune_retrace"]["seconds"] for r in rows]),
+        "prune_vs_gflops": loglog_slope(fl, [r["prune"]["seconds"] for r in rows]),
         "graph_trace_vs_gflops": loglog_slope(fl, [r["prune"]["graph_trace_s"] for r in rows]),
+        "graph_trace_vs_nodes": loglog_slope([r["prune"]["graph_nodes"] for r in rows],
+                                             [r["prune"]["graph_trace_s"] for r in rows]),
+        "prune_retrace_vs_nodes_x_groups": loglog_slope(
+            [r["prune"]["graph_nodes"] * r["prune_retrace"]["groups_pruned"] for r in rows],
+            [r["prune_retrace"]["seconds"] for r in rows]),
         "trace_vs_gflops": loglog_slope(fl, [r["trace"]["seconds"] for r in rows]),
         "push_vs_gflops": loglog_slope(fl, [r["push"]["seconds"] for r in rows]),
         "trace_vs_images": loglog_slope([c["images"] for c in calib], [c["seconds"] for c in calib]),
@@ -233,17 +240,17 @@ def plot(record: dict, path: Path) -> Path:
 
     rows = record["models"]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
-    g = [r["prune_retrace"]["groups_pruned"] for r in rows]
-    a.loglog(g, [r["prune_retrace"]["seconds"] for r in rows], "o-", label="prune step, a trace per group")
-    a.loglog(g, [r["prune"]["seconds"] for r in rows], "s-", label="prune step, one graph (default)")
-    a.loglog(g, [r["trace"]["seconds"] for r in rows], "^-",
+    fl = [r["prune"]["gflops_640"] for r in rows]
+    a.loglog(fl, [r["prune_retrace"]["seconds"] for r in rows], "o-", label="prune step, a trace per group")
+    a.loglog(fl, [r["prune"]["seconds"] for r in rows], "s-", label="prune step, one graph (default)")
+    a.loglog(fl, [r["trace"]["seconds"] for r in rows], "^-",
              label=f"ldac trace, {rows[0]['trace']['images']} images @ {record['settings']['imgsz']}")
-    a.loglog(g, [r["push"]["seconds"] for r in rows], "v-",
+    a.loglog(fl, [r["push"]["seconds"] for r in rows], "v-",
              label=f"push step, batch {record['settings']['batch']} @ {record['settings']['imgsz']}")
-    for r, x in zip(rows, g):
-        a.annotate(r["model"], (x, r["prune_retrace"]["seconds"]), textcoords="offset points", xytext=(4, 4),
-                   fontsize=8)
-    a.set_xlabel("groups removed in the 50 % step (YOLO11 n s m l x)")
+    for r, x in zip(rows, fl):
+        a.annotate(f"{r['model']} ({r['prune']['groups_pruned']} groups)", (x, r["prune_retrace"]["seconds"]),
+                   textcoords="offset points", xytext=(-20, 6), fontsize=7)
+    a.set_xlabel("model GFLOPs at 640 px (YOLO11 n s m l x)")
     a.set_ylabel("CPU seconds, one thread")
     a.grid(True, which="both", alpha=0.3)
     a.legend(fontsize=8)
@@ -281,16 +288,17 @@ def section(record: dict, png: Path) -> str:
         f"{m.get('gpu') or 'none'}; torch {m.get('torch')}, ultralytics {m.get('ultralytics')}, torch-pruning "
         f"{m.get('torch_pruning')}.",
         "",
-        "| model | params (M) | GFLOPs @640 | prunable groups | groups removed | one graph trace (s) | prune step, a trace "
+        "| model | params (M) | GFLOPs @640 | graph nodes | prunable groups | groups removed | one graph trace (s) | prune step, a trace "
         "per group (s) | prune step, one graph (s) | same channels | prune peak RSS (MiB) | ldac trace (s) | trace "
         "peak RSS (MiB) | push step (s) | push peak RSS (MiB) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in record["models"]:
         p, q, t, u = r["prune"], r["prune_retrace"], r["trace"], r["push"]
         same = "yes" if p["state_sha256"] == q["state_sha256"] else "**no**"
         lines.append(
-            f"| {r['model']} | {p['params'] / 1e6:.1f} | {p['gflops_640']:.1f} | {p['groups_prunable']} | "
+            f"| {r['model']} | {p['params'] / 1e6:.1f} | {p['gflops_640']:.1f} | {p['graph_nodes']} | "
+            f"{p['groups_prunable']} | "
             f"{p['groups_pruned']} | {p['graph_trace_s']:.2f} | {q['seconds']:.1f} | **{p['seconds']:.1f}** | {same} | "
             f"{p['peak_rss_mb']:.0f} | {t['seconds']:.1f} | {t['peak_rss_mb']:.0f} | {u['seconds']:.2f} | "
             f"{u['peak_rss_mb']:.0f} |")
@@ -305,10 +313,13 @@ def section(record: dict, png: Path) -> str:
         "",
         "Fitted growth (least-squares slope on log-log, y ~ x^slope):",
         "",
-        f"- prune step with a trace per group against groups removed: **{f['prune_retrace_vs_groups']:.2f}** (each "
-        "group re-traces the whole model, and bigger models have both more groups and costlier traces); one graph "
-        f"trace against GFLOPs: {f['graph_trace_vs_gflops']:.2f}.",
-        f"- prune step on one refreshed graph against groups removed: **{f['prune_vs_groups']:.2f}**.",
+        f"- prune step with a trace per group: against groups removed **{f['prune_retrace_vs_groups']:.2f}**, "
+        f"against GFLOPs {f['prune_retrace_vs_gflops']:.2f} (each group re-traces the whole model: groups x one "
+        f"trace; one graph trace grows as {f['graph_trace_vs_nodes']:.2f} with the graph's nodes and "
+        f"{f['graph_trace_vs_gflops']:.2f} with GFLOPs), against graph nodes x groups removed "
+        f"{f['prune_retrace_vs_nodes_x_groups']:.2f}.",
+        f"- prune step on one refreshed graph: against groups removed **{f['prune_vs_groups']:.2f}**, against GFLOPs "
+        f"{f['prune_vs_gflops']:.2f}.",
         f"- ldac trace against GFLOPs: {f['trace_vs_gflops']:.2f}; push step against GFLOPs: {f['push_vs_gflops']:.2f}.",
         f"- ldac trace against calibration images: **{f['trace_vs_images']:.2f}** in time, "
         f"{f['trace_peak_vs_images']:.2f} in peak RSS.",
@@ -339,6 +350,8 @@ def main() -> None:
     ap.add_argument("--out-dir", default=str(OUT))
     ap.add_argument("--benchmarks-md", action="store_true")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--remeasure-prune", default="", help="re-measure only the prune steps of these sizes (e.g. n,s) "
+                    "in an existing cost.json, then report")
     args = ap.parse_args()
     if args.measure:
         return _child(args)
@@ -346,8 +359,22 @@ def main() -> None:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "cost.json"
-    if args.report_only:
+    if args.report_only or args.remeasure_prune:
         record = json.loads(path.read_text())
+        if args.remeasure_prune:
+            import tempfile
+            from datetime import datetime, timezone
+
+            from yolo_ldac.utils.io import atomic_write_text
+
+            with tempfile.TemporaryDirectory() as tmp:
+                for size in args.remeasure_prune.split(","):
+                    row = next(r for r in record["models"] if r["model"] == f"yolo11{size}")
+                    common = ["--workdir", tmp]
+                    row["prune"] = run_child(["--measure", "prune", "--size", size, *common])
+                    row["prune_retrace"] = run_child(["--measure", "prune", "--size", size, "--retrace", *common])
+                    row["prune_remeasured"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            atomic_write_text(path, json.dumps(record, indent=1))
     else:
         import tempfile
         from datetime import datetime, timezone
