@@ -145,3 +145,49 @@ def test_pooled_sums_all_reduced_over_gloo_equal_one_process_over_union():
         assert j == pytest.approx(float(j_single.detach()), rel=1e-10)
         rows = slice(0, last_n0) if rank == 0 else slice(last_n0, None)
         torch.testing.assert_close(grad, xu.grad[rows], rtol=1e-9, atol=1e-12)  # its own samples' share
+
+
+# --- a whole compress through Ultralytics' multi-GPU launch path ---------------------------------------------------
+def test_compress_through_the_ddp_launch_path(shapes_data, tmp_path, monkeypatch):
+    """The launching side of ``device=0,1`` on CPU: every training phase's trainer is marked as a DDP launcher, so
+    Ultralytics' ``train()`` removes the phase folder, writes the worker script (``generate_ddp_command``) and starts
+    it; ``torch.distributed.run`` is replaced by one plain process running that script (CPU has no NCCL ranks). The
+    run must train the pruned model in the worker, load its weights back and record the worker's schedule."""
+    import json
+
+    import ultralytics.engine.trainer as ultra_trainer
+
+    from yolo_ldac import YOLOLDAC
+    from yolo_ldac.engine import trainer as ours
+
+    real_run = subprocess.run
+    launched = []
+
+    def fake_run(cmd, *args, **kwargs):
+        if isinstance(cmd, list) and "torch.distributed.run" in cmd:
+            launched.append(cmd)
+            return real_run([sys.executable, cmd[-1]], check=True)
+        return real_run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(ultra_trainer.subprocess, "run", fake_run)
+    init = ours.PushTrainer.__init__
+
+    def launcher_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.ddp = True  # the launching process, as with device=0,1 (the worker script's process is not patched)
+
+    monkeypatch.setattr(ours.PushTrainer, "__init__", launcher_init)
+    result = YOLOLDAC("yolo11n.yaml").compress(data=str(shapes_data), ratio=0.3, method="l2", push="ldac", rounds=1,
+                                               epochs_per_round=1, finetune_epochs=1, imgsz=64, batch=8,
+                                               lr_scale=0.5, project=str(tmp_path), name="ddp", ld_check=0.0)
+    assert result is not None and result.best.is_file()
+    state = json.loads((result.run_dir / "state.json").read_text())
+    record = state["record"]
+    assert len(launched) == 2  # round1.push and finetune, each through the launcher
+    # the launching process trained nothing itself: its steps and lr come from what the worker wrote
+    assert record["optimizer_steps"]["round1"] > 0 and record["optimizer_steps"]["finetune"] > 0
+    worker = json.loads((result.run_dir / "finetune" / "schedule.json").read_text())
+    assert record["train_schedule"]["finetune"]["lr0"] == worker["lr0"] and worker["updates"] > 0
+    with open(result.run_dir / "round1" / "results.csv") as f:
+        header = next(csv.reader(f))
+    assert "train/ld_loss" in [h.strip() for h in header]  # the worker trained with the push loss

@@ -21,6 +21,7 @@ parent's trainer with it), and the push loss is built in :meth:`PushTrainer._set
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,10 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, RANK
 
 from yolo_ldac.errors import LDACError
-from yolo_ldac.utils.io import AtomicPath
+from yolo_ldac.utils.io import AtomicPath, atomic_write_text
 
 EPOCH_LAST, EPOCH_BEST = "epoch_last.pt", "epoch_best.pt"
+SCHEDULE_FILE = "schedule.json"  # in the phase folder: optimizer steps and the lr the training used
 EXTRAS_EVENT = "on_pretrain_routine_start"  # the callback list a TrainerExtras rides in (called once, a no-op)
 
 
@@ -126,6 +128,21 @@ class PrunedDetectionTrainer(DetectionTrainer):
                 group["lr"] *= self.lr_scale
             self.args.lr0 = float(self.args.lr0) * self.lr_scale
         return optimizer
+
+    def final_eval(self):
+        self.write_schedule()  # before Ultralytics strips the EMA and its update count from the checkpoints
+        super().final_eval()
+
+    def write_schedule(self) -> None:
+        """Write ``schedule.json`` (optimizer steps = EMA updates, lr0 and optimizer after ``optimizer=auto`` and
+        ``lr_scale``) in the phase folder: under multi-GPU the launching process trained nothing itself and reads
+        what its workers did from there."""
+        if RANK not in {-1, 0}:
+            return
+        ema = getattr(self, "ema", None)
+        atomic_write_text(self.save_dir / SCHEDULE_FILE, json.dumps({
+            "updates": int(getattr(ema, "updates", 0) or 0), "lr0": float(self.args.lr0),
+            "optimizer": str(self.args.optimizer), "world_size": int(self.world_size)}))
 
     def setup_model(self):
         model = self.pruned_model

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import os
 import random
@@ -531,7 +532,7 @@ class Compressor:
     def _train(self, model: nn.Module, epochs: int, name: str, final: bool) -> nn.Module:
         """Train ``model`` for ``epochs`` in ``run_dir/name`` with the push's trainer; resumes that phase's last
         epoch when a previous attempt left one."""
-        from yolo_ldac.engine.trainer import EPOCH_LAST, PushTrainer
+        from yolo_ldac.engine.trainer import EPOCH_LAST, SCHEDULE_FILE, PushTrainer
 
         phase_dir = self.run_dir / name
         last = phase_dir / "weights" / EPOCH_LAST
@@ -567,15 +568,13 @@ class Compressor:
         trainer.train()
         # After training: optimizer=auto has replaced lr0 and the optimizer name by what it chose (lr_scale applied).
         args, updates = trainer.args, int(getattr(getattr(trainer, "ema", None), "updates", 0) or 0)
-        if getattr(trainer, "ddp", False) and last.is_file():
-            # Multi-GPU: Ultralytics trained in worker processes; what they used is in the phase's last checkpoint.
+        if getattr(trainer, "ddp", False) and (phase_dir / SCHEDULE_FILE).is_file():
+            # Multi-GPU: Ultralytics trained in worker processes; rank 0 wrote what they did in the phase folder.
             from types import SimpleNamespace
 
-            from yolo_ldac.safe_load import load_checkpoint
-
-            ckpt = load_checkpoint(last)
-            args = SimpleNamespace(**{**vars(trainer.args), **(ckpt.get("train_args") or {})})
-            updates = int(ckpt.get("updates") or 0)
+            done = json.loads((phase_dir / SCHEDULE_FILE).read_text())
+            args = SimpleNamespace(**{**vars(trainer.args), "lr0": done["lr0"], "optimizer": done["optimizer"]})
+            updates = int(done["updates"])
         self.state.record.setdefault("train_schedule", {})[name] = {
             "epochs": epochs, "batch": int(trainer.batch_size), "nbs": int(args.nbs),
             "accumulate": int(max(round(args.nbs / max(trainer.batch_size, 1)), 1)),
