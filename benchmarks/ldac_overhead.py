@@ -72,8 +72,8 @@ def main() -> None:
         for label in ("detection loss", "LDAC push loss"):
             model = copy.deepcopy(base)
             ov = dict(common, project=tmp, name=label.replace(" ", "_"), exist_ok=True)
-            trainer = (PrunedDetectionTrainer(model, overrides=ov) if label == "detection loss" else
-                       PushTrainer(model, overrides=ov, push=build_push("ldac", alpha=0.05, beta=0.01, gamma=1e-3)))
+            trainer = (PrunedDetectionTrainer(model=model, overrides=ov) if label == "detection loss" else
+                       PushTrainer(model=model, overrides=ov, push=build_push("ldac", alpha=0.05, beta=0.01, gamma=1e-3)))
             trainer.train()
             epochs[label] = epoch_seconds(Path(trainer.save_dir) / "results.csv")
     steady = {k: sorted(v[1:])[len(v[1:]) // 2] for k, v in epochs.items()}

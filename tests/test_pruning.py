@@ -270,3 +270,72 @@ def test_every_criterion_prunes_a_frozen_model(method, batches):
     assert abs(result.reached_ratio - 0.2) <= 0.01
     model.eval()
     model(torch.rand(1, 3, 64, 64))
+
+
+def _pruned_state(model, criterion: str, ratio: float, retrace: bool, batches=None, compensate="none", steps=1):
+    pruner = ChannelPruner(model, build_criterion(criterion), measure(model, 640, protected=protected_layers(model)),
+                           layer_channels(model), protected_layers(model), compensate=compensate, retrace=retrace)
+    results = [pruner.step(ratio * (k + 1) / steps, batches) for k in range(steps)]
+    return model.state_dict(), results
+
+
+@pytest.mark.parametrize("cfg,criterion,compensate,steps", [("yolov8s.yaml", "l2", "none", 1),
+                                                           ("yolo11n.yaml", "taylor", "mean", 1)])
+def test_one_graph_step_removes_what_a_trace_per_group_removes(cfg, criterion, compensate, steps, batches):
+    """The engine removes all of a step's groups on one dependency graph (its concat bookkeeping refreshed after
+    each removal); the former engine traced a fresh graph per group. Both must give the same model, bit for bit."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    base = DetectionModel(cfg, nc=NC, verbose=False)
+    rewrite_split_blocks(base)
+    data = batches if compensate != "none" or criterion == "taylor" else None
+    fast, r_fast = _pruned_state(copy.deepcopy(base), criterion, 0.5, retrace=False, batches=data,
+                                 compensate=compensate, steps=steps)
+    slow, r_slow = _pruned_state(copy.deepcopy(base), criterion, 0.5, retrace=True, batches=data,
+                                 compensate=compensate, steps=steps)
+    assert [r.groups_pruned for r in r_fast] == [r.groups_pruned for r in r_slow] and r_fast[-1].groups_pruned > 20
+    assert fast.keys() == slow.keys()
+    changed = [k for k in fast if fast[k].shape != slow[k].shape or not torch.equal(fast[k], slow[k])]
+    assert not changed, changed[:5]
+    assert r_fast[-1].reached_ratio == pytest.approx(0.5, abs=TOL)
+
+
+def test_refresh_concat_offsets_matches_a_fresh_trace():
+    """After a group feeding a concat is removed, the refreshed graph's concat widths and index-mapping offsets are
+    those a fresh trace infers (torch-pruning's own bookkeeping decrements the widths per dependency instead)."""
+    from torch_pruning import ops
+    from ultralytics.nn.tasks import DetectionModel
+
+    from yolo_ldac.pruning.engine import build_graph, refresh_concat_offsets
+
+    torch.manual_seed(0)
+    model = DetectionModel("yolo11n.yaml", nc=NC, verbose=False)
+    rewrite_split_blocks(model)
+    graph = build_graph(model)
+    cats = [n for n in graph.module2node.values() if n.type == ops.OPTYPE.CONCAT]
+    assert cats
+    # the first prunable group that reaches a concat
+    for grp in graph.get_all_groups(ignored_layers=protected_layers(model), root_module_types=[nn.Conv2d]):
+        if any(it.dep.target.type == ops.OPTYPE.CONCAT for it in grp):
+            break
+    root = grp[0].dep.target.module
+    group = graph.get_pruning_group(root, tp.prune_conv_out_channels, idxs=list(range(8)))
+    group.prune()
+    fresh = build_graph(model)
+
+    def offsets(node):
+        return sorted(tuple(m.offset) for d in node.dependencies for m in d.index_mapping
+                      if type(m).__name__ == "_ConcatIndexMapping")
+
+    fresh_cats = [n for n in fresh.module2node.values() if n.type == ops.OPTYPE.CONCAT]  # same trace order
+    assert len(fresh_cats) == len(cats)
+
+    def twin(node):
+        return fresh_cats[cats.index(node)]
+
+    assert any(offsets(node) != offsets(twin(node)) for node in cats)  # stale before the refresh
+    assert refresh_concat_offsets(graph) == len(cats)
+    for node in cats:
+        assert node.module.concat_sizes == twin(node).module.concat_sizes
+        assert offsets(node) == offsets(twin(node))

@@ -11,6 +11,7 @@ import torch
 from ultralytics.utils.loss import v8DetectionLoss
 
 from yolo_ldac.ldac.objective import SampleConfig, decorrelation, level_samples, objective_per_level
+from yolo_ldac.ldac.pooled import distributed
 
 
 class LDACDetectionLoss(v8DetectionLoss):
@@ -57,8 +58,10 @@ class LDACDetectionLoss(v8DetectionLoss):
             samples = level_samples(feats, self.stride.tolist(), batch, self.num_classes, self.samples)
             if self.alpha and self.pooled is not None:
                 ld = zero
+                # Under DDP every rank takes part in every level's all-reduce, also one with no boxes there.
+                every = distributed()
                 for li, ((x, y), obj) in enumerate(zip(samples, self.pooled)):
-                    if len(y) and (self.levels is None or self.levels[li]):
+                    if (len(y) or every) and (self.levels is None or self.levels[li]):
                         j = obj(x, y)  # updates the pooled counts: divide by the classes seen so far - 1
                         ld = ld - j / max(int((obj.counts > 0).sum()) - 1, 1)
             elif self.alpha:

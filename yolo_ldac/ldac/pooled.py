@@ -9,6 +9,11 @@ momentum)`` batches saw. :func:`label_signal` compares J with the true labels an
 calibration samples; :func:`real_levels` keeps the levels where the true J is at least ``min_ratio`` times the
 shuffled one.
 
+Under ``torch.distributed`` (Ultralytics' multi-GPU training) each rank sees its own part of every batch: the
+batch's sums are all-reduced (summed) over the ranks before they enter the EMA (:func:`world_sums`), so every rank
+holds the same pooled sums, computes the same J and pushes towards the same directions; the gradient flows through
+the rank's own samples only (DDP then combines the ranks' gradients).
+
 Pure torch; never imports Ultralytics.
 
 Example:
@@ -28,6 +33,36 @@ from torch import Tensor
 from yolo_ldac.ldac.stats import DiscriminantStats, ridge_value
 
 
+def distributed() -> bool:
+    """True in a training forward inside an initialised process group of more than one rank.
+
+    Every rank runs each training forward; Ultralytics validates on rank 0 alone, under no_grad, and an all-reduce
+    there would wait for ranks that never come: so autograd must be on too.
+    """
+    import torch.distributed as dist
+
+    return (torch.is_grad_enabled() and dist.is_available() and dist.is_initialized()
+            and dist.get_world_size() > 1)
+
+
+def world_sums(counts: Tensor, sums: Tensor, sq: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The scatter sums summed over all ranks (unchanged unless :func:`distributed`).
+
+    Each result's value is the all-reduced sum exactly; its gradient is that of this rank's own term (the other
+    ranks' samples are constants here).
+    """
+    if not distributed():
+        return counts, sums, sq
+    import torch.distributed as dist
+
+    k, c = sums.shape
+    flat = torch.cat([counts.detach().reshape(-1), sums.detach().reshape(-1), sq.detach().reshape(-1)])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    total_counts, total_sums, total_sq = flat[:k], flat[k:k + k * c].view(k, c), flat[k + k * c:].view(c, c)
+    # value: the world's sum; gradient: this rank's (x - x.detach() is exactly zero)
+    return (total_counts, total_sums + (sums - sums.detach()), total_sq + (sq - sq.detach()))
+
+
 def _objective_from_sums(counts: Tensor, sums: Tensor, sq: Tensor, rho: float) -> Tensor:
     n = counts.sum().clamp(min=1.0)
     mu_k = sums / counts.clamp(min=1.0)[:, None]
@@ -41,7 +76,8 @@ def _objective_from_sums(counts: Tensor, sums: Tensor, sq: Tensor, rho: float) -
 
 
 class PooledObjective:
-    """Differentiable J of one level from an EMA of the scatter sums plus the current batch's.
+    """Differentiable J of one level from an EMA of the scatter sums plus the current batch's (summed over the
+    ranks under ``torch.distributed``; then every rank must call it for every batch, also with no samples).
 
     Args:
         num_classes: labels lie in ``[0, num_classes)``.
@@ -71,6 +107,7 @@ class PooledObjective:
         counts = torch.bincount(y, minlength=self.num_classes).double()
         sums = torch.zeros(self.num_classes, c, dtype=torch.float64, device=x.device).index_add(0, y, x64)
         sq = x64.T @ x64
+        counts, sums, sq = world_sums(counts, sums, sq)  # every rank: the same sums (a no-op on one process)
         if self.counts is not None and self.sq.shape == sq.shape and self.counts.device == counts.device:
             m = self.momentum
             counts, sums, sq = m * self.counts + counts, m * self.sums + sums, m * self.sq + sq

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import os
 import random
@@ -545,7 +546,7 @@ class Compressor:
     def _train(self, model: nn.Module, epochs: int, name: str, final: bool) -> nn.Module:
         """Train ``model`` for ``epochs`` in ``run_dir/name`` with the push's trainer; resumes that phase's last
         epoch when a previous attempt left one."""
-        from yolo_ldac.engine.trainer import EPOCH_LAST, PushTrainer
+        from yolo_ldac.engine.trainer import EPOCH_LAST, SCHEDULE_FILE, PushTrainer
 
         phase_dir = self.run_dir / name
         last = phase_dir / "weights" / EPOCH_LAST
@@ -571,7 +572,7 @@ class Compressor:
         model.train()
         for p in model.parameters():
             p.requires_grad_(True)
-        trainer = PushTrainer(model, overrides=overrides, push=self.push, final=final, resume_from=resume_from,
+        trainer = PushTrainer(model=model, overrides=overrides, push=self.push, final=final, resume_from=resume_from,
                               lr_scale=self.lr_scale)
         self.callbacks.attach_to_trainer(trainer)
         self.trainer = trainer
@@ -580,13 +581,21 @@ class Compressor:
         steps = self.state.record.setdefault("optimizer_steps", {})
         trainer.train()
         # After training: optimizer=auto has replaced lr0 and the optimizer name by what it chose (lr_scale applied).
+        args, updates = trainer.args, int(getattr(getattr(trainer, "ema", None), "updates", 0) or 0)
+        if getattr(trainer, "ddp", False) and (phase_dir / SCHEDULE_FILE).is_file():
+            # Multi-GPU: Ultralytics trained in worker processes; rank 0 wrote what they did in the phase folder.
+            from types import SimpleNamespace
+
+            done = json.loads((phase_dir / SCHEDULE_FILE).read_text())
+            args = SimpleNamespace(**{**vars(trainer.args), "lr0": done["lr0"], "optimizer": done["optimizer"]})
+            updates = int(done["updates"])
         self.state.record.setdefault("train_schedule", {})[name] = {
-            "epochs": epochs, "batch": int(trainer.batch_size), "nbs": int(trainer.args.nbs),
-            "accumulate": int(max(round(trainer.args.nbs / max(trainer.batch_size, 1)), 1)),
-            "lr0": float(trainer.args.lr0), "lrf": float(trainer.args.lrf), "optimizer": str(trainer.args.optimizer),
+            "epochs": epochs, "batch": int(trainer.batch_size), "nbs": int(args.nbs),
+            "accumulate": int(max(round(args.nbs / max(trainer.batch_size, 1)), 1)),
+            "lr0": float(args.lr0), "lrf": float(args.lrf), "optimizer": str(args.optimizer),
             "lr_scale": self.lr_scale,
-            "warmup_epochs": float(trainer.args.warmup_epochs), "cos_lr": bool(trainer.args.cos_lr)}
-        steps[name] = int(getattr(getattr(trainer, "ema", None), "updates", 0) or 0)
+            "warmup_epochs": float(args.warmup_epochs), "cos_lr": bool(args.cos_lr)}
+        steps[name] = updates
         self._time("train", time.perf_counter() - t)
         trained = self._trained_model(phase_dir, model)
         n_trained = sum(p.numel() for p in trained.parameters())
