@@ -507,6 +507,9 @@ def plateau_line(base: str | Path) -> str:
             f"{'still rising' if ev['rising'] else 'not rising'}.")
 
 
+DEFAULT_BASE_DESC = "the COCO YOLO11n fine-tuned on this set"
+
+
 def _rel(path: Path) -> Path:
     return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
@@ -522,12 +525,13 @@ def write_benchmarks_section(args: argparse.Namespace, records: list[dict], text
     lrs = ", ".join(f"{v:g}" for v in sorted(lr))
     main = args.out.parent.name == "grid"
     variant = "" if main else f" (lr_scale {lrs})"
+    desc = getattr(args, "base_desc", None) or DEFAULT_BASE_DESC
     m = r0["machine"]
     body = "\n".join([
         f"## The user's flow on {args.data.parent.name}: base -> compressed, equal optimizer steps{variant}", "",
         f"Written by `{SCRIPT} --report-only --benchmarks-md` from the run JSON in `{rel}/`; do not edit by hand.",
         "",
-        f"Base: `{Path(r0['base']).name}` (the COCO YOLO11n fine-tuned on this set), validated here at "
+        f"Base: `{Path(r0['base']).name}` ({desc}), validated here at "
         f"mAP50-95 {base_map:.4f}. Every run trains {args.epochs} epochs at batch {s['batch']} with nbs = batch "
         f"(one optimizer step per batch), warm-up {s['warmup_epochs']} epoch per phase, {s['imgsz']} px; "
         f"pruned runs: {s.get('rounds', args.rounds)} prune steps with {s.get('epochs_per_round', args.epochs_per_round)} "
@@ -559,6 +563,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "option below overrides the preset's value")
     ap.add_argument("--base", type=Path, help="the base model, trained on --data (default: the preset's)")
     ap.add_argument("--data", type=Path, help="dataset yaml (default: the preset's composite set)")
+    ap.add_argument("--base-desc", default=DEFAULT_BASE_DESC,
+                    help="what the base is, in the BENCHMARKS.md section's words")
     ap.add_argument("--methods", nargs="+", default=["dense", "group_fisher", "ldac"])
     ap.add_argument("--ratios", nargs="+", type=float, default=[0.5])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
