@@ -213,7 +213,7 @@ def table(records: list[dict]) -> str:
 def section(records: list[dict], machine: dict, command: str, date: str) -> str:
     return "\n".join([
         f"Written by `benchmarks/families.py` on {date} (`{command}`); do not edit by hand. Machine: {machine['cpu']} "
-        f"({machine['cores_usable']} usable cores), torch {machine['torch']}, ultralytics {machine['ultralytics']}, "
+        f"({machine['cores']} cores, run on {machine['cores_usable']}), torch {machine['torch']}, ultralytics {machine['ultralytics']}, "
         f"torch-pruning {machine['torch_pruning']}.", "",
         "Each family's smallest yaml, random weights. GFLOPs are Ultralytics' own count (thop, `YOLO().info()`) at "
         "640 px with 80 classes; the max ratio is the planner's with the default floor 0.125 and round_to 8; the "
