@@ -185,11 +185,11 @@ def test_ncnn_export_and_parity(tmp_path):
 
 @pytest.mark.slow
 def test_ldac_method_on_an_end_to_end_head(shapes_data, tmp_path):
-    """method=ldac (its trace, push and compensation) on YOLO26's dual head: one push epoch, one step."""
+    """LDAC's trace and push (its loss beside Ultralytics' dual loss) on YOLO26's dual head: one push epoch, one step."""
     from yolo_ldac import YOLOLDAC
 
-    res = YOLOLDAC("yolo26n.yaml").compress(data=str(shapes_data), ratio=0.2, method="ldac", rounds=1,
+    res = YOLOLDAC("yolo26n.yaml").compress(data=str(shapes_data), ratio=0.2, method="ldac", push="ldac", rounds=1,
                                             epochs_per_round=1, finetune_epochs=0, imgsz=64, batch=8, workers=0,
                                             project=str(tmp_path), name="e2e", plots=False, val_steps=False, seed=0)
-    assert res.best.is_file()
+    assert res.best.is_file() and "round1.push" in [p["name"] for p in res.report["phases"]]
     assert abs(res.removed["flops_pct"] - 20) <= 1.0
