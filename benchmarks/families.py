@@ -216,7 +216,8 @@ def section(records: list[dict], machine: dict, command: str, date: str) -> str:
         f"({machine['cores']} cores, run on {machine['cores_usable']}), torch {machine['torch']}, ultralytics {machine['ultralytics']}, "
         f"torch-pruning {machine['torch_pruning']}.", "",
         "Each family's smallest yaml, random weights. GFLOPs are Ultralytics' own count (thop, `YOLO().info()`) at "
-        "640 px with 80 classes; the max ratio is the planner's with the default floor 0.125 and round_to 8; the "
+        "640 px with 80 classes; the max ratio is the largest the planner predicts reachable with the default floor 0.125 "
+        "and round_to 8 (planned, not pruned); the "
         "0.3 / 0.5 columns are the model pruned by `l2` to that ratio, with the FLOPs removed as Ultralytics "
         "counts them. The last column runs `prune ratio=0.3 method=l2` -> a forward pass -> `finetune epochs=1` "
         "-> `YOLO(best.pt)` -> ONNX export with raw-output parity (on a copy with real-image BatchNorm statistics, "
