@@ -12,9 +12,15 @@ Each result folder (benchmark.json/.csv/.md/.png) goes to ``benchmarks/results/e
 BENCHMARKS.md between ``<!-- section:edge -->`` markers (benchmarks/compare.py keeps that section when it rewrites
 the file). Run it on an otherwise idle machine: latency is wall-clock.
 
+``--ncnn-rows`` runs the same protocol (``run_benchmark``: export, raw and mAP parity, interleaved timing) without
+compare.py's runs, for NCNN beside ONNX Runtime and LiteRT: the COCO YOLO11n (``../shared/weights``) and its one-step
+``l2`` prune to 50 % FLOPs (no training), with mAP on a set of real photos labelled by the COCO model itself
+(bus.jpg, zidane.jpg, their mirror images); section ``edge-ncnn`` of BENCHMARKS.md.
+
 Usage:
     python benchmarks/compare.py --models yolo11n-coco --ratios 0.5 --methods dense ldac group_fisher --seeds 0
     python benchmarks/edge.py                       # ~15 min on 2 CPU cores
+    taskset -c 1 python benchmarks/edge.py --ncnn-rows  # NCNN vs ONNX Runtime vs LiteRT, one core (~10 min)
     python benchmarks/edge.py --imgsz 160 --runs 20  # quicker
     python benchmarks/edge.py --report-only         # rewrite the section and the plots from the saved JSON
 """
@@ -54,7 +60,7 @@ def section(results: list[tuple[int, dict, str]], command: str) -> str:
              f"Written by `benchmarks/edge.py` on {first['date']}; do not edit by hand. Command: `{command}`.", "",
              f"Machine: {m['cpu']} ({m['cores_usable']} usable cores), no GPU; python {m['python']}, "
              f"torch {m['torch']}, onnxruntime {m.get('onnxruntime')}, ai-edge-litert {m.get('ai_edge_litert')}, "
-             f"openvino {m.get('openvino')}. These are x86 server-CPU numbers, not Raspberry Pi / Jetson / phone "
+             f"openvino {m.get('openvino')}, ncnn {m.get('ncnn')}. These are x86 server-CPU numbers, not Raspberry Pi / Jetson / phone "
              f"numbers: they show the relative effect of pruning and precision on one CPU.", "",
              "Models: `benchmarks/compare.py` runs, seed 0, all trained 14 epochs on the composite set (64 images, "
              "160 px): `dense` (fine-tuned, unpruned), `ldac` and `group_fisher` (50 % of the FLOPs removed). "
@@ -107,14 +113,18 @@ def main() -> None:
     ap.add_argument("--project", type=Path, default=ROOT / "runs" / "bench", help="compare.py's run folders")
     ap.add_argument("--data", type=Path, default=ROOT / "datasets" / "composite-64x160" / "data.yaml")
     ap.add_argument("--imgsz", type=int, nargs="+", default=[160, 640])
-    ap.add_argument("--formats", default="onnx,litert,openvino")
+    ap.add_argument("--formats", default="onnx,litert,openvino,ncnn")
     ap.add_argument("--precisions", default="fp32,fp16,int8")
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--report", type=Path, default=ROOT / "BENCHMARKS.md")
     ap.add_argument("--report-only", action="store_true", help="rewrite the section from the saved JSON results")
+    ap.add_argument("--ncnn-rows", action="store_true",
+                    help="NCNN beside ONNX Runtime and LiteRT on the COCO YOLO11n and its 50 %% l2 prune (module doc)")
     args = ap.parse_args()
+    if args.ncnn_rows:
+        return ncnn_rows(args)
     if args.report_only:
         results = []
         for imgsz in args.imgsz:
@@ -152,6 +162,81 @@ def main() -> None:
             shutil.rmtree(res.out_dir / label)
     write_section(args.report, section(results, command.strip()))
     print(f"wrote {args.report}")
+
+
+NCNN_START = "edge-ncnn"
+
+
+def ncnn_rows(args) -> None:
+    """The ``--ncnn-rows`` benchmark (module docstring): one JSON per input size under results/edge-ncnn-<imgsz>/."""
+    import tempfile
+
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    from yolo_ldac.utils.env import setup_offline_env, shared_weights_dir
+
+    setup_offline_env()
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers import teacher_dataset  # real photos labelled by the model itself (tests use the same set)
+
+    from yolo_ldac import YOLOLDAC
+    from yolo_ldac.deploy.benchmark import parse_list, run_benchmark
+
+    coco = shared_weights_dir() / "yolo11n-coco.pt"
+    if not coco.is_file():
+        sys.exit(f"edge.py: {coco} is missing")
+    formats = parse_list(args.formats if args.formats != "onnx,litert,openvino,ncnn" else "onnx,litert,ncnn",
+                         "formats")
+    precisions = parse_list(args.precisions if args.precisions != "fp32,fp16,int8" else "fp32", "precisions")
+    command = "python benchmarks/edge.py " + " ".join(sys.argv[1:])
+    results = []
+    with tempfile.TemporaryDirectory(prefix="yolo-ldac-edge-ncnn-") as tmp:
+        tmp = Path(tmp)
+        shutil.copy2(coco, tmp / "dense.pt")
+        data = teacher_dataset(tmp / "dense.pt", tmp / "teacher", imgsz=160, conf=0.25)
+        res = YOLOLDAC(str(tmp / "dense.pt")).prune(data=str(data), ratio=0.5, method="l2", rounds=1, imgsz=160,
+                                                   batch=4, workers=0, project=str(tmp / "runs"), name="l2",
+                                                   plots=False, verbose=False)
+        models = {"dense": tmp / "dense.pt", "l2-50": res.best}
+        for imgsz in args.imgsz:
+            t = time.time()
+            out = args.out / f"edge-ncnn-{imgsz}"
+            bench = run_benchmark(models, formats=formats, precisions=precisions, imgsz=imgsz, data=data,
+                                  runs=args.runs, warmup=args.warmup, out_dir=out, accuracy=imgsz == 160)
+            print(bench.table, f"\n{imgsz} px done in {time.time() - t:.0f} s", flush=True)
+            record = json.loads(bench.files["json"].read_text(encoding="utf-8"))
+            record["settings"]["command"] = command.strip()
+            bench.files["json"].write_text(json.dumps(record, indent=1), encoding="utf-8")
+            results.append((imgsz, record, bench.table))
+            for label in models:
+                shutil.rmtree(bench.out_dir / label, ignore_errors=True)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from sections import write_section as write_named
+
+    write_named(NCNN_START, ncnn_section(results, command.strip()), report=args.report, after="edge")
+    print(f"wrote {args.report}")
+
+
+def ncnn_section(results: list[tuple[int, dict, str]], command: str) -> str:
+    first = results[0][1]
+    m = first["machine"]
+    lines = ["## Edge runtimes with NCNN: yolo11n-coco dense vs one-step l2 prune to 50 % FLOPs", "",
+             f"Written by `benchmarks/edge.py --ncnn-rows` on {first['date']}; do not edit by hand. Command: "
+             f"`{command}`.", "",
+             f"Machine: {m['cpu']} ({m['cores_usable']} usable core(s)), no GPU; torch {m['torch']}, onnxruntime "
+             f"{m.get('onnxruntime')}, ai-edge-litert {m.get('ai_edge_litert')}, ncnn {m.get('ncnn')}. x86 server "
+             "CPU numbers, not Raspberry Pi ones (docs/deployment.md says how to measure on a Pi).", "",
+             "Same protocol as the table above (`run_benchmark`: each export passes the raw-output parity check "
+             "against PyTorch on bus.jpg and zidane.jpg, and at 160 px the mAP check, or says `failed`; timed runs "
+             "interleaved in 5 blocks), on other models, because the table above needs compare.py's trained "
+             "checkpoints: `dense` is the COCO YOLO11n as shipped (80 classes), `l2-50` the same model pruned "
+             "to 50 % of its FLOPs in one `l2` step with mean compensation and no training (its mAP is low; it "
+             "is here for latency). mAP50-95 is on 4 real photos (bus.jpg, zidane.jpg and their mirror images) "
+             "labelled by the COCO model itself at conf 0.25, so the dense model scores high by construction.", ""]
+    for imgsz, record, table in results:
+        s = record["settings"]
+        lines += [f"### {imgsz} px", "", f"{s['runs']} timed runs after {s['warmup']} warm-up runs, threads "
+                  f"{s['threads']}.", "", table, ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -154,7 +154,7 @@ class YOLOLDAC:
 
     @_under_policy
     def export(self, format: str | None = None, **kwargs: Any) -> Path:
-        """Export to ``format`` (onnx, litert/tflite, openvino, ... ; ``half=True`` / ``int8=True data=...``) and check
+        """Export to ``format`` (onnx, litert/tflite, openvino, ncnn, ... ; ``half=True`` / ``int8=True data=...``) and check
         the file against PyTorch in its own runtime (raw outputs; with ``data`` also mAP). See :mod:`yolo_ldac.export`.
 
         Example:

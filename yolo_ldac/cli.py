@@ -26,7 +26,7 @@ MODE_HELP = {
     "prune": "prune once to the target ratio, without training; save the pruned model",
     "finetune": "train a (pruned) model for `epochs` epochs (default: finetune_epochs)",
     "val": "validate a model on `data`",
-    "export": "export a model to `format` (onnx, litert, openvino, ...) and check it against PyTorch in its runtime",
+    "export": "export a model to `format` (onnx, litert, openvino, ncnn, ...) and check it against PyTorch in its runtime",
     "benchmark": "export to every runtime in `formats`, check, and time it (and `baseline`): latency, size, mAP",
     "info": "print a model's FLOPs, parameters and channels per layer",
 }

@@ -2,7 +2,8 @@
 
 Formats with a runtime check (:mod:`yolo_ldac.deploy.runtimes`): ``onnx`` (ONNX Runtime), ``litert`` (alias
 ``tflite``; LiteRT, converted by litert-torch, no TensorFlow) and ``openvino``, each in ``fp32``, ``fp16``
-(``half=True``) or ``int8`` (``int8=True``, calibrated on images of ``data``'s train split). Any other Ultralytics
+(``half=True``) or ``int8`` (``int8=True``, calibrated on images of ``data``'s train split); ``ncnn`` (Ultralytics'
+pnnx conversion, run by the ``ncnn`` package: the Raspberry Pi runtime) in ``fp32`` or ``fp16``. Any other Ultralytics
 format (``torchscript``, ``engine``, ...) is exported as Ultralytics does it, without the runtime check.
 
 Every export is written to a temporary folder, checked there, and only then moved next to the model, named by its
@@ -58,7 +59,7 @@ from yolo_ldac.errors import LDACError, first_line
 from yolo_ldac.utils.log import LOGGER  # noqa: E402
 
 FORMAT_ALIASES = {"tflite": "litert"}
-CHECKED_FORMATS = ("onnx", "litert", "openvino")  # formats whose runtime the parity check runs
+CHECKED_FORMATS = ("onnx", "litert", "openvino", "ncnn")  # formats whose runtime the parity check runs
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_CALIB_IMAGES = 300  # calibration images for int8 (Ultralytics recommends >= 300)
 
@@ -73,6 +74,10 @@ EXPORT_REQUIREMENTS: dict[str, dict[str, tuple[tuple[str, ...], str]]] = {
         "fp32": (("openvino",), "openvino"),
         "fp16": (("openvino",), "openvino"),
         "int8": (("openvino", "nncf"), "openvino"),
+    },
+    "ncnn": {
+        "fp32": (("ncnn", "pnnx"), "ncnn"),
+        "fp16": (("ncnn", "pnnx"), "ncnn"),
     },
 }
 
@@ -122,8 +127,8 @@ def precision_of(half: bool = False, int8: bool = False) -> str:
 def export_name(stem: str, fmt: str, precision: str) -> str:
     """File (or folder) name of an export: ``best.onnx``, ``best_fp16.tflite``, ``best_int8_openvino_model``, ..."""
     tag = "" if precision == "fp32" else f"_{precision}"
-    if fmt == "openvino":
-        return f"{stem}{tag}_openvino_model"
+    if fmt in ("openvino", "ncnn"):
+        return f"{stem}{tag}_{fmt}_model"
     ext = {"onnx": ".onnx", "litert": ".tflite"}.get(fmt)
     if ext is None:
         raise LDACError(f"no file name rule for format '{fmt}'")
@@ -374,6 +379,8 @@ def export_checked(
     precision = precision_of(half, int8)
     if "quantize" in kwargs:
         precision = _precision_from_quantize(kwargs.pop("quantize"), precision)
+    if fmt == "ncnn" and precision == "int8":
+        raise LDACError("ncnn int8 is not available: Ultralytics' NCNN exporter (pnnx) writes fp32 or fp16 (half=True)")
     if precision == "int8" and not data:
         raise LDACError("int8 export needs data=... (its train images calibrate the quantization)")
     if precision != "fp32" and fmt not in CHECKED_FORMATS:

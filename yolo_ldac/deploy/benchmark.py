@@ -36,6 +36,7 @@ from yolo_ldac.errors import LDACError
 from yolo_ldac.utils.log import LOGGER  # noqa: E402
 
 DEFAULT_FORMATS = ("onnx", "litert", "openvino")
+BENCH_FORMATS = (*DEFAULT_FORMATS, "ncnn")  # ncnn on request (formats=...,ncnn): a pnnx export takes ~10-30 s
 MODEL_SUFFIXES = (".pt", ".json", ".safetensors")  # a checkpoint, or either file of a portable pair
 
 
@@ -175,7 +176,8 @@ def run_benchmark(
 
     Args:
         models: label -> ``.pt`` checkpoint, e.g. ``{"dense": "yolo11n.pt", "compressed": "best.pt"}``.
-        formats: runtimes to export to (``onnx``, ``litert``/``tflite``, ``openvino``); PyTorch is always timed.
+        formats: runtimes to export to (``onnx``, ``litert``/``tflite``, ``openvino``, ``ncnn``); PyTorch is always
+            timed.
         precisions: ``fp32``, ``fp16``, ``int8`` (int8 needs ``data``; without it the int8 rows are skipped).
         imgsz: square input size of every export and of the timing image.
         data: dataset yaml: mAP per format on its val split, and int8 calibration images.
@@ -202,8 +204,8 @@ def run_benchmark(
             raise LDACError(f"{label} model '{path}' must be an existing .pt checkpoint or portable best.json")
     formats = [normalise_format(f) for f in formats]
     for f in formats:
-        if f not in DEFAULT_FORMATS:
-            raise LDACError(f"benchmark formats are {', '.join(DEFAULT_FORMATS)} (tflite = litert), got {f!r}")
+        if f not in BENCH_FORMATS:
+            raise LDACError(f"benchmark formats are {', '.join(BENCH_FORMATS)} (tflite = litert), got {f!r}")
     for p in precisions:
         if p not in PRECISIONS:
             raise LDACError(f"precisions are {', '.join(PRECISIONS)}, got {p!r}")
@@ -244,6 +246,9 @@ def run_benchmark(
                 continue
             if prec == "int8" and data is None:
                 row.status = "skipped: int8 needs data= for calibration"
+                continue
+            if prec == "int8" and fmt == "ncnn":
+                row.status = "skipped: Ultralytics' NCNN exporter writes fp32 and fp16 only"
                 continue
             try:
                 check_runtime(fmt)

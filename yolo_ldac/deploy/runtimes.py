@@ -1,4 +1,5 @@
-"""Run an exported detector in its own runtime (ONNX Runtime, LiteRT, OpenVINO) or in PyTorch, with a set thread count.
+"""Run an exported detector in its own runtime (ONNX Runtime, LiteRT, OpenVINO, NCNN) or in PyTorch, with a set thread
+count.
 
 Every runtime takes a ``(B, 3, H, W)`` float32 RGB batch in ``[0, 1]`` (letterboxed, as Ultralytics' predictor
 prepares it) and returns the detector's raw prediction in PyTorch's convention: ``(B, 4 + nc, anchors)`` with
@@ -10,6 +11,8 @@ boxes ``xywh`` in input pixels, before NMS. Format quirks are undone here, so ou
   by up to 26 % of the input size on low-score anchors here). Every IR is run with the ``f32`` precision hint, so an
   fp16 IR means fp16 weights computed in fp32 (as on CPUs without bf16) and the checks test what they name.
 - ONNX files converted to fp16 by Ultralytics keep float32 inputs and outputs; a file with fp16 inputs is fed fp16.
+- NCNN (``*_ncnn_model/``, written by pnnx) runs one image at a time through the ``ncnn`` Python package, on the CPU
+  (no Vulkan), as Ultralytics' NCNN backend does; its output has no batch axis, which is added back.
 
 Example:
     >>> from yolo_ldac.deploy.runtimes import load_runtime
@@ -36,22 +39,26 @@ RUNTIME_REQUIREMENTS: dict[str, tuple[tuple[str, ...], str | None]] = {
     "onnx": (("onnxruntime",), None),
     "litert": (("ai_edge_litert",), "litert"),
     "openvino": (("openvino",), "openvino"),
+    "ncnn": (("ncnn",), "ncnn"),
 }
 
 
 def format_of(path: str | Path) -> str:
-    """The format of an exported model from its name: ``pytorch``, ``onnx``, ``litert`` or ``openvino``."""
+    """The format of an exported model from its name: ``pytorch``, ``onnx``, ``litert``, ``openvino`` or ``ncnn``."""
     p = Path(path)
     name = p.name
     if name.endswith("_openvino_model") or p.suffix == ".xml":
         return "openvino"
+    if name.endswith("_ncnn_model") or p.suffix == ".param":
+        return "ncnn"
     if p.suffix == ".tflite":
         return "litert"
     if p.suffix == ".onnx":
         return "onnx"
     if p.suffix == ".pt":
         return "pytorch"
-    raise LDACError(f"cannot tell the format of '{p}' (expected .pt, .onnx, .tflite or *_openvino_model/)")
+    raise LDACError(f"cannot tell the format of '{p}' (expected .pt, .onnx, .tflite, *_openvino_model/ or "
+                    "*_ncnn_model/)")
 
 
 def require_modules(modules: tuple[str, ...], extra: str | None, what: str) -> None:
@@ -212,6 +219,55 @@ class OpenVINORuntime(Runtime):
         return self.request.get_output_tensor(0).data.copy()
 
 
+class NcnnRuntime(Runtime):
+    """NCNN on the CPU with ``threads`` threads (``ncnn`` Python package), fed one image at a time."""
+
+    format = "ncnn"
+
+    def _load(self) -> None:
+        import ncnn
+
+        param = self.path if self.path.suffix == ".param" else next(iter(sorted(self.path.glob("*.param"))), None)
+        if param is None:
+            raise LDACError(f"no .param model in '{self.path}'")
+        self.ncnn = ncnn
+        self.net = ncnn.Net()
+        self.net.opt.use_vulkan_compute = False
+        self.net.opt.num_threads = self.threads
+        if self.net.load_param(str(param)) != 0 or self.net.load_model(str(param.with_suffix(".bin"))) != 0:
+            raise LDACError(f"ncnn cannot read '{param}' and its .bin")
+        self.input_name = self.net.input_names()[0]
+        self.output_name = sorted(self.net.output_names())[0]  # Ultralytics' backend sorts them too (pnnx naming)
+        h, w = _ncnn_imgsz(param.parent)
+        self.input_shape = (1, 3, h, w)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        outs = []
+        for sample in x:
+            with self.net.create_extractor() as ex:
+                ex.input(self.input_name, self.ncnn.Mat(np.ascontiguousarray(sample)))
+                ret, out = ex.extract(self.output_name)
+                if ret != 0:
+                    raise LDACError(f"ncnn extract of '{self.output_name}' failed (code {ret})")
+                outs.append(np.array(out))
+        return np.stack(outs)
+
+
+def _ncnn_imgsz(folder: Path) -> tuple[int, int]:
+    """The input size recorded in the export's ``metadata.yaml`` (``-1, -1`` when absent: NCNN graphs take any)."""
+    meta = folder / "metadata.yaml"
+    if meta.is_file():
+        import yaml
+
+        try:
+            imgsz = (yaml.safe_load(meta.read_text()) or {}).get("imgsz")
+        except yaml.YAMLError:
+            imgsz = None
+        if isinstance(imgsz, (list, tuple)) and len(imgsz) == 2:
+            return int(imgsz[0]), int(imgsz[1])
+    return -1, -1
+
+
 class TorchRuntime(Runtime):
     """The PyTorch model itself (fused, eval mode, CPU), for the reference numbers."""
 
@@ -263,10 +319,11 @@ RUNTIMES: dict[str, Callable[..., Runtime]] = {
     "onnx": OnnxRuntime,
     "litert": LiteRTRuntime,
     "openvino": OpenVINORuntime,
+    "ncnn": NcnnRuntime,
 }
 
 
 def load_runtime(path: str | Path, threads: int | None = None) -> Runtime:
-    """Load ``path`` (``.pt``, ``.onnx``, ``.tflite`` or ``*_openvino_model/``) in its runtime with ``threads``
+    """Load ``path`` (``.pt``, ``.onnx``, ``.tflite``, ``*_openvino_model/`` or ``*_ncnn_model/``) in its runtime with ``threads``
     threads (default: every core); raises :class:`LDACError` with the install command if the runtime is missing."""
     return RUNTIMES[format_of(path)](path, threads=threads)

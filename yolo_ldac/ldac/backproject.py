@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from yolo_ldac.ldac.objective import head_feats
+
 
 def surrogate_weight(block: nn.Module) -> torch.Tensor:
     """Linear stand-in for an Ultralytics Conv block: share of |W| per output row, times |BN scale|."""
@@ -47,7 +49,7 @@ def backproject_scores(model: nn.Module, wrappers: dict[nn.Conv2d, nn.Module], i
             x = images.float().requires_grad_(True)
             _, preds = model(x)
             total = sum((f.mean(dim=(0, 2, 3)) * u.to(f.device, f.dtype)).sum()
-                        for f, u in zip(preds["feats"], utilities))
+                        for f, u in zip(head_feats(preds), utilities))
             mods = list(outs)
             grads = torch.autograd.grad(total, [outs[m] for m in mods], allow_unused=True)
     finally:

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from yolo_ldac.ldac.objective import SampleConfig, level_samples, objective_per_level, total_classes
+from yolo_ldac.ldac.objective import SampleConfig, head_feats, level_samples, objective_per_level, total_classes
 from yolo_ldac.ldac.stats import DiscriminantStats
 from yolo_ldac.pruning.criteria import OUT_FNS, Criterion, group_mean_of_channel_scores, register_criterion  # noqa: F401
 
@@ -109,7 +109,7 @@ class DiscriminantTraceCriterion(Criterion):
                 img = batch["img"].to(device).float().requires_grad_(True)  # a graph even with frozen weights
                 with torch.enable_grad():
                     _, preds = model(img)
-                    samples = level_samples(preds["feats"], strides, batch, int(model.model[-1].nc), cfg)
+                    samples = level_samples(head_feats(preds), strides, batch, int(model.model[-1].nc), cfg)
                     if not stats:
                         stats = [DiscriminantStats(k, x.shape[1]) for x, _ in samples]
                     for st, (x, y) in zip(stats, samples):

@@ -33,6 +33,10 @@ class LDACDetectionLoss(v8DetectionLoss):
                  align: list | None = None, samples: SampleConfig | None = None, pooled: bool = False,
                  momentum: float = 0.9, levels: list[bool] | None = None):
         super().__init__(model)
+        # End-to-end heads (YOLO26, YOLOv10) train both branches with Ultralytics' own dual loss; the push reads the
+        # one-to-many branch's features (the one-to-one branch sees them detached).
+        head = model.model[-1]
+        self.native = model.init_criterion() if getattr(head, "one2one_cv2", None) is not None else None
         self.alpha, self.beta, self.gamma = alpha, beta, gamma
         self.align = align or []
         self.samples = samples or SampleConfig()
@@ -47,9 +51,18 @@ class LDACDetectionLoss(v8DetectionLoss):
             k = total_classes(self.num_classes, self.samples)
             self.pooled = [PooledObjective(k, momentum=momentum, rho=self.samples.rho) for _ in self.stride]
 
+    def update(self) -> None:
+        """Ultralytics' trainer decays an end-to-end loss's branch weights once per epoch."""
+        if self.native is not None and hasattr(self.native, "update"):
+            self.native.update()
+
     def __call__(self, preds, batch):
         out = self.parse_output(preds)
-        det, items = self.loss(out, batch)
+        if "one2many" in out:
+            det, items = self.native(preds, batch) if self.native is not None else self.loss(out["one2many"], batch)
+            out = out["one2many"]
+        else:
+            det, items = self.loss(out, batch)
         feats = out["feats"]
         bs = feats[0].shape[0]
         zero = feats[0].sum() * 0

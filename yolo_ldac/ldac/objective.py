@@ -26,6 +26,18 @@ class SampleConfig:
     level_assign: bool = False  # a box feeds only the level matching its size (<8, <16, >=16 strides of P3)
 
 
+def head_feats(preds: dict) -> list[Tensor]:
+    """The neck features a Detect head's raw prediction dict carries; for an end-to-end head (YOLO26, YOLOv10:
+    ``{"one2many": ..., "one2one": ...}``) those of the one-to-many branch (the same tensors, not detached).
+
+    Example:
+        >>> f = [torch.zeros(1)]
+        >>> head_feats({"one2many": {"feats": f}, "one2one": {"feats": f}}) is f
+        True
+    """
+    return preds["one2many"]["feats"] if "one2many" in preds else preds["feats"]
+
+
 def boxes_in_pixels(batch: dict, imgsz_hw: tuple[int, int], device) -> tuple[Tensor, Tensor, Tensor]:
     """(boxes xyxy in input pixels, class ids, image ids) of every ground-truth box of ``batch``."""
     h, w = imgsz_hw

@@ -38,7 +38,7 @@ RELEASES = ("handoff", "fade")
 def calibration_signal(model: nn.Module, batches: list[dict], samples: SampleConfig, seed: int = 0
                        ) -> list[tuple[float, float]]:
     """Per level, J with the true labels and with shuffled labels over all calibration ``batches`` (pooled)."""
-    from yolo_ldac.ldac.objective import level_samples, total_classes
+    from yolo_ldac.ldac.objective import head_feats, level_samples, total_classes
     from yolo_ldac.ldac.pooled import label_signal
 
     nc = int(model.model[-1].nc)
@@ -50,7 +50,7 @@ def calibration_signal(model: nn.Module, batches: list[dict], samples: SampleCon
     try:
         for batch in batches:
             _, preds = model(batch["img"].to(device).float())
-            for li, (x, y) in enumerate(level_samples(preds["feats"], model.stride.tolist(), batch, nc, cfg)):
+            for li, (x, y) in enumerate(level_samples(head_feats(preds), model.stride.tolist(), batch, nc, cfg)):
                 while len(per_level) <= li:
                     per_level.append([])
                 per_level[li].append((x.detach().double().cpu(), y.cpu()))

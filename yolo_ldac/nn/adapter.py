@@ -15,9 +15,24 @@ import torch
 import torch.nn as nn
 
 from yolo_ldac.errors import LDACError
-from yolo_ldac.nn.modules import C2fSplit, C3k2Split
+from yolo_ldac.nn.modules import C2fCIBSplit, C2fSplit, C3k2Split, ELAN1Split, RepNCSPELAN4Split
 
-REWRITE_ATOL = 1e-4
+REWRITE_ATOL = 1e-4  # largest difference of any raw head tensor, relative to its largest magnitude
+
+
+def split_rewrites() -> dict[type, Any]:
+    """Ultralytics block class -> the function building its two-convolution form (exact class match: ``C2fCIB``
+    is a ``C2f`` subclass, ``ELAN1`` a ``RepNCSPELAN4`` one, each with its own form).
+
+    Example:
+        >>> from ultralytics.nn.modules.block import ELAN1
+        >>> split_rewrites()[ELAN1].__self__.__name__
+        'ELAN1Split'
+    """
+    from ultralytics.nn.modules.block import C2f, C2fCIB, C3k2, ELAN1, RepNCSPELAN4
+
+    return {C2f: C2fSplit.from_block, C3k2: C3k2Split.from_block, C2fCIB: C2fCIBSplit.from_block,
+            RepNCSPELAN4: RepNCSPELAN4Split.from_block, ELAN1: ELAN1Split.from_block}
 
 
 def load_detection_model(src: Any, trusted: bool | None = None) -> nn.Module:
@@ -82,47 +97,71 @@ def _is_ultralytics_asset(name: str) -> bool:
 
 
 def check_is_detector(model: nn.Module, src: Any = "model") -> None:
-    """Raise :class:`LDACError` unless ``model`` is a plain Ultralytics detector (``Detect`` head, no masks or poses)."""
-    from ultralytics.nn.modules.head import Detect
+    """Raise :class:`LDACError` unless ``model`` is a plain Ultralytics detector (a ``Detect`` head, end-to-end or
+    not, or YOLOv10's ``v10Detect``; no masks, poses or angles)."""
+    from ultralytics.nn.modules.head import Detect, v10Detect
     from ultralytics.nn.tasks import DetectionModel
 
     head = model.model[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else None
-    if not isinstance(model, DetectionModel) or type(head) is not Detect:
+    if not isinstance(model, DetectionModel) or type(head) not in (Detect, v10Detect):
         kind = type(head).__name__ if head is not None else type(model).__name__
-        raise LDACError(f"'{src}' is not an object detector (its head is {kind}); yolo-ldac prunes Detect models only")
+        raise LDACError(f"'{src}' is not an object detector (its head is {kind}); yolo-ldac prunes Detect and "
+                        "v10Detect models only")
 
 
 def rewrite_split_blocks(model: nn.Module, check: bool = True, imgsz: int = 64) -> int:
-    """Replace every ``C2f``/``C3k2`` in ``model.model`` by its two-convolution form, in place; return the count.
+    """Replace every split block (:func:`split_rewrites`: ``C2f``, ``C3k2``, ``C2fCIB``, ``RepNCSPELAN4``, ``ELAN1``)
+    in ``model.model`` by its two-convolution form, in place; return the count.
 
-    With ``check`` the model's outputs before and after are compared on a random input and a difference above
-    ``1e-4`` raises, before any pruning happens.
+    With ``check`` the model's raw head tensors (every level's features, box and class maps, both branches of an
+    end-to-end head) before and after are compared on a random input, and a difference above ``1e-4`` of a tensor's
+    largest magnitude raises, before any pruning happens. The raw maps, not the decoded
+    boxes and sigmoid scores, so that on random weights a wrong rewrite cannot hide behind the head's bias init.
 
     Example:
         >>> model = load_detection_model("yolo11n.yaml")
         >>> rewrite_split_blocks(model)
         8
     """
-    from ultralytics.nn.modules.block import C2f, C3k2
-
+    rewrites = split_rewrites()
     seq = model.model
-    targets = [(i, m) for i, m in enumerate(seq) if type(m) in (C2f, C3k2)]
+    targets = [(i, m) for i, m in enumerate(seq) if type(m) in rewrites]
     if not targets:
         return 0
     x = torch.rand(1, _in_channels(model), imgsz, imgsz, generator=torch.Generator().manual_seed(0))
     was_training = model.training
     model.eval()
-    before = _flat_outputs(model, x) if check else None
+    before = raw_head_outputs(model, x) if check else None
     for i, block in targets:
-        cls = C3k2Split if type(block) is C3k2 else C2fSplit
-        seq[i] = cls.from_block(block)
+        seq[i] = rewrites[type(block)](block)
     if check:
-        after = _flat_outputs(model, x)
-        diff = max(float((a - b).abs().max()) for a, b in zip(before, after))
+        diff = outputs_difference(before, raw_head_outputs(model, x))
         if diff > REWRITE_ATOL:
-            raise LDACError(f"split-block rewrite changed the model's outputs (max abs diff {diff:.2e} > {REWRITE_ATOL})")
+            model.train(was_training)
+            raise LDACError(f"split-block rewrite changed the model's outputs (max diff {diff:.2e} > {REWRITE_ATOL})")
     model.train(was_training)
     return len(targets)
+
+
+def outputs_difference(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
+    """Largest ``max |a - b| / max |a|`` over paired tensors (``inf`` when shapes or counts differ).
+
+    Relative to each tensor's own magnitude: a randomly initialised detector's features shrink layer after layer
+    (to ~1e-3 in a yaml-built YOLOv8n), so an absolute tolerance would pass any rewrite of them.
+
+    Example:
+        >>> outputs_difference([torch.tensor([10.0, 0.0])], [torch.tensor([10.0, 0.5])])
+        0.05
+    """
+    if len(before) != len(after):
+        return float("inf")
+    diff = 0.0
+    for a, b in zip(before, after):
+        if a.shape != b.shape:
+            return float("inf")
+        if a.numel():
+            diff = max(diff, float((a - b).abs().max()) / max(float(a.abs().max()), 1e-30))
+    return diff
 
 
 def _in_channels(model: nn.Module) -> int:
@@ -131,10 +170,36 @@ def _in_channels(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def _flat_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    out = model(x)
-    pred = out[0] if isinstance(out, (tuple, list)) else out
-    return [pred.detach().clone()]
+def raw_head_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors of the head's raw prediction (eval mode): per branch (one-to-many, then one-to-one for an
+    end-to-end head) the box and class maps before decoding and sigmoid, and the features each level reads.
+
+    Example:
+        >>> model = load_detection_model("yolo26n.yaml")
+        >>> len(raw_head_outputs(model, torch.zeros(1, 3, 64, 64)))  # 2 branches x (boxes, scores, 3 feature maps)
+        10
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(x)
+    finally:
+        model.train(was_training)
+    raw = out[1] if isinstance(out, (tuple, list)) and len(out) > 1 else out
+    tensors: list[torch.Tensor] = []
+
+    def collect(v: Any) -> None:
+        if isinstance(v, torch.Tensor):
+            tensors.append(v.detach().float().clone())
+        elif isinstance(v, dict):
+            for key in sorted(v):
+                collect(v[key])
+        elif isinstance(v, (list, tuple)):
+            for item in v:
+                collect(item)
+
+    collect(raw)
+    return tensors
 
 
 def protected_layers(model: nn.Module) -> list[nn.Module]:
@@ -151,11 +216,49 @@ def protected_layers(model: nn.Module) -> list[nn.Module]:
     for m in model.modules():
         if "attn" in type(m).__name__.lower() or "attention" in type(m).__name__.lower():
             keep.extend(c for c in m.modules() if isinstance(c, nn.Conv2d))
+    keep.extend(adown_producers(model))
     # Ultralytics' Conv wraps nn.Conv2d: torch-pruning roots groups at the nn.Conv2d itself.
     flat: list[nn.Module] = []
     for m in keep:
         flat.extend(c for c in m.modules() if isinstance(c, nn.Conv2d))
     return list(dict.fromkeys(flat))
+
+
+def adown_producers(model: nn.Module) -> list[nn.Module]:
+    """The convolutions whose output an ``ADown`` (YOLOv9-c/e) splits in halves with ``chunk(2, 1)``.
+
+    ADown's two branches each read one half of its input; removing a channel from one half would shift the split
+    point, which a fixed ``chunk`` cannot follow, so the producer's output channels are protected (ADown's own
+    convolutions and everything after it stay prunable).
+
+    Example:
+        >>> len(adown_producers(load_detection_model("yolov9t.yaml")))  # v9-t downsamples with AConv, no split
+        0
+    """
+    from ultralytics.nn.modules.block import ADown
+
+    seq = model.model
+    found: list[nn.Module] = []
+    for i, m in enumerate(seq):
+        if type(m) is not ADown:
+            continue
+        src = m.f if isinstance(getattr(m, "f", -1), int) else -1
+        producer = seq[i + src if src < 0 else src]
+        conv = _output_conv(producer)
+        if conv is None:
+            raise LDACError(f"cannot prune layer {i} (ADown): its input comes from a {type(producer).__name__}, not "
+                            "a convolution yolo-ldac can keep whole")
+        found.append(conv)
+    return found
+
+
+def _output_conv(layer: nn.Module) -> nn.Module | None:
+    """The convolution that writes ``layer``'s output (an Ultralytics ``Conv``, or a split block's output conv)."""
+    if isinstance(layer, C2fSplit):
+        return layer.cv2
+    if isinstance(getattr(layer, "conv", None), nn.Conv2d):
+        return layer
+    return None
 
 
 def adapt_head_to_names(model: nn.Module, names: dict[int, str], verbose: bool = True, seed: int = 0) -> nn.Module:
@@ -178,7 +281,7 @@ def adapt_head_to_names(model: nn.Module, names: dict[int, str], verbose: bool =
     names = {int(k): str(v) for k, v in dict(names).items()}
     if dict(getattr(model, "names", {})) == names:
         return model
-    if any(type(m) in (C2fSplit, C3k2Split) for m in model.model):
+    if any(isinstance(m, C2fSplit) for m in model.model):
         raise LDACError("cannot change the class list of an already pruned model; fine-tune it on data with its own classes")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
@@ -189,9 +292,24 @@ def adapt_head_to_names(model: nn.Module, names: dict[int, str], verbose: bool =
     return new.float()
 
 
+def ultralytics_gflops(model: nn.Module, imgsz: int = 640) -> float | None:
+    """GFLOPs of ``model`` at a square ``imgsz`` by Ultralytics' own counter (thop, what ``YOLO().info()`` prints);
+    None when it cannot count (thop missing or failing: Ultralytics then reports 0).
+
+    Example:
+        >>> round(ultralytics_gflops(load_detection_model("yolo11n.yaml")), 1)
+        6.7
+    """
+    from ultralytics.utils.torch_utils import get_flops
+
+    gflops = float(get_flops(model, imgsz))
+    return gflops if gflops > 0 else None
+
+
 def model_complexity(model: nn.Module, imgsz: int = 640) -> dict:
-    """``{"flops_g", "params_m", "channels"}`` of a detector at a square ``imgsz`` (FLOPs in G, params in M)."""
+    """``{"flops_g", "params_m", "channels"}`` of a detector at a square ``imgsz`` (FLOPs in G by Ultralytics'
+    counter, see :func:`ultralytics_gflops`; params in M)."""
     from yolo_ldac.pruning.complexity import measure
 
-    c = measure(model, imgsz, protected=protected_layers(model))
+    c = measure(model, imgsz, protected=protected_layers(model), flops_fn=ultralytics_gflops)
     return {"flops_g": round(c.flops_g, 4), "params_m": round(c.params / 1e6, 4), "channels": c.channels}

@@ -1,8 +1,13 @@
-"""Two-convolution forms of Ultralytics' split blocks (``C2f``, ``C3k2``).
+"""Two-convolution forms of Ultralytics' split blocks (``C2f``, ``C3k2``, ``C2fCIB``, ``RepNCSPELAN4``, ``ELAN1``).
 
 ``C2f`` computes ``cv1(x).chunk(2, 1)``; torch-pruning cannot follow a ``chunk`` through its dependency graph,
 so the first convolution is rewritten as two convolutions (``cv0`` for the first half, ``cv1`` for the second)
 with the weights copied. The outputs are identical to float tolerance.
+
+YOLOv9's ``RepNCSPELAN4`` (and its light ``ELAN1``) is the same pattern: ``cv1(x).chunk(2, 1)``, then two stages
+(``cv2``, ``cv3``) chained on the second half, all four concatenated into ``cv4``. Its split form is a
+:class:`C2fSplit` whose ``m`` is ``[cv2, cv3]`` and whose output convolution is ``cv4``. YOLOv10's ``C2fCIB`` is a
+``C2f`` with CIB stages.
 
 These classes live at a stable import path (``yolo_ldac.nn.modules``): pickled checkpoints of pruned models
 reference them, so moving them breaks loading of every saved ``best.pt``.
@@ -42,16 +47,49 @@ class C2fSplit(nn.Module):
         """Build the split form of a ``C2f``-like block (attributes ``c``, ``cv1``, ``cv2``, ``m``), copying weights."""
         cv0, cv1 = _split_conv(block.cv1, block.c)
         new = cls(cv0, cv1, block.cv2, block.m)
-        # Attributes Ultralytics' parse_model/ tooling read from every layer.
-        for attr in ("i", "f", "type", "np"):
-            if hasattr(block, attr):
-                setattr(new, attr, getattr(block, attr))
+        _copy_layer_attrs(block, new)
         return new
 
 
 class C3k2Split(C2fSplit):
     """``C3k2`` (YOLO11) in two-convolution form; same forward as :class:`C2fSplit`, kept distinct for readability
     of model summaries and so that a checkpoint says which block it came from."""
+
+
+class C2fCIBSplit(C2fSplit):
+    """``C2fCIB`` (YOLOv10) in two-convolution form; same forward as :class:`C2fSplit`."""
+
+
+class RepNCSPELAN4Split(C2fSplit):
+    """``RepNCSPELAN4`` (YOLOv9) in two-convolution form: ``m`` is ``[cv2, cv3]`` of the block, ``cv2`` its ``cv4``.
+
+    Example:
+        >>> from ultralytics.nn.modules import RepNCSPELAN4
+        >>> block = RepNCSPELAN4(16, 32, 32, 16, n=1).eval()
+        >>> split = RepNCSPELAN4Split.from_block(block).eval()
+        >>> x = torch.randn(1, 16, 8, 8)
+        >>> bool(torch.allclose(block(x), split(x), atol=1e-5))
+        True
+    """
+
+    @classmethod
+    def from_block(cls, block: nn.Module) -> "RepNCSPELAN4Split":
+        """Build the split form of a ``RepNCSPELAN4``-like block (``c``, ``cv1`` .. ``cv4``), copying weights."""
+        cv0, cv1 = _split_conv(block.cv1, block.c)
+        new = cls(cv0, cv1, block.cv4, nn.ModuleList([block.cv2, block.cv3]))
+        _copy_layer_attrs(block, new)
+        return new
+
+
+class ELAN1Split(RepNCSPELAN4Split):
+    """``ELAN1`` (YOLOv9-t's light ELAN) in two-convolution form; same forward as :class:`RepNCSPELAN4Split`."""
+
+
+def _copy_layer_attrs(block: nn.Module, new: nn.Module) -> None:
+    """Copy the attributes Ultralytics' parse_model and tooling read from every layer (``i``, ``f``, ``type``, ``np``)."""
+    for attr in ("i", "f", "type", "np"):
+        if hasattr(block, attr):
+            setattr(new, attr, getattr(block, attr))
 
 
 def _split_conv(conv: nn.Module, c: int) -> tuple[nn.Module, nn.Module]:
@@ -76,4 +114,4 @@ def _split_conv(conv: nn.Module, c: int) -> tuple[nn.Module, nn.Module]:
 
 # Pickled best.pt files name these classes: on torch's weights_only allow-list, such a file also loads under
 # Ultralytics' own restricted mode (ULTRALYTICS_SAFE_LOAD=1) once this module is imported.
-torch.serialization.add_safe_globals([C2fSplit, C3k2Split])
+torch.serialization.add_safe_globals([C2fSplit, C3k2Split, C2fCIBSplit, RepNCSPELAN4Split, ELAN1Split])

@@ -130,6 +130,11 @@ class ChannelPruner:
         retrace: trace a fresh dependency graph before every group is removed (the former behaviour, ~0.16 CPU s a
             group for YOLO11x on one core) instead of removing all of a step's groups on one graph whose concat
             bookkeeping is refreshed after each (:func:`refresh_concat_offsets`; the same channels go).
+        flops_fn: ``flops_fn(model, imgsz) -> GFLOPs`` counting the model's FLOPs as the user's tools do
+            (``yolo_ldac.nn.adapter.ultralytics_gflops``); ``dense`` must be counted by it too. The plan keeps the
+            fast analytic per-block deltas, the step then recounts with ``flops_fn`` and plans again (at most
+            ``refine`` times) while the count it reports is short of the target, so the ratio met is the one
+            ``YOLO().info()`` shows. None: the analytic count (:func:`~yolo_ldac.pruning.complexity.measure`).
 
     Example:
         >>> pruner = ChannelPruner(model, build_criterion("l2"), dense, dense_channels, protected)  # doctest: +SKIP
@@ -140,7 +145,7 @@ class ChannelPruner:
                  protected: list[nn.Module], imgsz: int = 640, target: str = "flops", round_to: int = 8,
                  floor: float = 0.125, compensate: "bool | str | Compensation" = True, tolerance: float = 0.01,
                  layer_cap: float | None = None, per_flop: bool = False, lsq_ridge: float = 1e-3,
-                 retrace: bool = False):
+                 retrace: bool = False, flops_fn=None, refine: int = 3):
         if target not in TARGETS:
             raise LDACError(f"target must be one of {', '.join(TARGETS)}, got '{target}'")
         owned = {id(m) for m in model.modules()}
@@ -158,10 +163,11 @@ class ChannelPruner:
         self.retrace = bool(retrace)
         self.sizes = record_output_sizes(model, imgsz)
         self.names = {m: n for n, m in model.named_modules()}
+        self.flops_fn, self.refine = (flops_fn if target == "flops" else None), int(refine)
 
     # --- bookkeeping -------------------------------------------------------------------------------------
     def measure(self) -> Complexity:
-        return measure(self.model, self.imgsz, sizes=self.sizes, protected=self.protected)
+        return measure(self.model, self.imgsz, sizes=self.sizes, protected=self.protected, flops_fn=self.flops_fn)
 
     def _value(self, c: Complexity) -> float:
         return {"flops": c.flops_g * 1e9, "params": float(c.params), "channels": float(c.channels)}[self.target]
@@ -297,11 +303,12 @@ class ChannelPruner:
 
     # --- the step ----------------------------------------------------------------------------------------
     def step(self, target_ratio: float, batches: Iterable[dict] | None = None,
-             planned: dict[str, list[int]] | None = None) -> StepResult:
+             planned: dict[str, list[int]] | None = None, _pass: int = 0) -> StepResult:
         """Prune until ``target_ratio`` of the dense model's ``target`` quantity is removed.
 
         ``planned`` (root layer name -> output channels, as :meth:`choose` returned it before a push prepared the
-        model for exactly those channels) is removed as it is, without scoring again.
+        model for exactly those channels) is removed as it is, without scoring again. With a ``flops_fn`` a step
+        whose recount falls short of the target plans and removes the rest (``refine`` passes at most).
         """
         import time
 
@@ -362,5 +369,14 @@ class ChannelPruner:
             removed[g.name] = len(idxs)
         self.model.zero_grad(set_to_none=True)
         after = self.measure()
-        return StepResult(target_ratio, after.removed_vs(self.dense, self.target), before, after, removed,
-                          len(chosen), seconds_scoring)
+        result = StepResult(target_ratio, after.removed_vs(self.dense, self.target), before, after, removed,
+                            len(chosen), seconds_scoring)
+        short = result.reached_ratio < target_ratio - self.tolerance / 2
+        if short and planned is None and self.flops_fn is not None and _pass < self.refine and chosen:
+            # the analytic deltas undershot the counter's figure (attention, BN): plan the rest on the pruned model
+            more = self.step(target_ratio, batches, None, _pass + 1)
+            for name, n in more.removed_channels.items():
+                removed[name] = removed.get(name, 0) + n
+            result = StepResult(target_ratio, more.reached_ratio, before, more.after, removed,
+                                len(removed), seconds_scoring + more.seconds_scoring)
+        return result

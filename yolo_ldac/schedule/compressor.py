@@ -209,7 +209,7 @@ class Compressor:
         compensation = self.compensation if self.calibration() else "none"
         return ChannelPruner(model, self.criterion, dense, rec["dense_channels"], protected_layers(model), imgsz=640,
                              target=self.cfg["target"], round_to=self.cfg["round_to"], floor=self.cfg["floor"],
-                             compensate=compensation, tolerance=self.cfg["tolerance"])
+                             compensate=compensation, tolerance=self.cfg["tolerance"], flops_fn=_flops_fn(dense))
 
     # --- records ---------------------------------------------------------------------------------------------
     @property
@@ -231,7 +231,7 @@ class Compressor:
     # --- running ---------------------------------------------------------------------------------------------
     def _check_inputs(self) -> None:
         """Everything that can be checked before the run directory exists."""
-        from yolo_ldac.nn.adapter import adapt_head_to_names, protected_layers, rewrite_split_blocks
+        from yolo_ldac.nn.adapter import adapt_head_to_names, protected_layers, rewrite_split_blocks, ultralytics_gflops
         from yolo_ldac.pruning.complexity import layer_channels, measure
         from yolo_ldac.pruning.engine import ChannelPruner
 
@@ -256,12 +256,13 @@ class Compressor:
             model = adapt_head_to_names(model, self.data["names"], seed=int(self.cfg["seed"]))
         model = copy.deepcopy(model).float().cpu()
         rewrite_split_blocks(model)
-        self.dense_comp = measure(model, 640, protected=protected_layers(model))
+        self.dense_comp = measure(model, 640, protected=protected_layers(model), flops_fn=ultralytics_gflops)
         self.dense_channels = layer_channels(model)
         if self.mode != "finetune":
             probe = ChannelPruner(model, self.criterion, self.dense_comp, self.dense_channels, protected_layers(model),
                                   imgsz=640, target=self.cfg["target"], round_to=self.cfg["round_to"],
-                                  floor=self.cfg["floor"], tolerance=self.cfg["tolerance"])
+                                  floor=self.cfg["floor"], tolerance=self.cfg["tolerance"],
+                                  flops_fn=_flops_fn(self.dense_comp))
             reachable = probe.max_ratio()
             if reachable < self.cfg["ratio"] - self.cfg["tolerance"]:
                 raise LDACError(f"ratio {self.cfg['ratio']} of {self.cfg['target']} is unreachable: with floor="
@@ -633,7 +634,7 @@ class Compressor:
 
         rec, cfg = self.state.record, self.cfg
         dense = Complexity(**rec["dense_complexity"])
-        after_comp = measure(model, 640, protected=protected_layers(model))
+        after_comp = measure(model, 640, protected=protected_layers(model), flops_fn=_flops_fn(dense))
         after_channels = layer_channels(model)
         before = {**_metric_view(rec.get("before_metrics") or {}), **complexity_view(dense)}
         after = {**_metric_view(rec.get("after_metrics") or {}), **complexity_view(after_comp)}
@@ -734,3 +735,11 @@ def complexity_view(c) -> dict:
 
 
 __all__ = ["EVENTS", "Callbacks", "Compressor", "plan_phases", "select_device"]
+
+
+def _flops_fn(dense):
+    """Ultralytics' FLOPs counter when the run's dense count was made with it (runs started before it was
+    used keep the analytic count their ratios were planned with, so a resumed run compares like with like)."""
+    from yolo_ldac.nn.adapter import ultralytics_gflops
+
+    return ultralytics_gflops if getattr(dense, "counter", "analytic") == "ultralytics" else None

@@ -163,7 +163,7 @@ def machine_info() -> dict:
     Returns:
         A JSON-serialisable dict: ``cpu`` (model name), ``cores`` (logical CPUs), ``cores_usable`` (CPUs this
         process may run on), ``ram_gb`` (GiB), ``os``, ``python``, the versions of ``torch``, ``torchvision``,
-        ``ultralytics``, ``torch_pruning``, ``onnxruntime``, ``ai_edge_litert``, ``litert_torch`` and ``openvino`` (None if
+        ``ultralytics``, ``torch_pruning``, ``onnxruntime``, ``ai_edge_litert``, ``litert_torch``, ``openvino`` and ``ncnn`` (None if
         not installed), ``torch_threads``,
         and ``gpu`` (CUDA device name, or None).
     """
@@ -183,6 +183,7 @@ def machine_info() -> dict:
         "ai_edge_litert": _version("ai-edge-litert"),
         "litert_torch": _version("litert-torch"),
         "openvino": _version("openvino"),
+        "ncnn": _version("ncnn"),
         "torch_threads": None,
         "gpu": None,
     }
