@@ -46,6 +46,16 @@ class YOLOLDAC:
         True
     """
 
+    def __new__(cls, model: Any = "yolo11n.pt", trusted: bool = False):
+        # A torchvision Faster R-CNN (a builder name such as "fasterrcnn_resnet50_fpn_v2", or a checkpoint of that
+        # path) runs the same modes on yolo_ldac.tv.
+        if cls is YOLOLDAC:
+            from yolo_ldac.tv.api import TorchvisionLDAC, is_torchvision_source
+
+            if is_torchvision_source(model):
+                cls = TorchvisionLDAC
+        return super().__new__(cls)
+
     def __init__(self, model: str | Path | nn.Module = "yolo11n.pt", trusted: bool = False):
         from yolo_ldac.schedule.callbacks import Callbacks
 

@@ -152,7 +152,8 @@ class TaylorCriterion(_Delegating):
                 p.requires_grad_(False)
 
 
-OUT_FNS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels)  # out-channel pruning handlers
+# out-channel pruning handlers (the Linear one for the fully connected layers of a torchvision RoI box head)
+OUT_FNS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels, tp.prune_linear_out_channels)
 
 
 def group_mean_of_channel_scores(group, scores: dict[nn.Module, torch.Tensor]) -> torch.Tensor | None:
