@@ -58,6 +58,12 @@ def is_builder_name(src: Any) -> bool:
     return isinstance(src, str) and src.startswith("fasterrcnn") and "/" not in src and "." not in src
 
 
+def is_torchvision_source(src: Any) -> bool:
+    """A torchvision Faster R-CNN builder name, a checkpoint :func:`save_checkpoint` wrote, or an adapter: what
+    the facade's ``YOLOLDAC`` runs on this path."""
+    return isinstance(src, FasterRCNNAdapter) or is_builder_name(src) or is_checkpoint(src)
+
+
 def convert_frozen_batchnorm(module: nn.Module) -> int:
     """Replace every ``torchvision.ops.FrozenBatchNorm2d`` in ``module`` by an equal ``nn.BatchNorm2d``, in place;
     return how many were replaced. The new BN holds the same scale, shift, statistics and eps, so in eval mode it
@@ -147,8 +153,7 @@ class FasterRCNNAdapter(nn.Module):
 
     # --- the forward passes ---------------------------------------------------------------------------------
     def _images(self, x, targets=None):
-        imgs = list(x) if isinstance(x, torch.Tensor) else list(x)
-        return self.detector.transform(imgs, targets)
+        return self.detector.transform(list(x), targets)  # a (B, 3, H, W) tensor or a list of (3, H, W) images
 
     def _rpn(self, image_list, features: dict, targets=None):
         """The RPN of torchvision's ``RegionProposalNetwork.forward``, with its raw head outputs returned too."""
@@ -171,9 +176,10 @@ class FasterRCNNAdapter(nn.Module):
             losses = {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_box}
         return boxes, objectness, deltas, losses
 
-    def _fixed_boxes(self, image_sizes) -> list[torch.Tensor]:
+    def _fixed_boxes(self, image_sizes, n: int | None = None) -> list[torch.Tensor]:
+        """``n`` (default :attr:`rois`) copies of the whole-image box per image."""
         dev = next(self.parameters()).device
-        return [torch.tensor([[0.0, 0.0, float(w), float(h)]], device=dev).repeat(self._fixed_rois, 1)
+        return [torch.tensor([[0.0, 0.0, float(w), float(h)]], device=dev).repeat(n or self._fixed_rois, 1)
                 for h, w in image_sizes]
 
     def _box_head(self, features: dict, proposals: list[torch.Tensor], image_sizes):
@@ -192,15 +198,11 @@ class FasterRCNNAdapter(nn.Module):
         if self._fixed_rois:
             proposals = self._fixed_boxes(image_list.image_sizes)
         else:  # an image with no proposal (a blank one) still runs the box head, so the graph reaches it
-            full = self._fixed_boxes_one(image_list.image_sizes)
+            full = self._fixed_boxes(image_list.image_sizes, 1)
             proposals = [p if len(p) else f for p, f in zip(proposals, full)]
         class_logits, box_regression = self._box_head(features, proposals, image_list.image_sizes)
         self._last = (proposals, image_list.image_sizes, [tuple(t.shape[-2:]) for t in x])
         return (*objectness, *deltas, class_logits, box_regression)
-
-    def _fixed_boxes_one(self, image_sizes) -> list[torch.Tensor]:
-        dev = next(self.parameters()).device
-        return [torch.tensor([[0.0, 0.0, float(w), float(h)]], device=dev) for h, w in image_sizes]
 
     def loss_dict(self, images: torch.Tensor, targets: list[dict], extra=None) -> dict[str, torch.Tensor]:
         """torchvision's Faster R-CNN loss dict for ``images`` (B, 3, H, W in [0, 1]) and ``targets`` (per image
