@@ -127,10 +127,10 @@ def test_graph_prunes_backbone_fpn_rpn_conv_box_head_and_protects_predictors(tin
 def test_local_state_dict_weights_and_offline_download(tiny, tmp_path):
     """weights= a local state dict: loaded, the box predictor replaced for another class count; a torchvision
     weights name offline is one line naming the way out."""
-    from yolo_ldac.tv.adapter import build_adapter
+    from yolo_ldac.tv.adapter import build_adapter, torchvision_state_dict
 
     path = tmp_path / "frcnn.pth"
-    torch.save(tiny.detector.state_dict(), path)
+    torch.save(torchvision_state_dict(tiny.detector), path)  # what torchvision's own model.state_dict() holds
     two = build_adapter(BUILDER, {0: "a", 1: "b"}, imgsz=128, rois=20, weights=str(path), **TINY)
     assert two.frozen_stats and two.detector.roi_heads.box_predictor.cls_score.out_features == 3
     old, new = tiny.detector.state_dict(), two.detector.state_dict()
@@ -139,6 +139,32 @@ def test_local_state_dict_weights_and_offline_download(tiny, tmp_path):
         build_adapter(BUILDER, NAMES, imgsz=128, weights="COCO_V1")
     with pytest.raises(LDACError, match="not found"):
         build_adapter(BUILDER, NAMES, imgsz=128, weights=str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.slow
+def test_resnet50_fpn_four_pooled_levels_trace_prune_reload(tmp_path):
+    """ResNet-50 FPN (four pooled levels, Bottleneck blocks): the trace is the detector's computation, a prune step
+    reaches its target and the saved widths reload to the same detections."""
+    from yolo_ldac.parts import build_parts
+    from yolo_ldac.pruning.complexity import layer_channels, measure
+    from yolo_ldac.pruning.engine import ChannelPruner
+    from yolo_ldac.tv.adapter import (ConvFC, build_adapter, detections_from_trace, load_checkpoint,
+                                      protected_layers, save_checkpoint)
+
+    a = build_adapter("fasterrcnn_resnet50_fpn", {0: "a", 1: "b"}, imgsz=64, rois=5, seed=0)
+    assert isinstance(a.detector.roi_heads.box_head.fc6, ConvFC)
+    a.eval()
+    x = _x(1)[:, :, :64, :64]
+    with torch.no_grad():
+        outs = a(x)
+    _same_detections(detections_from_trace(a, outs), a.predict(x))
+    crit = build_parts({"seed": 0}, {"criterion": "l1", "push": "none", "compensate": "none"})["criterion"]
+    prot = protected_layers(a)
+    pruner = ChannelPruner(a, crit, measure(a, 64, protected=prot), layer_channels(a), prot, imgsz=64,
+                           compensate="none", root_types=(nn.Conv2d, nn.Linear), round_to=64)
+    assert abs(pruner.step(0.1).reached_ratio - 0.1) <= 0.01
+    b = load_checkpoint(save_checkpoint(a, tmp_path / "r50.pt"))
+    _same_detections(b.predict(x), a.predict(x))
 
 
 # --- data and mAP --------------------------------------------------------------------------------------------------
@@ -266,7 +292,9 @@ def test_compress_trains_after_pruning_reloads_and_exports(tiny, shapes_data, tm
     assert is_checkpoint(res.best) and is_checkpoint(res.best.with_suffix(".json"))
     a = load_checkpoint(res.best)
     b = load_checkpoint(res.best.with_suffix(".json"))  # pickle-free pair
-    assert torch.load(res.best, weights_only=True)["meta"]["builder"] == BUILDER
+    ckpt = torch.load(res.best, weights_only=True)
+    assert ckpt["meta"]["builder"] == BUILDER
+    assert ckpt["state_dict"]["roi_heads.box_head.fc6.weight"].dim() == 2  # torchvision's layout (a Linear)
     x = _x(1, seed=3)
     ref = a.predict(x)
     _same_detections(b.predict(x), ref)

@@ -90,7 +90,10 @@ def record_output_sizes(model: nn.Module, imgsz: int = 640, in_channels: int = 3
     handles = []
 
     def hook(module, _inp, out):
-        sizes[module] = int(out.shape[2] * out.shape[3]) if out.dim() == 4 else int(out.numel() // out.shape[-1])
+        # per image: the output's cells, times its leading dim when that is not the image (a RoI head's convolution
+        # over (RoIs, C, r, r) runs once per RoI; for every other layer of a one-image input it is 1)
+        sizes[module] = int(out.shape[0] * out.shape[2] * out.shape[3]) if out.dim() == 4 else \
+            int(out.numel() // out.shape[-1])
 
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):

@@ -208,8 +208,8 @@ class GroupFisherCriterion(Criterion):
                 m = torch.ones(out.shape[0], out.shape[1], *([1] * (out.dim() - 2)), device=out.device,
                                dtype=out.dtype, requires_grad=True)
                 masks[conv] = m
-            if out.dim() == 4:
-                out_hw[conv] = int(out.shape[2] * out.shape[3])
+            if out.dim() == 4:  # per image (a RoI head's convolution: times the RoIs of an image)
+                out_hw[conv] = max(1, int(out.shape[0]) // max(images[0], 1)) * int(out.shape[2] * out.shape[3])
             elif out.dim() == 2:  # a Linear over RoIs: its rows per image
                 out_hw[conv] = max(1, int(out.shape[0]) // max(images[0], 1))
             mu = centres.get(conv)

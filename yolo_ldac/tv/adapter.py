@@ -95,6 +95,78 @@ def convert_frozen_batchnorm(module: nn.Module) -> int:
     return count
 
 
+class ConvFC(nn.Conv2d):
+    """A fully connected layer over flattened ``(C, r, r)`` RoI features, as the equal ``r x r`` convolution (no
+    padding), flattened after: the same numbers, and torch-pruning couples its input channels with the FPN's outputs
+    directly instead of through its flatten index mapping (which loops on ResNet's four pooled levels).
+
+    Example:
+        >>> fc = nn.Linear(2 * 3 * 3, 4)
+        >>> conv = ConvFC.from_linear(fc, 2, 3)
+        >>> x = torch.rand(5, 2, 3, 3)
+        >>> bool(torch.allclose(conv(x), fc(x.flatten(1)), atol=1e-6))
+        True
+    """
+
+    @classmethod
+    def from_linear(cls, fc: nn.Linear, channels: int, r: int) -> "ConvFC":
+        if fc.in_features != channels * r * r:
+            raise LDACError(f"a box-head layer takes {fc.in_features} inputs, not {channels} x {r} x {r}")
+        conv = cls(channels, fc.out_features, r, bias=fc.bias is not None)
+        with torch.no_grad():
+            conv.weight.copy_(fc.weight.reshape(fc.out_features, channels, r, r))
+            if fc.bias is not None:
+                conv.bias.copy_(fc.bias)
+        return conv.to(fc.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x).flatten(1)
+
+
+class ConvTwoMLPHead(nn.Module):
+    """torchvision's ``TwoMLPHead`` with ``fc6`` as a :class:`ConvFC` (same state-dict names)."""
+
+    def __init__(self, fc6: ConvFC, fc7: nn.Linear):
+        super().__init__()
+        self.fc6, self.fc7 = fc6, fc7
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.fc7(torch.relu(self.fc6(x))))
+
+
+def convert_box_head(detector: nn.Module) -> int:
+    """Turn the box head's first fully connected layer (``TwoMLPHead.fc6``; the ``Flatten, Linear`` of
+    ``FastRCNNConvFCHead``) into a :class:`ConvFC`, in place; returns how many were converted (0 or 1)."""
+    from torchvision.models.detection.faster_rcnn import TwoMLPHead
+
+    heads = detector.roi_heads
+    size = heads.box_roi_pool.output_size
+    r = int(size[0] if isinstance(size, (tuple, list)) else size)
+    head = heads.box_head
+    if isinstance(head, TwoMLPHead):
+        heads.box_head = ConvTwoMLPHead(ConvFC.from_linear(head.fc6, head.fc6.in_features // (r * r), r), head.fc7)
+        return 1
+    if isinstance(head, nn.Sequential):
+        for i in range(len(head) - 1):
+            if isinstance(head[i], nn.Flatten) and isinstance(head[i + 1], nn.Linear):
+                fc = head[i + 1]
+                head[i] = nn.Identity()
+                head[i + 1] = ConvFC.from_linear(fc, fc.in_features // (r * r), r)
+                return 1
+    return 0
+
+
+def torchvision_state_dict(detector: nn.Module) -> dict[str, torch.Tensor]:
+    """The detector's state dict in torchvision's layout (each :class:`ConvFC` weight as the Linear it stands for),
+    so that the builder's own model loads it."""
+    sd = {k: v.detach().cpu().contiguous() for k, v in detector.state_dict().items()}
+    for name, m in detector.named_modules():
+        if isinstance(m, ConvFC):
+            w = sd[f"{name}.weight"]
+            sd[f"{name}.weight"] = w.reshape(w.shape[0], -1).contiguous()
+    return sd
+
+
 class FasterRCNNAdapter(nn.Module):
     """A torchvision Faster R-CNN as the project's engine sees it (see the module docstring).
 
@@ -111,6 +183,7 @@ class FasterRCNNAdapter(nn.Module):
                  frozen_stats: bool = False, build_kwargs: dict | None = None):
         super().__init__()
         convert_frozen_batchnorm(detector)
+        convert_box_head(detector)
         self.detector = detector
         self.builder = builder
         self.names = {int(k): str(v) for k, v in dict(names).items()}
@@ -391,7 +464,8 @@ def checkpoint_meta(adapter: FasterRCNNAdapter) -> dict:
 
 def save_checkpoint(adapter: FasterRCNNAdapter, path: str | Path) -> Path:
     """Write ``adapter`` to ``path`` (``.pt``: plain types and tensors only, so ``torch.load(weights_only=True)``
-    opens it) and the portable pair beside it (``.safetensors`` + ``.json``), atomically.
+    opens it) and the portable pair beside it (``.safetensors`` + ``.json``), atomically. The state dict is in
+    torchvision's layout (:func:`torchvision_state_dict`): the builder's model with the saved widths loads it.
 
     Example:
         >>> save_checkpoint(adapter, "runs/frcnn/exp/weights/best.pt")  # doctest: +SKIP
@@ -405,7 +479,7 @@ def save_checkpoint(adapter: FasterRCNNAdapter, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = checkpoint_meta(adapter)
-    sd = {k: v.detach().cpu().contiguous() for k, v in adapter.detector.state_dict().items()}
+    sd = torchvision_state_dict(adapter.detector)
     import io
 
     buf = io.BytesIO()

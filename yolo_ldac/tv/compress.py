@@ -188,8 +188,14 @@ def compress(cfg: dict, source: Any, mode: str | None = None):
         # Ultralytics' warmup_epochs when given, else 100 iterations (at most a third of the phase)
         warm = (int(float(cfg["warmup_epochs"]) * len(loader)) if cfg.get("warmup_epochs") is not None
                 else min(100, epochs * len(loader) // 3))
+        from ultralytics.utils import LOGGER
+
+        def log(epoch: int, row: dict) -> None:
+            terms = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith("loss"))
+            LOGGER.info(f"{name} epoch {epoch + 1}/{epochs}: {terms}")
+
         hist = timed("train", train, adapter, loader, epochs, device=device, extra=extra, warmup_iters=warm,
-                     **settings)
+                     on_epoch_end=log if cfg.get("verbose", True) else None, **settings)
         steps[name] = int(hist[-1]["steps"]) if hist else 0
         return hist
 
