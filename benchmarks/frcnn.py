@@ -143,13 +143,22 @@ def report(a: argparse.Namespace, records: list[dict]) -> str:
     b = r0["base"]
     head = (f"## torchvision {a.builder} on {a.data.parent.name}: base from scratch -> compressed at "
             f"{int(100 * a.ratio)} % FLOPs\n\n"
-            f"Written by `{SCRIPT}` (`python {SCRIPT} --data {a.data} --base-epochs {a.base_epochs} --epochs "
-            f"{a.epochs}`). Base: trained from scratch for {a.base_epochs} epochs at {a.imgsz} px, batch {a.batch}, "
-            f"lr0 {a.lr0} (mAP50-95 {100 * (b.get('map50_95') or 0):.1f}, mAP50 {100 * (b.get('map50') or 0):.1f}); "
+            f"Written by `{SCRIPT}` (`python {SCRIPT} --data datasets/{a.data.parent.name}/data.yaml --base-epochs "
+            f"{a.base_epochs} --epochs {a.epochs} --box-batch {a.box_batch} --imgsz {a.imgsz} --batch {a.batch}`; "
+            f"results in `benchmarks/results/frcnn/`). Base: trained from scratch for {a.base_epochs} epochs at {a.imgsz} px, batch {a.batch}, "
+            f"lr0 {a.lr0}, {a.box_batch} RoIs sampled per image (mAP50-95 {100 * (b.get('map50_95') or 0):.1f}, mAP50 {100 * (b.get('map50') or 0):.1f}); "
             f"then every run trains {a.epochs} epochs at lr0 x {a.lr_scale}. FLOPs at {a.imgsz} px with {a.rois} "
             f"RoIs per image. COCO mAP (pycocotools) on the val split. Seed {a.seed}. Machine: "
-            f"{m.get('cpu')} ({m.get('cores_usable')} cores usable), torch {m.get('torch')}.\n\n")
-    return head + table(records)
+            f"{m.get('cpu')} ({m.get('cores_usable')} core usable by the run, {m.get('cores')} in all, shared with other "
+            f"jobs: the wall times are no speed measure), torch {m.get('torch')}. One seed, 100 val images: "
+            f"differences of a point or two are within noise.\n\n")
+    note = ""
+    if (b.get("map50_95") or 0) < 0.2:
+        note = (f"\n\nThe base ({100 * (b.get('map50_95') or 0):.1f} mAP50-95) is far from converged: a Faster R-CNN from "
+                "scratch needs far more training than this CPU budget. The row shows the path end to end at equal "
+                "optimizer steps, not which method is better; for that, run it with more epochs (or on a GPU, "
+                "`--device 0`).")
+    return head + table(records) + note
 
 
 def main(argv=None) -> int:
