@@ -48,6 +48,8 @@ EXPECTED_DEFAULTS = {
     "push": None,
     "trusted": False,
     "resume": False,
+    "weights": None,
+    "rois": None,
     "strict_labels": True,
     "fade": True,
     "fade_end": 0.5,

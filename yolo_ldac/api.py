@@ -46,6 +46,16 @@ class YOLOLDAC:
         True
     """
 
+    def __new__(cls, model: Any = "yolo11n.pt", trusted: bool = False):
+        # A torchvision Faster R-CNN (a builder name such as "fasterrcnn_resnet50_fpn_v2", or a checkpoint of that
+        # path) runs the same modes on yolo_ldac.tv.
+        if cls is YOLOLDAC:
+            from yolo_ldac.tv.adapter import is_torchvision_source
+
+            if is_torchvision_source(model):
+                cls = TorchvisionLDAC
+        return super().__new__(cls)
+
     def __init__(self, model: str | Path | nn.Module = "yolo11n.pt", trusted: bool = False):
         from yolo_ldac.schedule.callbacks import Callbacks
 
@@ -252,6 +262,116 @@ class YOLOLDAC:
                 lines.append(f"WARNING: {notice}")
         return {**comp, "imgsz": imgsz, "layers": layers, "table": "\n".join(lines), "finished": notice is None,
                 "notice": notice}
+
+
+class TorchvisionLDAC(YOLOLDAC):
+    """:class:`YOLOLDAC` for a torchvision Faster R-CNN: what ``YOLOLDAC(model)`` is for a builder name
+    (``"fasterrcnn_resnet50_fpn_v2"``), a checkpoint of that path or a :class:`~yolo_ldac.tv.adapter.FasterRCNNAdapter`.
+    The same modes with the same keys, on :mod:`yolo_ldac.tv.compress`: ``compress``, ``prune``, ``finetune``, ``val``,
+    ``export`` (ONNX, checked) and ``info``.
+
+    Example:
+        >>> type(YOLOLDAC("fasterrcnn_mobilenet_v3_large_fpn")).__name__
+        'TorchvisionLDAC'
+    """
+
+    def __init__(self, model: Any = "fasterrcnn_mobilenet_v3_large_fpn", trusted: bool = False):
+        from yolo_ldac.schedule.callbacks import Callbacks
+        from yolo_ldac.tv.adapter import _builder, is_builder_name
+
+        if not isinstance(trusted, bool):
+            raise LDACError(f"trusted must be True or False, got {trusted!r}")
+        self.source, self.trusted, self.callbacks = model, trusted, Callbacks()
+        self._model = None
+        if is_builder_name(model):
+            _builder(model)  # an unknown builder is one line now
+        else:
+            _ = self.model
+
+    @property
+    def model(self):
+        """The adapter (a builder name is built for its data's classes when a mode runs)."""
+        from yolo_ldac.tv.adapter import FasterRCNNAdapter, is_builder_name, load_checkpoint
+
+        if self._model is None and not is_builder_name(self.source):
+            self._model = self.source if isinstance(self.source, FasterRCNNAdapter) else load_checkpoint(self.source)
+        return self._model
+
+    @model.setter
+    def model(self, value) -> None:
+        self._model = value
+
+    def add_callback(self, event: str, fn) -> "TorchvisionLDAC":
+        raise LDACError("callbacks are not supported for torchvision models yet")
+
+    def _compress_mode(self, mode: str, kwargs: dict):
+        from yolo_ldac.tv.compress import compress
+
+        overrides = {k: v for k, v in kwargs.items() if v is not None}
+        cfg = get_cfg(overrides, mode=mode)
+        result = compress(cfg, self._model if self._model is not None else self.source, mode=mode)
+        self.source, self._model = result.best, None
+        return result
+
+    def _adapter(self, cfg: dict, names=None):
+        from yolo_ldac.tv.compress import load_source
+
+        return load_source(self.model if self.model is not None else self.source, names, cfg)
+
+    def val(self, data: str | None = None, **kwargs: Any) -> dict:
+        """COCO mAP50-95 and mAP50 on ``data``'s val split, FLOPs (G, at ``rois`` RoIs per image) and params (M)."""
+        from yolo_ldac.data.check import check_data
+        from yolo_ldac.schedule.compressor import select_device
+        from yolo_ldac.tv.compress import model_view
+        from yolo_ldac.tv.data import YoloDetectionDataset, make_loader
+        from yolo_ldac.tv.evaluate import evaluate
+
+        cfg = get_cfg({k: v for k, v in dict(kwargs, data=data).items() if v is not None}, mode="val")
+        info = check_data(cfg["data"])
+        adapter = self._adapter(cfg, info["names"])
+        device = select_device(cfg.get("device"))
+        loader = make_loader(YoloDetectionDataset.from_yaml(info, "val", int(cfg["imgsz"])), int(cfg["batch"]), False)
+        return {**evaluate(adapter.to(device), loader, device), **model_view(adapter, int(cfg["imgsz"]))}
+
+    def export(self, format: str | None = None, **kwargs: Any) -> Path:
+        """ONNX export next to the checkpoint (``best.onnx``), checked against PyTorch on a fixed input."""
+        from yolo_ldac.tv.export import export_onnx
+
+        cfg = get_cfg({k: v for k, v in dict(kwargs, format=format).items() if v is not None}, mode="export")
+        if cfg["format"] != "onnx":
+            raise LDACError(f"torchvision models export to onnx only here, got format={cfg['format']}")
+        if cfg["half"] or cfg["int8"]:
+            raise LDACError("torchvision models export in fp32 only here (half=False int8=False)")
+        if not isinstance(self.source, (str, Path)) or self.model is None:
+            raise LDACError("export needs a checkpoint file: pass model=path/to/best.pt")
+        path, figures = export_onnx(self.model, Path(self.source).with_suffix(".onnx"), parity=bool(cfg["parity"]))
+        self.last_export = figures
+        if cfg["verbose"]:
+            print(f"ONNX {path}: {figures}")
+        return path
+
+    def benchmark(self, **kwargs: Any):
+        raise LDACError("benchmark mode is not supported for torchvision models yet (export=onnx is)")
+
+    def info(self, imgsz: int | None = None, **kwargs: Any) -> dict:
+        """FLOPs (G), parameters (M) and output channels per layer (a builder name: with one class)."""
+        from yolo_ldac.pruning.complexity import layer_channels
+        from yolo_ldac.tv.compress import model_view
+
+        adapter = self.model
+        if adapter is None:
+            from yolo_ldac.tv.adapter import build_adapter
+
+            cfg = get_cfg(dict(kwargs, **({} if imgsz is None else {"imgsz": imgsz})), mode="info")
+            adapter = build_adapter(self.source, {0: "object"}, int(cfg["imgsz"]), weights=cfg.get("weights"),
+                                    rois=cfg.get("rois"))
+        size = int(imgsz or adapter.imgsz)
+        comp = model_view(adapter, size)
+        layers = layer_channels(adapter)
+        lines = [f"{'layer':<56} {'out channels':>12}"] + [f"{n:<56} {c:>12}" for n, c in layers.items()]
+        lines.append(f"{len(layers)} layers, {comp['params_m']:.3f} M params, {comp['flops_g']:.3f} GFLOPs at {size} "
+                     f"px with {adapter.rois} RoIs per image")
+        return {**comp, "imgsz": size, "layers": layers, "table": "\n".join(lines), "finished": True, "notice": None}
 
 
 # --- helpers shared by the modes (kept here for their callers; each lives in the module that owns it) ----------

@@ -33,9 +33,11 @@ SINGLE_CLASS_BACKGROUND = 16  # background cells per image when the data has one
 
 
 def conv_wrappers(model: nn.Module) -> dict[nn.Conv2d, nn.Module]:
-    """Ultralytics ``Conv`` blocks by their inner ``nn.Conv2d``: the block output is the channel's activation."""
-    return {m.conv: m for m in model.modules()
-            if isinstance(getattr(m, "conv", None), nn.Conv2d) and isinstance(getattr(m, "bn", None), nn.BatchNorm2d)}
+    """Conv blocks by their inner ``nn.Conv2d`` (Ultralytics ``Conv``, torchvision conv-BN sequences and ResNet blocks:
+    :func:`yolo_ldac.pruning.blocks.conv_bn_blocks`): the block output is the channel's activation."""
+    from yolo_ldac.pruning.blocks import conv_bn_blocks
+
+    return {conv: block for conv, (block, _) in conv_bn_blocks(model).items()}
 
 
 def sample_config_for(model: nn.Module, samples: SampleConfig, notice: bool = False) -> SampleConfig:

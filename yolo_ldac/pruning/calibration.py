@@ -9,7 +9,13 @@ import torch.nn as nn
 
 
 def detection_loss(model: nn.Module, batch: dict) -> torch.Tensor:
-    """Ultralytics' detection loss of ``model`` on a preprocessed ``batch`` (scalar, differentiable)."""
+    """Ultralytics' detection loss of ``model`` on a preprocessed ``batch`` (scalar, differentiable).
+
+    A model with its own ``batch_loss(batch)`` (the torchvision adapter: the sum of Faster R-CNN's loss dict, BN
+    statistics untouched) computes it itself."""
+    own = getattr(model, "batch_loss", None)
+    if callable(own):
+        return own(batch)
     ensure_loss_args(model)
     device = next(model.parameters()).device
     batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}

@@ -102,13 +102,11 @@ def run_with_input_hooks(model: nn.Module, convs: Iterable[nn.Module], pre_hook,
 
 
 def bn_after_convs(model: nn.Module) -> dict[nn.Module, nn.BatchNorm2d]:
-    """The BatchNorm that follows each convolution of an Ultralytics ``Conv`` block (conv -> its ``bn``)."""
-    out = {}
-    for m in model.modules():
-        conv, bn = getattr(m, "conv", None), getattr(m, "bn", None)
-        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-            out[conv] = bn
-    return out
+    """The BatchNorm that follows each convolution (an Ultralytics ``Conv`` block, a torchvision conv-BN sequence or
+    ResNet block: :func:`yolo_ldac.pruning.blocks.conv_bn_blocks`)."""
+    from yolo_ldac.pruning.blocks import conv_bn_blocks
+
+    return {conv: bn for conv, (_, bn) in conv_bn_blocks(model).items()}
 
 
 @torch.no_grad()
@@ -116,7 +114,7 @@ def add_output_shift(conv: nn.Conv2d, shift: torch.Tensor, bn_after: dict[nn.Mod
     """Add ``shift`` (one value per output channel) to ``conv``'s pre-activation output: into its bias, else into the
     running mean of the BN that follows it (subtracted), else as a new bias."""
     if conv.bias is not None:
-        conv.bias.add_(shift)
+        conv.bias.add_(shift.to(conv.bias.dtype))
     elif conv in bn_after:
         bn_after[conv].running_mean.sub_(shift)
     else:
@@ -145,10 +143,16 @@ class InputMeans:
 
         def pre_hook(module, inputs):
             x = inputs[0].detach().double()
+            if isinstance(module, nn.Linear):  # (rows, features): a feature is a channel
+                x = x.reshape(-1, x.shape[-1])
+                sums[module] = sums.get(module, 0) + x.sum(dim=0)
+                counts[module] = counts.get(module, 0) + x.shape[0]
+                return
             sums[module] = sums.get(module, 0) + x.sum(dim=(0, 2, 3))
             counts[module] = counts.get(module, 0) + x.shape[0] * x.shape[2] * x.shape[3]
 
-        run_with_input_hooks(model, [m for m in model.modules() if isinstance(m, nn.Conv2d)], pre_hook, images)
+        layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        run_with_input_hooks(model, layers, pre_hook, images)
         means = {m: (sums[m] / counts[m]).float() for m in sums}
         return cls(means, bn_after_convs(model))
 
@@ -157,11 +161,12 @@ class InputMeans:
         """Fold the mean of input channels ``removed`` of ``conv`` into its bias or following BN; True if folded."""
         if conv not in self.means or not removed:
             return False
-        if conv.groups > 1:  # depthwise/grouped: the input channel's whole output goes with it
+        if getattr(conv, "groups", 1) > 1:  # depthwise/grouped: the input channel's whole output goes with it
             return False
         idx = torch.as_tensor(removed, dtype=torch.long, device=conv.weight.device)
         mean = self.means[conv].to(conv.weight.device)[idx]
-        shift = (conv.weight[:, idx].sum(dim=(2, 3)) * mean).sum(dim=1)  # (out,)
+        w = conv.weight[:, idx]
+        shift = ((w.sum(dim=(2, 3)) if w.dim() == 4 else w) * mean).sum(dim=1)  # (out,)
         add_output_shift(conv, shift, self.bn_after)
         return True
 

@@ -11,6 +11,7 @@ it reports and meets are that count's; this module itself imports no Ultralytics
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -60,14 +61,44 @@ def conv_params(conv: nn.Conv2d, in_ch: int | None = None, out_ch: int | None = 
     return kh * kw * in_per_group * out_ch + (out_ch if conv.bias is not None else 0)
 
 
+def layer_flops(layer: nn.Module, out_hw: int, in_ch: int | None = None, out_ch: int | None = None) -> float:
+    """FLOPs of a Conv2d (as :func:`conv_flops`) or of a Linear applied to ``out_hw`` rows, optionally with other
+    widths.
+
+    Example:
+        >>> layer_flops(nn.Linear(4, 2), 3)
+        48.0
+    """
+    if isinstance(layer, nn.Linear):
+        i = layer.in_features if in_ch is None else in_ch
+        o = layer.out_features if out_ch is None else out_ch
+        return 2.0 * out_hw * i * o
+    return conv_flops(layer, out_hw, in_ch, out_ch)
+
+
+def layer_params(layer: nn.Module, in_ch: int | None = None, out_ch: int | None = None) -> float:
+    """Parameters of a Conv2d (as :func:`conv_params`) or a Linear, optionally with other widths."""
+    if isinstance(layer, nn.Linear):
+        i = layer.in_features if in_ch is None else in_ch
+        o = layer.out_features if out_ch is None else out_ch
+        return i * o + (o if layer.bias is not None else 0)
+    return conv_params(layer, in_ch, out_ch)
+
+
 @torch.no_grad()
 def record_output_sizes(model: nn.Module, imgsz: int = 640, in_channels: int = 3) -> dict[nn.Module, int]:
-    """Map every Conv2d/Linear of ``model`` to the number of output cells it produces for one ``imgsz`` image."""
+    """Map every Conv2d/Linear of ``model`` to the number of output cells it produces for one ``imgsz`` image.
+
+    A model with a ``complexity_mode()`` context (the torchvision adapter: a fixed number of RoIs per image, so the
+    box head's FLOPs do not depend on what the RPN proposes for a blank image) runs inside it."""
     sizes: dict[nn.Module, int] = {}
     handles = []
 
     def hook(module, _inp, out):
-        sizes[module] = int(out.shape[2] * out.shape[3]) if out.dim() == 4 else int(out.numel() // out.shape[-1])
+        # per image: the output's cells, times its leading dim when that is not the image (a RoI head's convolution
+        # over (RoIs, C, r, r) runs once per RoI; for every other layer of a one-image input it is 1)
+        sizes[module] = int(out.shape[0] * out.shape[2] * out.shape[3]) if out.dim() == 4 else \
+            int(out.numel() // out.shape[-1])
 
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -76,7 +107,9 @@ def record_output_sizes(model: nn.Module, imgsz: int = 640, in_channels: int = 3
     model.eval()
     try:
         device = next(model.parameters()).device
-        model(torch.zeros(1, in_channels, imgsz, imgsz, device=device))
+        mode = getattr(model, "complexity_mode", None)
+        with (mode() if callable(mode) else contextlib.nullcontext()):
+            model(torch.zeros(1, in_channels, imgsz, imgsz, device=device))
     finally:
         for h in handles:
             h.remove()
@@ -107,6 +140,8 @@ def measure(model: nn.Module, imgsz: int = 640, sizes: dict[nn.Module, int] | No
                 channels += m.out_channels
         elif isinstance(m, nn.Linear):
             flops += 2.0 * sizes.get(m, 0) * m.in_features * m.out_features
+            if id(m) not in protected_ids:
+                channels += m.out_features
     params = sum(p.numel() for p in model.parameters())
     counted = flops_fn(model, imgsz) if flops_fn is not None else None
     if counted:
@@ -115,5 +150,7 @@ def measure(model: nn.Module, imgsz: int = 640, sizes: dict[nn.Module, int] | No
 
 
 def layer_channels(model: nn.Module) -> dict[str, int]:
-    """Output channels of every Conv2d, by module name (the per-layer view reports and plots use)."""
-    return {name: m.out_channels for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    """Output channels of every Conv2d (and output features of every Linear), by module name (the per-layer view
+    reports and plots use)."""
+    return {name: (m.out_channels if isinstance(m, nn.Conv2d) else m.out_features)
+            for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}

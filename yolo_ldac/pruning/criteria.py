@@ -114,11 +114,20 @@ class L2Criterion(_Delegating):
 
 @register_criterion("bn")
 class BNScaleCriterion(_Delegating):
-    """|BN scale| of each channel (network slimming, Liu et al., ICCV 2017)."""
+    """|BN scale| of each channel (network slimming, Liu et al., ICCV 2017).
+
+    A group with no BN (none in the YOLO models; a torchvision Faster R-CNN's FPN and box-head layers) is scored by
+    the group L2 norm (DepGraph), as HRank, CHIP and PX score the groups they cannot measure.
+    """
 
     def __init__(self, **kw: object):
         super().__init__(**kw)
         self.impl = tp.importance.BNScaleImportance(group_reduction="mean", normalizer="mean")
+        self.fallback = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer="mean")
+
+    def __call__(self, group) -> torch.Tensor:
+        out = self.impl(group)
+        return self.fallback(group) if out is None else out
 
 
 @register_criterion("taylor")
@@ -152,7 +161,8 @@ class TaylorCriterion(_Delegating):
                 p.requires_grad_(False)
 
 
-OUT_FNS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels)  # out-channel pruning handlers
+# out-channel pruning handlers (the Linear one for the fully connected layers of a torchvision RoI box head)
+OUT_FNS = (tp.prune_conv_out_channels, tp.prune_depthwise_conv_out_channels, tp.prune_linear_out_channels)
 
 
 def group_mean_of_channel_scores(group, scores: dict[nn.Module, torch.Tensor]) -> torch.Tensor | None:

@@ -21,7 +21,7 @@ import torch_pruning as tp
 
 from yolo_ldac.errors import LDACError
 from yolo_ldac.pruning.compensate import Compensation, build_compensation
-from yolo_ldac.pruning.complexity import Complexity, conv_flops, conv_params, measure, record_output_sizes
+from yolo_ldac.pruning.complexity import Complexity, layer_flops, layer_params, measure, record_output_sizes
 from yolo_ldac.pruning.criteria import Criterion
 
 TARGETS = ("flops", "params", "channels")
@@ -40,13 +40,25 @@ class StepResult:
     seconds_scoring: float = 0.0
 
 
+LAYERS = (nn.Conv2d, nn.Linear)  # the layers whose widths the engine counts (a Linear only with root_types)
+
+
+def _widths(m: nn.Module) -> list[int]:
+    """``[in, out]`` channels of a Conv2d or features of a Linear."""
+    return [m.in_channels, m.out_channels] if isinstance(m, nn.Conv2d) else [m.in_features, m.out_features]
+
+
+def _out_fn(m: nn.Module):
+    return tp.prune_linear_out_channels if isinstance(m, nn.Linear) else tp.prune_conv_out_channels
+
+
 @dataclass
 class _Group:
-    root: nn.Conv2d
+    root: nn.Module  # an nn.Conv2d (or an nn.Linear with root_types)
     name: str
     scores: torch.Tensor
     blocks: list[list[int]]
-    convs: list[tuple[nn.Conv2d, str, int]]  # (conv, "in" | "out", channels lost per root channel)
+    convs: list[tuple[nn.Module, str, int]]  # (conv or linear, "in" | "out", channels lost per root channel)
     bns: list[nn.Module]
     n_protected_out: int = 0
 
@@ -135,6 +147,8 @@ class ChannelPruner:
             fast analytic per-block deltas, the step then recounts with ``flops_fn`` and plans again (at most
             ``refine`` times) while the count it reports is short of the target, so the ratio met is the one
             ``YOLO().info()`` shows. None: the analytic count (:func:`~yolo_ldac.pruning.complexity.measure`).
+        root_types: the layer types whose output channels root a group (default: ``nn.Conv2d``; the torchvision
+            path adds ``nn.Linear`` for the RoI box head's fully connected layers).
 
     Example:
         >>> pruner = ChannelPruner(model, build_criterion("l2"), dense, dense_channels, protected)  # doctest: +SKIP
@@ -145,7 +159,7 @@ class ChannelPruner:
                  protected: list[nn.Module], imgsz: int = 640, target: str = "flops", round_to: int = 8,
                  floor: float = 0.125, compensate: "bool | str | Compensation" = True, tolerance: float = 0.01,
                  layer_cap: float | None = None, per_flop: bool = False, lsq_ridge: float = 1e-3,
-                 retrace: bool = False, flops_fn=None, refine: int = 3):
+                 retrace: bool = False, flops_fn=None, refine: int = 3, root_types: tuple[type, ...] = (nn.Conv2d,)):
         if target not in TARGETS:
             raise LDACError(f"target must be one of {', '.join(TARGETS)}, got '{target}'")
         owned = {id(m) for m in model.modules()}
@@ -161,6 +175,7 @@ class ChannelPruner:
         self.tolerance = tolerance
         self.layer_cap, self.per_flop, self.lsq_ridge = layer_cap, bool(per_flop), float(lsq_ridge)
         self.retrace = bool(retrace)
+        self.root_types = tuple(root_types)
         self.sizes = record_output_sizes(model, imgsz)
         self.names = {m: n for n, m in model.named_modules()}
         self.flops_fn, self.refine = (flops_fn if target == "flops" else None), int(refine)
@@ -175,7 +190,7 @@ class ChannelPruner:
     def _collect_groups(self, graph: tp.DependencyGraph, score: bool) -> list[_Group]:
         groups = []
         protected_ids = {id(m) for m in self.protected}
-        for group in graph.get_all_groups(ignored_layers=list(self.protected), root_module_types=[nn.Conv2d]):
+        for group in graph.get_all_groups(ignored_layers=list(self.protected), root_module_types=list(self.root_types)):
             root = group[0].dep.target.module
             n = len(group[0].idxs)
             name = self.names.get(root, str(id(root)))
@@ -201,7 +216,7 @@ class ChannelPruner:
             for item in group:
                 mod, fn = item.dep.target.module, item.dep.handler
                 mult = max(1, len(item.idxs) // n)  # e.g. a residual branch concatenated twice (C2f) counts twice
-                if isinstance(mod, nn.Conv2d):
+                if isinstance(mod, LAYERS):
                     if graph.is_out_channel_pruning_fn(fn):
                         convs.append((mod, "out", mult))
                     elif graph.is_in_channel_pruning_fn(fn):
@@ -212,11 +227,11 @@ class ChannelPruner:
             groups.append(_Group(root, name, scores, blocks, convs, bns, n_prot))
         return groups
 
-    def _delta(self, g: _Group, m: int, cur: dict[nn.Conv2d, list[int]]) -> float:
+    def _delta(self, g: _Group, m: int, cur: dict[nn.Module, list[int]]) -> float:
         """Drop in the target quantity if ``m`` more channels of group ``g`` go, given current conv widths."""
         if self.target == "channels":
             return float(m * sum(k for conv, kind, k in g.convs if kind == "out" and conv not in self.protected))
-        touched: dict[nn.Conv2d, list[int]] = {}
+        touched: dict[nn.Module, list[int]] = {}
         for conv, kind, k in g.convs:
             i, o = touched.get(conv, cur[conv])
             touched[conv] = [i - k * m, o] if kind == "in" else [i, o - k * m]
@@ -225,9 +240,9 @@ class ChannelPruner:
             ci, co = cur[conv]
             if self.target == "flops":
                 hw = self.sizes.get(conv, 0)
-                delta += conv_flops(conv, hw, ci, co) - conv_flops(conv, hw, i, o)
+                delta += layer_flops(conv, hw, ci, co) - layer_flops(conv, hw, i, o)
             else:
-                delta += conv_params(conv, ci, co) - conv_params(conv, i, o)
+                delta += layer_params(conv, ci, co) - layer_params(conv, i, o)
         if self.target == "params":
             delta += 2 * m * len(g.bns)
         return delta
@@ -239,7 +254,7 @@ class ChannelPruner:
         """
         dense_v = self._value(self.dense)
         value = self._value(self.measure())
-        cur = {m: [m.in_channels, m.out_channels] for m in self.model.modules() if isinstance(m, nn.Conv2d)}
+        cur = {m: _widths(m) for m in self.model.modules() if isinstance(m, LAYERS)}
         def priority(g: _Group, k: int) -> float:
             s = float(g.scores[g.blocks[k]].mean())
             if not self.per_flop:
@@ -273,7 +288,7 @@ class ChannelPruner:
         """The ratio removed once ``chosen`` (group index -> channels) is pruned, counted as :meth:`plan` does."""
         dense_v = self._value(self.dense)
         value = self._value(self.measure())
-        cur = {m: [m.in_channels, m.out_channels] for m in self.model.modules() if isinstance(m, nn.Conv2d)}
+        cur = {m: _widths(m) for m in self.model.modules() if isinstance(m, LAYERS)}
         for gi, idxs in chosen.items():
             g = groups[gi]
             value -= self._delta(g, len(idxs), cur)
@@ -348,9 +363,9 @@ class ChannelPruner:
                 graph = build_graph(self.model)
             elif k:
                 refresh_concat_offsets(graph)  # the concat widths as a fresh trace would infer them
-            group = graph.get_pruning_group(g.root, tp.prune_conv_out_channels, idxs=sorted(idxs))
+            group = graph.get_pruning_group(g.root, _out_fn(g.root), idxs=sorted(idxs))
             in_items = [(it.dep.target.module, list(it.idxs)) for it in group
-                        if isinstance(it.dep.target.module, nn.Conv2d) and graph.is_in_channel_pruning_fn(it.dep.handler)]
+                        if isinstance(it.dep.target.module, LAYERS) and graph.is_in_channel_pruning_fn(it.dep.handler)]
             if self.compensate:
                 # one fold per consumer with all of its removed inputs at once (a conv reached twice in a group
                 # would otherwise be refit onto, or folded twice for, channels that go in the same step)

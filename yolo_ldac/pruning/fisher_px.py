@@ -35,25 +35,24 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from yolo_ldac.errors import LDACError
-from yolo_ldac.pruning.complexity import conv_flops
+from yolo_ldac.pruning.complexity import layer_flops
 from yolo_ldac.pruning.criteria import OUT_FNS, Criterion, register_criterion
 
-IN_FNS = (tp.prune_conv_in_channels,)
+IN_FNS = (tp.prune_conv_in_channels, tp.prune_linear_in_channels)
 
 
 def channel_modules(model: nn.Module) -> dict[nn.Conv2d, nn.Module]:
     """Every ``nn.Conv2d`` of ``model`` -> the module whose output is that convolution's channels.
 
-    That is the Ultralytics ``Conv`` block (conv + BN + activation) when the convolution sits in one, else the
-    convolution itself (e.g. the head's final box / class convolutions).
+    That is the Ultralytics ``Conv`` block (conv + BN + activation) when the convolution sits in one (or a torchvision
+    conv-BN block, :mod:`yolo_ldac.pruning.blocks`), else the convolution itself (e.g. the head's final box / class
+    convolutions); an ``nn.Linear`` is its own channel module.
     """
-    out: dict[nn.Conv2d, nn.Module] = {}
+    from yolo_ldac.pruning.blocks import conv_bn_blocks
+
+    out: dict[nn.Module, nn.Module] = {conv: block for conv, (block, _) in conv_bn_blocks(model).items()}
     for m in model.modules():
-        conv = getattr(m, "conv", None)
-        if isinstance(conv, nn.Conv2d) and isinstance(getattr(m, "bn", None), nn.BatchNorm2d):
-            out[conv] = m
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d) and m not in out:
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and m not in out:  # a Linear (a RoI box head's fc) masks itself
             out[m] = m
     return out
 
@@ -66,6 +65,27 @@ def module_owners(targets: dict[nn.Conv2d, nn.Module]) -> dict[nn.Module, nn.Con
     return owner
 
 
+def _width(layer: nn.Module) -> int:
+    return layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+
+
+def per_image_rows(model: nn.Module, g: torch.Tensor, n: int) -> torch.Tensor:
+    """Per-image mask gradients ``(n, C)`` from ``g``: as they are when ``g`` has a row per image, else (the rows of
+    a torchvision RoI box head's fully connected layer, one per RoI) summed over each image's RoIs, whose counts the
+    model recorded in ``roi_counts``.
+
+    Example:
+        >>> per_image_rows(nn.Module(), torch.ones(2, 3), 2).shape
+        torch.Size([2, 3])
+    """
+    if g.shape[0] == n:
+        return g
+    counts = [int(c) for c in (getattr(model, "roi_counts", None) or [])]
+    if len(counts) != n or sum(counts) != g.shape[0]:
+        raise LDACError(f"mask gradients have {g.shape[0]} rows for {n} images and no RoI counts to group them")
+    return torch.stack([part.sum(0) for part in g.split(counts)])
+
+
 def _idx(values) -> torch.Tensor:
     return torch.as_tensor([int(i) for i in values], dtype=torch.long)
 
@@ -75,7 +95,7 @@ def _out_items(group) -> list[tuple[nn.Module, torch.Tensor, torch.Tensor]]:
     seen, items = set(), []
     for item in group:
         mod = item.dep.target.module
-        if item.dep.handler in OUT_FNS and isinstance(mod, nn.Conv2d) and id(mod) not in seen:
+        if item.dep.handler in OUT_FNS and isinstance(mod, (nn.Conv2d, nn.Linear)) and id(mod) not in seen:
             seen.add(id(mod))
             items.append((mod, _idx(item.idxs), _idx(item.root_idxs)))
     return items
@@ -188,29 +208,33 @@ class GroupFisherCriterion(Criterion):
                 m = torch.ones(out.shape[0], out.shape[1], *([1] * (out.dim() - 2)), device=out.device,
                                dtype=out.dtype, requires_grad=True)
                 masks[conv] = m
-            if out.dim() == 4:
-                out_hw[conv] = int(out.shape[2] * out.shape[3])
+            if out.dim() == 4:  # per image (a RoI head's convolution: times the RoIs of an image)
+                out_hw[conv] = max(1, int(out.shape[0]) // max(images[0], 1)) * int(out.shape[2] * out.shape[3])
+            elif out.dim() == 2:  # a Linear over RoIs: its rows per image
+                out_hw[conv] = max(1, int(out.shape[0]) // max(images[0], 1))
             mu = centres.get(conv)
             if mu is None or out.dim() != 4:
                 return out * m
             mu = mu.to(out.device, out.dtype).view(1, -1, 1, 1)
             return mu + m * (out - mu)
 
+        images = [1]  # images of the batch being run (a Linear's rows are counted per image)
         handles = [mod.register_forward_hook(mask_hook) for mod in owner]
         chunks: dict[nn.Conv2d, list[torch.Tensor]] = {conv: [] for conv in targets}
         try:
             with _frozen_params_unfrozen(model), torch.enable_grad():
                 for batch in batches:
                     masks.clear()
+                    images[0] = int(batch["img"].shape[0])
                     loss = self._loss(model, batch)
                     convs = list(masks)
                     grads = torch.autograd.grad(loss, [masks[c] for c in convs], allow_unused=True)
                     n = int(batch["img"].shape[0])
                     for conv in targets:
-                        chunks[conv].append(torch.zeros(n, conv.out_channels, dtype=torch.float64))
+                        chunks[conv].append(torch.zeros(n, _width(conv), dtype=torch.float64))
                     for conv, g in zip(convs, grads):
                         if g is not None:
-                            chunks[conv][-1] = g.detach().flatten(1).double().cpu()
+                            chunks[conv][-1] = per_image_rows(model, g.detach().flatten(1).double().cpu(), n)
                     del loss, grads
         finally:
             for h in handles:
@@ -230,16 +254,16 @@ class GroupFisherCriterion(Criterion):
         total, seen = 0.0, set()
         for item in group:
             mod, fn = item.dep.target.module, item.dep.handler
-            if not isinstance(mod, nn.Conv2d) or (id(mod), fn) in seen:
+            if not isinstance(mod, (nn.Conv2d, nn.Linear)) or (id(mod), fn) in seen:
                 continue
             seen.add((id(mod), fn))
             hw = self.out_hw.get(mod, 0)
             mult = max(1, len(item.idxs) // max(n, 1))
-            depthwise = mod.groups > 1 and mod.groups == mod.in_channels
+            depthwise = isinstance(mod, nn.Conv2d) and mod.groups > 1 and mod.groups == mod.in_channels
             if fn in OUT_FNS:
-                total += mult * conv_flops(mod, hw, out_ch=1)
+                total += mult * layer_flops(mod, hw, out_ch=1)
             elif fn in IN_FNS and not depthwise:
-                total += mult * conv_flops(mod, hw, in_ch=1)
+                total += mult * layer_flops(mod, hw, in_ch=1)
         return total
 
     def __call__(self, group) -> torch.Tensor:
@@ -360,7 +384,7 @@ class PXCriterion(Criterion):
             if isinstance(out, torch.Tensor):
                 acts[owner[module]] = out
 
-        sums = {conv: torch.zeros(conv.out_channels, dtype=torch.float64) for conv in targets}
+        sums = {conv: torch.zeros(_width(conv), dtype=torch.float64) for conv in targets}
         connected: set[nn.Conv2d] = set()
         count = 0
         device = next(model.parameters()).device
