@@ -98,9 +98,13 @@ def model_view(adapter: nn.Module, imgsz: int) -> dict:
     return {"flops_g": round(c.flops_g, 4), "params_m": round(c.params / 1e6, 4), "channels": c.channels}
 
 
-def train_settings(cfg: dict) -> dict:
-    """The training loop's settings from a cfg (Ultralytics' key names, torchvision detection's usual values)."""
-    return {"lr": float(cfg.get("lr0", 0.01)) * float(cfg.get("lr_scale", 1.0) or 1.0),
+def train_settings(cfg: dict, trained: bool = False) -> dict:
+    """The training loop's settings from a cfg (Ultralytics' key names, torchvision detection's usual values);
+    ``lr_scale=auto`` is 0.25 for ``trained`` weights (a checkpoint or ``weights=``), 1 from scratch."""
+    from yolo_ldac.cfg import resolve_lr_scale
+
+    scale = resolve_lr_scale(cfg.get("lr_scale", 1.0) or 1.0, trained)
+    return {"lr": float(cfg.get("lr0", 0.01)) * scale,
             "momentum": float(cfg.get("momentum", 0.9)), "weight_decay": float(cfg.get("weight_decay", 1e-4)),
             "amp": bool(cfg.get("amp", True))}
 
@@ -159,7 +163,8 @@ def compress(cfg: dict, source: Any, mode: str | None = None):
                                                       min(batch, 8), int(cfg["calib_batches"]), seed)
     dense = complexity(adapter, imgsz)
     dense_channels = layer_channels(adapter)
-    settings = train_settings(cfg)
+    trained = bool(cfg.get("weights")) or (isinstance(source, (str, Path)) and Path(str(source)).is_file())
+    settings = train_settings(cfg, trained)
     push = parts["push"]
     if not ratio_free:
         probe = ChannelPruner(adapter, criterion, dense, dense_channels, protected_layers(adapter), imgsz=imgsz,
