@@ -325,3 +325,12 @@ def test_cli_prunes_a_builder_name_on_a_yolo_data_yaml(shapes_data, tmp_path, ca
     assert main(["prune", f"model={BUILDER}", f"data={shapes_data}", "method=px", f"project={tmp_path}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "criterion=px cannot apply to a torchvision Faster R-CNN" in err[0]
+
+
+def test_lr_scale_auto_on_the_torchvision_path():
+    """auto: a quarter of lr0 from trained weights (a checkpoint or weights=), lr0 itself from scratch."""
+    from yolo_ldac.tv.compress import train_settings
+
+    assert train_settings({"lr0": 0.02, "lr_scale": "auto"}, trained=True)["lr"] == pytest.approx(0.005)
+    assert train_settings({"lr0": 0.02, "lr_scale": "auto"}, trained=False)["lr"] == pytest.approx(0.02)
+    assert train_settings({"lr0": 0.02, "lr_scale": 0.5}, trained=True)["lr"] == pytest.approx(0.01)
