@@ -98,6 +98,13 @@ class Runtime:
     def _load(self) -> None:
         raise NotImplementedError
 
+    def _model_file(self, suffix: str) -> Path:
+        """``path`` itself when it ends in ``suffix``, else the first such file in the export folder ``path``."""
+        found = self.path if self.path.suffix == suffix else next(iter(sorted(self.path.glob(f"*{suffix}"))), None)
+        if found is None:
+            raise LDACError(f"no {suffix} model in '{self.path}'")
+        return found
+
     def _run(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
@@ -189,9 +196,7 @@ class OpenVINORuntime(Runtime):
     def _load(self) -> None:
         import openvino as ov
 
-        xml = self.path if self.path.suffix == ".xml" else next(iter(sorted(self.path.glob("*.xml"))), None)
-        if xml is None:
-            raise LDACError(f"no .xml model in '{self.path}'")
+        xml = self._model_file(".xml")
         core = ov.Core()
         model = core.read_model(str(xml))
         config: dict[str, Any] = {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY",
@@ -227,9 +232,7 @@ class NcnnRuntime(Runtime):
     def _load(self) -> None:
         import ncnn
 
-        param = self.path if self.path.suffix == ".param" else next(iter(sorted(self.path.glob("*.param"))), None)
-        if param is None:
-            raise LDACError(f"no .param model in '{self.path}'")
+        param = self._model_file(".param")
         self.ncnn = ncnn
         self.net = ncnn.Net()
         self.net.opt.use_vulkan_compute = False

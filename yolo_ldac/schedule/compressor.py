@@ -228,6 +228,12 @@ class Compressor:
         self._time("validate", time.perf_counter() - t)
         return out
 
+    def _resolve_lr_scale(self, source) -> float:
+        """``lr_scale`` as a number: ``auto`` resolved from whether ``source`` carries trained weights."""
+        from yolo_ldac.cfg import is_trained_source, resolve_lr_scale
+
+        return resolve_lr_scale(self.cfg.get("lr_scale", "auto"), is_trained_source(source))
+
     # --- running ---------------------------------------------------------------------------------------------
     def _check_inputs(self) -> None:
         """Everything that can be checked before the run directory exists."""
@@ -245,9 +251,7 @@ class Compressor:
         self._round_imgsz(model)
         from ultralytics.utils import LOGGER
 
-        from yolo_ldac.cfg import is_trained_source, resolve_lr_scale
-
-        self.lr_scale = resolve_lr_scale(self.cfg.get("lr_scale", "auto"), is_trained_source(self.source))
+        self.lr_scale = self._resolve_lr_scale(self.source)
         if self.cfg.get("lr_scale", "auto") == "auto" and self.mode != "prune":
             LOGGER.info(f"lr_scale=auto: {self.lr_scale:g} x Ultralytics' lr ("
                         + ("trained weights: their minimum is worth keeping)" if self.lr_scale != 1.0
@@ -371,10 +375,7 @@ class Compressor:
         comp.run_dir = Path(state.run_dir)
         comp._resumed = True
         # The factor the run started with (lr_scale=auto resolved from the source it was started from).
-        from yolo_ldac.cfg import is_trained_source, resolve_lr_scale
-
-        comp.lr_scale = float(state.record.get("lr_scale") or resolve_lr_scale(
-            comp.cfg.get("lr_scale", "auto"), is_trained_source(state.source)))
+        comp.lr_scale = float(state.record.get("lr_scale") or comp._resolve_lr_scale(state.source))
         at = state.next_phase()
         state.resumed.append({"at_phase": at, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         state.status = "running"
