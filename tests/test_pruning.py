@@ -166,6 +166,8 @@ def test_params_and_channels_targets(target, criterion, cfg, batches):
 def test_unknown_target_rejected():
     s = Setup("yolov8n.yaml")
     with pytest.raises(LDACError, match="target must be one of"):
+        s.pruner("l2", target="energy")
+    with pytest.raises(LDACError, match="target=latency needs a latency model"):
         s.pruner("l2", target="latency")
 
 

@@ -187,7 +187,8 @@ class YOLOLDAC:
         imgsz = round_imgsz(cfg["imgsz"], self.model)
         result = export_checked(self.source, format=cfg["format"], imgsz=imgsz, half=cfg["half"],
                                 int8=cfg["int8"], data=cfg.get("data"), parity=cfg["parity"], rtol=cfg["parity_rtol"],
-                                calib_images=cfg["calib_images"], map_check=cfg["parity_map"], **extra)
+                                calib_images=cfg["calib_images"], map_check=cfg["parity_map"],
+                                deploy_graph=cfg["deploy_graph"], **extra)
         self.last_export = result
         if cfg["verbose"]:
             print(result.summary())
@@ -234,7 +235,7 @@ class YOLOLDAC:
         out_dir = increment_path(Path(cfg["project"]) / name, exist_ok=cfg["exist_ok"]).resolve()
         result = run_benchmark(models, formats=formats, precisions=precisions, imgsz=imgsz, data=cfg["data"],
                                runs=cfg["runs"], warmup=cfg["warmup"], threads=threads, out_dir=out_dir,
-                               plots=cfg["plots"])
+                               plots=cfg["plots"], deploy_graph=cfg["deploy_graph"])
         print(result.table)
         print(f"Results saved to {out_dir}")
         if result.failed:

@@ -253,6 +253,24 @@ def _to_pt(src: Path, tmp: Path) -> Path:
     return pt
 
 
+def _deploy_pt(pt: Path, out_dir: Path) -> tuple[Path, dict[str, int]]:
+    """``pt`` rewritten in its export form (:func:`yolo_ldac.nn.deploy.deploy_form`) as ``out_dir/<same name>``;
+    returns the file and what was rewritten. ``pt`` itself stays the reference the checks compare against."""
+    from yolo_ldac.nn.deploy import deploy_form
+    from yolo_ldac.safe_load import load_checkpoint
+
+    ckpt = load_checkpoint(pt)
+    key = "ema" if ckpt.get("ema") is not None else "model"
+    model = ckpt[key]
+    dtype = next(model.parameters()).dtype
+    deployed, counts = deploy_form(model.float())
+    ckpt[key] = deployed.to(dtype)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir / pt.name
+    torch.save(ckpt, out)
+    return out, counts
+
+
 def _precision_from_quantize(quantize: Any, precision: str) -> str:
     """An explicit Ultralytics ``quantize`` (8, 16, 32) as a precision; other schemes are not checked here."""
     q = str(quantize).strip().lower()
@@ -342,6 +360,7 @@ def export_checked(
     reference_map: dict | None = None,
     max_map_drop: float | None = None,
     strict: bool = True,
+    deploy_graph: bool = True,
     **kwargs: Any,
 ) -> ExportResult:
     """Export ``model_path`` and check it (module docstring); return the file and the checks' figures.
@@ -362,6 +381,9 @@ def export_checked(
         max_map_drop: overrides the precision's allowed mAP50-95 loss (a fraction: 0.005 = 0.5 points).
         strict: raise on a failed check and discard the export (default); False keeps the file and records the
             failure in ``ExportResult.failure`` (the benchmark times failed exports too, marked as such).
+        deploy_graph: export the graph the runtimes are fast on (:mod:`yolo_ldac.nn.deploy`: split blocks fused
+            back into one convolution and a split, the DFL without a Softmax), checked against the checkpoint as
+            it is; only for the checked formats.
         **kwargs: passed to ``YOLO.export`` (``opset``, ``dynamic``, ``batch``, ``simplify``, ``quantize``, ...).
 
     Raises:
@@ -411,7 +433,13 @@ def export_checked(
     with tempfile.TemporaryDirectory(prefix="yolo-ldac-export-") as tmp, policy(is_trusted()), \
             _temp_paths_hidden(Path(tmp), src.parent):
         pt_path = _to_pt(src, Path(tmp))
-        out = _export_in(pt_path, fmt, args)
+        export_pt = pt_path
+        if deploy_graph and fmt in CHECKED_FORMATS:
+            export_pt, rewritten = _deploy_pt(pt_path, Path(tmp) / "deploy")
+            if any(rewritten.values()):
+                notes.append("export graph: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in rewritten.items() if v)
+                             + " rewritten")
+        out = _export_in(export_pt, fmt, args)
         if fmt == "litert" and precision == "fp16":
             out = litert_fp16(out, out.with_name(export_name(pt_path.stem, fmt, "fp16")))
             notes.append("fp16 weights, fp32 compute on CPU (float16 on GPU delegates)")

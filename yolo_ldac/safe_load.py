@@ -54,7 +54,7 @@ def register_safe_globals() -> tuple[type, ...]:
 
     Example:
         >>> [c.__name__ for c in register_safe_globals()]
-        ['C2fSplit', 'C3k2Split', 'C2fCIBSplit', 'RepNCSPELAN4Split', 'ELAN1Split']
+        ['C2fSplit', 'C3k2Split', 'C2fCIBSplit', 'RepNCSPELAN4Split', 'ELAN1Split', 'SplitConvBlock', 'DFLExp']
     """
     from yolo_ldac.nn import modules
 

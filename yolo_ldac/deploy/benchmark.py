@@ -171,6 +171,7 @@ def run_benchmark(
     plots: bool = True,
     accuracy: bool = True,
     rounds: int = 5,
+    deploy_graph: bool = True,
 ) -> BenchmarkResult:
     """Export, check and time every model in every format x precision (module docstring).
 
@@ -190,6 +191,8 @@ def run_benchmark(
         plots: write ``benchmark.png``.
         accuracy: measure mAP with ``data`` (False: ``data`` only calibrates int8, e.g. when timing at an input
             size the model was not trained for).
+        deploy_graph: export every model in the graph the runtimes are fast on (:mod:`yolo_ldac.nn.deploy`), the
+            dense baseline too, so both are timed as the user would ship them.
 
     Returns:
         :class:`BenchmarkResult` with one :class:`BenchRow` per model x runtime x precision.
@@ -256,7 +259,8 @@ def run_benchmark(
                 row.status = f"skipped: {e}"
                 continue
             res = export_checked(local[label], format=fmt, imgsz=imgsz, half=prec == "fp16", int8=prec == "int8",
-                                 data=data, reference_map=refs.get(label), map_check=accuracy, strict=False)
+                                 data=data, reference_map=refs.get(label), map_check=accuracy, strict=False,
+                                 deploy_graph=deploy_graph)
             if not res.path.exists():
                 raise LDACError(f"export '{res.path}' vanished")
             row.file, row.size_mb, row.export_s, row.parity = str(res.path), res.size_mb, res.seconds, res.parity

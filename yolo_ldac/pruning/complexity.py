@@ -27,6 +27,7 @@ class Complexity:
     params: int
     channels: int
     counter: str = "analytic"  # who counted flops_g: "analytic" (convolutions) or "ultralytics" (thop)
+    latency_ms: float | None = None  # predicted latency in the run's runtime (target=latency), else None
 
     def removed_vs(self, dense: "Complexity", target: str = "flops") -> float:
         """Fraction of ``target`` removed relative to ``dense`` (0.3 means 30 % removed).
@@ -35,7 +36,7 @@ class Complexity:
             >>> Complexity(1.0, 50, 8).removed_vs(Complexity(2.0, 100, 16))
             0.5
         """
-        key = {"flops": "flops_g", "params": "params", "channels": "channels"}[target]
+        key = {"flops": "flops_g", "params": "params", "channels": "channels", "latency": "latency_ms"}[target]
         return 1.0 - getattr(self, key) / getattr(dense, key)
 
     def as_dict(self) -> dict:

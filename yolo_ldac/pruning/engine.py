@@ -10,6 +10,7 @@ shapes after each choice, so the target is met within ``tolerance`` instead of j
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from yolo_ldac.pruning.compensate import Compensation, build_compensation
 from yolo_ldac.pruning.complexity import Complexity, layer_flops, layer_params, measure, record_output_sizes
 from yolo_ldac.pruning.criteria import Criterion
 
-TARGETS = ("flops", "params", "channels")
+TARGETS = ("flops", "params", "channels", "latency")
 
 
 @dataclass
@@ -149,6 +150,9 @@ class ChannelPruner:
             ``YOLO().info()`` shows. None: the analytic count (:func:`~yolo_ldac.pruning.complexity.measure`).
         root_types: the layer types whose output channels root a group (default: ``nn.Conv2d``; the torchvision
             path adds ``nn.Linear`` for the RoI box head's fully connected layers).
+        latency: with ``target="latency"``, the run's :class:`~yolo_ldac.latency.model.LatencyModel`: ratios are of
+            its predicted latency, and blocks are ranked by importance per millisecond they save (HALP's ranking;
+            a criterion that divides its scores by FLOPs has that division undone first), for every criterion.
 
     Example:
         >>> pruner = ChannelPruner(model, build_criterion("l2"), dense, dense_channels, protected)  # doctest: +SKIP
@@ -159,9 +163,13 @@ class ChannelPruner:
                  protected: list[nn.Module], imgsz: int = 640, target: str = "flops", round_to: int = 8,
                  floor: float = 0.125, compensate: "bool | str | Compensation" = True, tolerance: float = 0.01,
                  layer_cap: float | None = None, per_flop: bool = False, lsq_ridge: float = 1e-3,
-                 retrace: bool = False, flops_fn=None, refine: int = 3, root_types: tuple[type, ...] = (nn.Conv2d,)):
+                 retrace: bool = False, flops_fn=None, refine: int = 3, root_types: tuple[type, ...] = (nn.Conv2d,),
+                 latency=None):
         if target not in TARGETS:
             raise LDACError(f"target must be one of {', '.join(TARGETS)}, got '{target}'")
+        if target == "latency" and latency is None:
+            raise LDACError("target=latency needs a latency model (runtime=... measures one)")
+        self.latency = latency
         owned = {id(m) for m in model.modules()}
         if any(id(m) not in owned for m in protected):
             raise LDACError("protected layers must belong to the model being pruned (compute them after any copy)")
@@ -178,13 +186,18 @@ class ChannelPruner:
         self.root_types = tuple(root_types)
         self.sizes = record_output_sizes(model, imgsz)
         self.names = {m: n for n, m in model.named_modules()}
-        self.flops_fn, self.refine = (flops_fn if target == "flops" else None), int(refine)
+        self.flops_fn, self.refine = (flops_fn if target in ("flops", "latency") else None), int(refine)
 
     # --- bookkeeping -------------------------------------------------------------------------------------
     def measure(self) -> Complexity:
-        return measure(self.model, self.imgsz, sizes=self.sizes, protected=self.protected, flops_fn=self.flops_fn)
+        c = measure(self.model, self.imgsz, sizes=self.sizes, protected=self.protected, flops_fn=self.flops_fn)
+        if self.latency is not None:
+            c = dataclasses.replace(c, latency_ms=float(self.latency(self.model)))
+        return c
 
     def _value(self, c: Complexity) -> float:
+        if self.target == "latency":
+            return float(c.latency_ms)
         return {"flops": c.flops_g * 1e9, "params": float(c.params), "channels": float(c.channels)}[self.target]
 
     def _collect_groups(self, graph: tp.DependencyGraph, score: bool) -> list[_Group]:
@@ -227,9 +240,11 @@ class ChannelPruner:
             groups.append(_Group(root, name, scores, blocks, convs, bns, n_prot))
         return groups
 
-    def _delta(self, g: _Group, m: int, cur: dict[nn.Module, list[int]]) -> float:
-        """Drop in the target quantity if ``m`` more channels of group ``g`` go, given current conv widths."""
-        if self.target == "channels":
+    def _delta(self, g: _Group, m: int, cur: dict[nn.Module, list[int]], what: str | None = None) -> float:
+        """Drop in the target quantity (or in ``what``) if ``m`` more channels of group ``g`` go, given current conv
+        widths."""
+        target = what or self.target
+        if target == "channels":
             return float(m * sum(k for conv, kind, k in g.convs if kind == "out" and conv not in self.protected))
         touched: dict[nn.Module, list[int]] = {}
         for conv, kind, k in g.convs:
@@ -238,12 +253,15 @@ class ChannelPruner:
         delta = 0.0
         for conv, (i, o) in touched.items():
             ci, co = cur[conv]
-            if self.target == "flops":
+            if target == "latency":
+                name = self.names.get(conv, "")
+                delta += self.latency.conv_ms(name, ci, co) - self.latency.conv_ms(name, i, o)
+            elif target == "flops":
                 hw = self.sizes.get(conv, 0)
                 delta += layer_flops(conv, hw, ci, co) - layer_flops(conv, hw, i, o)
             else:
                 delta += layer_params(conv, ci, co) - layer_params(conv, i, o)
-        if self.target == "params":
+        if target == "params":
             delta += 2 * m * len(g.bns)
         return delta
 
@@ -255,8 +273,15 @@ class ChannelPruner:
         dense_v = self._value(self.dense)
         value = self._value(self.measure())
         cur = {m: _widths(m) for m in self.model.modules() if isinstance(m, LAYERS)}
+        per_flop_scores = getattr(self.criterion, "normalize", None) == "flops"
+
         def priority(g: _Group, k: int) -> float:
             s = float(g.scores[g.blocks[k]].mean())
+            if self.target == "latency":
+                m = len(g.blocks[k])
+                if per_flop_scores:  # back to importance per channel: the criterion divided by one channel's MFLOPs
+                    s *= self._delta(g, m, cur, "flops") / m / 1e6
+                return s * m / max(self._delta(g, m, cur), 1e-9)  # importance per millisecond saved
             if not self.per_flop:
                 return s
             # score per unit removed: the block's total score over the exact drop of the target quantity it buys
@@ -387,7 +412,8 @@ class ChannelPruner:
         result = StepResult(target_ratio, after.removed_vs(self.dense, self.target), before, after, removed,
                             len(chosen), seconds_scoring)
         short = result.reached_ratio < target_ratio - self.tolerance / 2
-        if short and planned is None and self.flops_fn is not None and _pass < self.refine and chosen:
+        if short and planned is None and self.target == "flops" and self.flops_fn is not None and \
+                _pass < self.refine and chosen:
             # the analytic deltas undershot the counter's figure (attention, BN): plan the rest on the pruned model
             more = self.step(target_ratio, batches, None, _pass + 1)
             for name, n in more.removed_channels.items():

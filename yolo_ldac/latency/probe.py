@@ -1,0 +1,285 @@
+"""Measure a latency table (:mod:`yolo_ldac.latency.table`) on this machine, in the runtime the model will run in.
+
+Each shape class of the model becomes one probe graph: a branch per grid point (a convolution at that point's input
+and output widths, its SiLU, and a cheap depthwise consumer so that an int8 graph quantizes the activation as in the
+model), exported to ONNX, compiled by the runtime and run with its per-node profiler (ONNX Runtime's profiling, or
+OpenVINO's performance counters). A branch's time is the sum of its convolution's and activation's nodes; layout
+reorders and the consumer are not counted. One graph per class keeps the cost of building a table to seconds per
+class instead of a compile per point.
+
+Example:
+    >>> from yolo_ldac.latency.probe import build_table
+    >>> table = build_table(model, runtime="onnxruntime", precision="fp32", imgsz=640, threads=1)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from yolo_ldac.errors import LDACError
+from yolo_ldac.latency.table import ConvShape, LatencyTable, LayerGrid, grid_widths
+
+RUNTIMES = {"onnxruntime": ("fp32",), "openvino": ("fp32", "int8")}
+RUNTIME_ALIASES = {"onnx": "onnxruntime", "ort": "onnxruntime", "ov": "openvino"}
+_BRANCH = re.compile(r"/b\.(\d+)/(conv|act)")
+
+
+def normalise_runtime(runtime: str, precision: str) -> tuple[str, str]:
+    """``(runtime, precision)`` checked against what a table can be measured for, with one-line errors."""
+    rt = RUNTIME_ALIASES.get(str(runtime).strip().lower(), str(runtime).strip().lower())
+    prec = str(precision).strip().lower()
+    if rt not in RUNTIMES:
+        raise LDACError(f"runtime={runtime!r}: latency tables are measured for {', '.join(RUNTIMES)} "
+                        "(litert, ncnn and tensorrt are not measured yet)")
+    if prec not in RUNTIMES[rt]:
+        raise LDACError(f"runtime={rt} precision={precision!r}: measured precisions are {', '.join(RUNTIMES[rt])}")
+    return rt, prec
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (int(v), int(v))
+
+
+@torch.no_grad()
+def conv_shapes(model: nn.Module, imgsz: int = 640) -> dict[str, ConvShape]:
+    """Every ``nn.Conv2d`` of ``model`` (by module name) with its shape class at a square ``imgsz`` input."""
+    names = {m: n for n, m in model.named_modules()}
+    found: dict[str, ConvShape] = {}
+    handles = []
+
+    def hook(m, inp, _out):
+        x = inp[0]
+        depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+        if m.groups > 1 and not depthwise:
+            return  # grouped, not depthwise: left to the FLOPs fallback
+        found[names[m]] = ConvShape(_pair(m.kernel_size), _pair(m.stride), _pair(m.padding), _pair(m.dilation),
+                                    depthwise, (int(x.shape[2]), int(x.shape[3])), m.in_channels, m.out_channels)
+
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            handles.append(m.register_forward_hook(hook))
+    was = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        model(torch.zeros(1, 3, imgsz, imgsz, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    return found
+
+
+class _Branch(nn.Module):
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv, self.act = conv, nn.SiLU()
+        co = conv.out_channels
+        self.use = nn.Conv2d(co, co, 1, groups=co, bias=True)  # a consumer, so int8 quantizes the activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.use(self.act(self.conv(x)))
+
+
+class _Probe(nn.Module):
+    """One branch per (cin, cout) point of a shape class, each reading the input of its cin."""
+
+    def __init__(self, shape: ConvShape, points: list[tuple[int, int]], cins: list[int]):
+        super().__init__()
+        self.cins = cins
+        self.src = [cins.index(ci) for ci, _ in points]
+        self.b = nn.ModuleList()
+        for ci, co in points:
+            g = ci if shape.depthwise else 1
+            self.b.append(_Branch(nn.Conv2d(ci, co, shape.k, shape.stride, shape.padding, shape.dilation, groups=g)))
+
+    def forward(self, *xs: torch.Tensor):
+        return tuple(br(xs[i]) for br, i in zip(self.b, self.src))
+
+
+def _probe_points(shape: ConvShape, multiple: int, points: int) -> list[tuple[int, int]]:
+    couts = grid_widths(shape.cout, multiple, points)
+    if shape.depthwise:
+        return [(c, c) for c in couts]
+    return [(ci, co) for ci in grid_widths(shape.cin, multiple, points) for co in couts]
+
+
+def _export_probe(probe: _Probe, shape: ConvShape, path: Path) -> list[np.ndarray]:
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.rand(1, c, *shape.hw, generator=g) for c in probe.cins]
+    torch.onnx.export(probe.eval(), tuple(xs), str(path), opset_version=17, dynamo=False,
+                      input_names=[f"x{i}" for i in range(len(xs))])
+    return [x.numpy() for x in xs]
+
+
+def _branch_times(names_ms: dict[str, float], n: int) -> list[float]:
+    out = [0.0] * n
+    for name, ms in names_ms.items():
+        m = _BRANCH.search(name)
+        if m:
+            out[int(m.group(1))] += ms
+    return out
+
+
+def _time_onnxruntime(path: Path, inputs: list[np.ndarray], threads: int, runs: int, n: int) -> list[float]:
+    import json
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+    so.enable_profiling = True
+    so.profile_file_prefix = str(path.with_suffix(""))
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    feed = {i.name: x for i, x in zip(sess.get_inputs(), inputs)}
+    warm = 3
+    for _ in range(warm + runs):
+        sess.run(None, feed)
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    per: dict[str, list[float]] = collections.defaultdict(list)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and \
+                not str(e.get("args", {}).get("op_name", "")).startswith("Reorder"):
+            per[e["name"][:-len("_kernel_time")]].append(e["dur"] / 1e3)
+    return _branch_times({k: float(np.median(v[warm:] or v)) for k, v in per.items()}, n)
+
+
+def _time_openvino(path: Path, inputs: list[np.ndarray], threads: int, runs: int, n: int, precision: str) -> list[float]:
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(path))
+    if precision == "int8":
+        import nncf
+
+        calib = [tuple(np.random.default_rng(i).random(x.shape, dtype=np.float32) for x in inputs) for i in range(2)]
+        model = nncf.quantize(model, nncf.Dataset(calib), subset_size=2, preset=nncf.QuantizationPreset.MIXED)
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+                                                 "PERF_COUNT": True})
+    req = compiled.create_infer_request()
+    per: dict[str, list[float]] = collections.defaultdict(list)
+    for i in range(3 + runs):
+        req.infer(list(inputs))
+        if i >= 3:
+            for p in req.get_profiling_info():
+                if p.node_type != "Reorder":
+                    per[p.node_name].append(p.real_time.total_seconds() * 1e3)
+    return _branch_times({k: float(np.median(v)) for k, v in per.items()}, n)
+
+
+def time_shape(shape: ConvShape, runtime: str, precision: str, threads: int, multiple: int = 16, points: int = 6,
+               runs: int = 15, workdir: Path | None = None) -> LayerGrid:
+    """The measured grid of one shape class (see the module docstring)."""
+    pts = _probe_points(shape, multiple, points)
+    cins = sorted({ci for ci, _ in pts})
+    probe = _Probe(shape, pts, cins)
+    with tempfile.TemporaryDirectory(prefix="yolo-ldac-probe-", dir=workdir) as tmp:
+        path = Path(tmp) / "probe.onnx"
+        inputs = _export_probe(probe, shape, path)
+        if runtime == "onnxruntime":
+            ms = _time_onnxruntime(path, inputs, threads, runs, len(pts))
+        else:
+            ms = _time_openvino(path, inputs, threads, runs, len(pts), precision)
+    couts = sorted({co for _, co in pts})
+    if shape.depthwise:
+        return LayerGrid(cin=[couts[0]], cout=couts, ms=[[ms[pts.index((c, c))] for c in couts]])
+    return LayerGrid(cin=cins, cout=couts, ms=[[ms[pts.index((ci, co))] for co in couts] for ci in cins])
+
+
+MULTIPLE_PROBES = (  # (kernel, input side): a 3x3 and a 1x1 pair of convolutions as YOLO's neck has them
+    ((3, 3), 40),
+    ((1, 1), 80),
+)
+MULTIPLE_WIDTHS = tuple(range(8, 136, 8))
+_CHAIN_WIDTH = 64
+
+
+class _Chain(nn.Module):
+    """``64 -> w -> 64`` channels through two convolutions and their SiLUs: a layer pruned to ``w`` between two
+    kept ones, so the runtime's layout changes around a width it dislikes are timed too."""
+
+    def __init__(self, k: tuple[int, int], w: int):
+        super().__init__()
+        pad = (k[0] // 2, k[1] // 2)
+        self.a, self.b = nn.Conv2d(_CHAIN_WIDTH, w, k, 1, pad), nn.Conv2d(w, _CHAIN_WIDTH, k, 1, pad)
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.b(self.act(self.a(x))))
+
+
+def _whole_runners(paths: list[Path], x: np.ndarray, runtime: str, precision: str, threads: int) -> list[Any]:
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        runners = []
+        for p in paths:
+            sess = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+            name = sess.get_inputs()[0].name
+            runners.append(lambda s=sess, n=name: s.run(None, {n: x}))
+        return runners
+    import openvino as ov
+
+    core = ov.Core()
+    runners = []
+    for p in paths:
+        model = core.read_model(str(p))
+        if precision == "int8":
+            import nncf
+
+            calib = [np.random.default_rng(i).random(x.shape, dtype=np.float32) for i in range(2)]
+            model = nncf.quantize(model, nncf.Dataset(calib), subset_size=2, preset=nncf.QuantizationPreset.MIXED)
+        req = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                "INFERENCE_NUM_THREADS": threads}).create_infer_request()
+        runners.append(lambda r=req: r.infer([x]))
+    return runners
+
+
+def width_staircase(runtime: str, precision: str, threads: int, runs: int = 30, rounds: int = 3,
+                    workdir: Path | None = None) -> list[dict]:
+    """Whole-graph latency of a :class:`_Chain` at every width of :data:`MULTIPLE_WIDTHS` for each of
+    :data:`MULTIPLE_PROBES`, timed interleaved (``rounds`` blocks of ``runs`` per width; the median): the
+    measurements ``round_to=auto`` reads (:func:`yolo_ldac.latency.table.staircase_multiple`)."""
+    out = []
+    for k, side in MULTIPLE_PROBES:
+        x = np.random.default_rng(0).random((1, _CHAIN_WIDTH, side, side), dtype=np.float32)
+        with tempfile.TemporaryDirectory(prefix="yolo-ldac-probe-", dir=workdir) as tmp:
+            paths = []
+            for w in MULTIPLE_WIDTHS:
+                path = Path(tmp) / f"chain{w}.onnx"
+                torch.onnx.export(_Chain(k, w).eval(), (torch.from_numpy(x),), str(path), opset_version=17,
+                                  dynamo=False)
+                paths.append(path)
+            runners = _whole_runners(paths, x, runtime, precision, threads)
+            times: list[list[float]] = [[] for _ in runners]
+            for r in runners:
+                for _ in range(3):
+                    r()
+            for _ in range(rounds):
+                for i, r in enumerate(runners):
+                    for _ in range(runs):
+                        t = time.perf_counter()
+                        r()
+                        times[i].append((time.perf_counter() - t) * 1e3)
+        out.append({"kernel": list(k), "side": side, "widths": list(MULTIPLE_WIDTHS),
+                    "ms": [round(float(np.median(t)), 4) for t in times]})
+    return out
+
+
+def measured_multiple(staircases: list[dict], candidates: tuple[int, ...] = (8, 16, 32, 64)) -> int:
+    """The width multiple all staircases agree loses nothing: the smallest of each one's
+    :func:`~yolo_ldac.latency.table.staircase_multiple` (one layer kind that gains from finer widths decides)."""
+    from yolo_ldac.latency.table import staircase_multiple
+
+    return min(staircase_multiple(s["widths"], s["ms"], candidates) for s in staircases)
