@@ -19,6 +19,9 @@ key            meaning
 ``rounds``     list of ``{round, ratio_reached, map50_95_before_step, map50_95_after_step,
                map50_95_after_train, flops_g, params_m}`` (iterative pruning only)
 ``timings``    ``{phase: wall seconds}``; an entry ``total`` is the run's wall time (else the sum)
+``latency``    measured latency (only when the run measured it: ``target=latency``, ``speedup=``,
+               ``latency_ms=``, ``round_to=auto``): ``{runtime, precision, threads, imgsz, dense_ms,
+               compressed_ms, speedup, flops_speedup, predicted_ms, target_ms, met, round_to}``
 ``paths``      ``{best, portable, run_dir}``
 ``settings``   dict of the settings used
 =============  ==========================================================================================
@@ -177,11 +180,33 @@ def format_markdown(report: dict) -> str:
     md += _md_table(["metric", "before", "after", "change"], [list(r) for r in _rows(report)])
     md += ["", "mAP changes are in percentage points; FLOPs and params changes are the percent removed.", ""]
 
+    lat = report.get("latency")
+    if lat:
+        md += ["## Measured latency", ""]
+        md += [f"{lat.get('runtime')} {lat.get('precision')}, {lat.get('threads')} thread(s), {lat.get('imgsz')} px, "
+               "batch 1, on the machine that ran the compression; dense and compressed exports timed interleaved "
+               "(median).", ""]
+        rows = [["dense (ms)", _fmt(lat.get("dense_ms"), 2)], ["compressed (ms)", _fmt(lat.get("compressed_ms"), 2)],
+                ["measured speed-up", f"{_fmt(lat.get('speedup'), 2)}x"],
+                ["FLOPs ratio (dense / compressed)", f"{_fmt(lat.get('flops_speedup'), 2)}x"]]
+        if lat.get("predicted_ms") is not None:
+            rows.append(["predicted by the latency table (ms)", _fmt(lat.get("predicted_ms"), 2)])
+        if lat.get("target_ms") is not None:
+            rows.append(["measured target (ms)", f"{_fmt(lat.get('target_ms'), 2)} ({'met' if lat.get('met') else 'NOT met'})"])
+        if lat.get("round_to") is not None:
+            rows.append(["round_to", lat.get("round_to")])
+        md += _md_table(["", "value"], rows, align="lr") + [""]
+        if lat.get("plot"):
+            md += [f"![mAP against measured latency]({Path(lat['plot']).name})", ""]
+
     rounds = report.get("rounds") or []
     if rounds:
         md += ["## Rounds", ""]
         header = ["round", "ratio reached", "mAP50-95 before step", "mAP50-95 after step", "mAP50-95 after train",
                   "FLOPs (G)", "params (M)"]
+        timed = any(r.get("latency_ms") is not None for r in rounds)
+        if timed:
+            header += ["latency (ms)", "speed-up"]
         rows = [
             [
                 _int_or_dash(r.get("round")),
@@ -191,7 +216,7 @@ def format_markdown(report: dict) -> str:
                 _fmt(r.get("map50_95_after_train")),
                 _fmt(r.get("flops_g"), 3),
                 _fmt(r.get("params_m"), 3),
-            ]
+            ] + ([_fmt(r.get("latency_ms"), 2), _fmt(r.get("speedup_measured"), 2)] if timed else [])
             for r in rounds
         ]
         md += _md_table(header, rows) + [""]
@@ -239,6 +264,40 @@ def format_markdown(report: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------------ chart
+def plot_latency(report: dict, path: str | Path) -> Path | None:
+    """mAP50-95 against measured latency: the dense model and each round's model after its step (and after its
+    training, where validated); None when the rounds were not timed."""
+    rounds = [r for r in report.get("rounds") or [] if r.get("latency_ms") is not None]
+    lat = report.get("latency") or {}
+    if not rounds or lat.get("dense_ms") is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    before = _num((report.get("before") or {}).get("map50_95"))
+    if before is not None:
+        ax.scatter([lat["dense_ms"]], [before], color="black", zorder=3, label="dense")
+    for key, style, label in (("map50_95_after_step", "o--", "after step"), ("map50_95_after_train", "s-",
+                                                                             "after training")):
+        pts = [(r["latency_ms"], _num(r.get(key)), r.get("round")) for r in rounds if _num(r.get(key)) is not None]
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
+            for x, y, rnd in pts:
+                ax.annotate(f"r{rnd}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(f"measured latency (ms): {lat.get('runtime')} {lat.get('precision')}, {lat.get('threads')} thread(s),"
+                  f" {lat.get('imgsz')} px")
+    ax.set_ylabel("mAP50-95")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_channels(report: dict, path: str | Path) -> Path:
     """Horizontal bar chart of output channels per layer, before (grey) vs after (blue), saved as PNG.
 
@@ -296,4 +355,6 @@ def write_report(run_dir: str | Path, report: dict) -> dict[str, Path]:
     atomic_write_json(paths["json"], report)
     atomic_write_text(paths["md"], format_markdown(report))
     atomic_save(paths["png"], lambda tmp: plot_channels(report, tmp))
+    if (report.get("latency") or {}).get("plot"):
+        atomic_save(Path(report["latency"]["plot"]), lambda tmp: plot_latency(report, tmp))
     return paths

@@ -32,7 +32,7 @@ from yolo_ldac.errors import LDACError
 DEFAULT_CFG_PATH = Path(__file__).resolve().parent / "default.yaml"
 
 MODES = ("compress", "prune", "finetune", "val", "export", "benchmark", "info")
-TARGETS = ("flops", "params", "channels")
+TARGETS = ("flops", "params", "channels", "latency")
 
 # Keys that are ours AND Ultralytics': split_args() forwards them to Ultralytics too (when not None).
 SHARED_KEYS = frozenset(
@@ -318,6 +318,19 @@ def _check_ultralytics_values(explicit: dict) -> None:
         raise LDACError(text or f"invalid value among {given!r}") from None
 
 
+def _check_latency_keys(cfg: dict) -> None:
+    """runtime=, precision=, speedup=, latency_ms= (one line each; the runtime's package is checked when used)."""
+    from yolo_ldac.latency.table import normalise_runtime
+
+    cfg["runtime"], cfg["precision"] = normalise_runtime(cfg["runtime"], cfg["precision"])
+    for key, low in (("speedup", 1.0), ("latency_ms", 0.0)):
+        v = cfg[key]
+        if v is not None and not (_is_number(v) and v > low):
+            raise LDACError(f"{key} must be a number > {low:g} (or empty), got {v!r}")
+    if cfg["speedup"] is not None and cfg["latency_ms"] is not None:
+        raise LDACError("speedup= and latency_ms= exclude each other: give one measured target")
+
+
 def _validate(cfg: dict, explicit: dict) -> None:
     mode = cfg["mode"]
     if mode not in MODES:
@@ -336,7 +349,9 @@ def _validate(cfg: dict, explicit: dict) -> None:
     _check_int(cfg, "rounds", 1)
     _check_int(cfg, "epochs_per_round", 0)
     _check_int(cfg, "finetune_epochs", 0)
-    _check_int(cfg, "round_to", 1)
+    if cfg["round_to"] != "auto":
+        _check_int(cfg, "round_to", 1)
+    _check_latency_keys(cfg)
     _check_int(cfg, "calib_batches", 0)
     for key in ("ld_alpha", "cov_beta", "align_gamma"):
         if not (_is_number(cfg[key]) and cfg[key] >= 0):

@@ -25,24 +25,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from yolo_ldac.errors import LDACError
-from yolo_ldac.latency.table import ConvShape, LatencyTable, LayerGrid, grid_widths
+from yolo_ldac.latency.table import ConvShape, LayerGrid, grid_widths, normalise_runtime  # noqa: F401
 
-RUNTIMES = {"onnxruntime": ("fp32",), "openvino": ("fp32", "int8")}
-RUNTIME_ALIASES = {"onnx": "onnxruntime", "ort": "onnxruntime", "ov": "openvino"}
 _BRANCH = re.compile(r"/b\.(\d+)/(conv|act)")
-
-
-def normalise_runtime(runtime: str, precision: str) -> tuple[str, str]:
-    """``(runtime, precision)`` checked against what a table can be measured for, with one-line errors."""
-    rt = RUNTIME_ALIASES.get(str(runtime).strip().lower(), str(runtime).strip().lower())
-    prec = str(precision).strip().lower()
-    if rt not in RUNTIMES:
-        raise LDACError(f"runtime={runtime!r}: latency tables are measured for {', '.join(RUNTIMES)} "
-                        "(litert, ncnn and tensorrt are not measured yet)")
-    if prec not in RUNTIMES[rt]:
-        raise LDACError(f"runtime={rt} precision={precision!r}: measured precisions are {', '.join(RUNTIMES[rt])}")
-    return rt, prec
 
 
 def _pair(v: Any) -> tuple[int, int]:

@@ -23,7 +23,23 @@ from typing import Any
 
 import numpy as np
 
+from yolo_ldac.errors import LDACError
+
 TABLE_VERSION = 1
+RUNTIMES = {"onnxruntime": ("fp32",), "openvino": ("fp32", "int8")}
+RUNTIME_ALIASES = {"onnx": "onnxruntime", "ort": "onnxruntime", "ov": "openvino"}
+
+
+def normalise_runtime(runtime: str, precision: str) -> tuple[str, str]:
+    """``(runtime, precision)`` checked against what a table can be measured for, with one-line errors."""
+    rt = RUNTIME_ALIASES.get(str(runtime).strip().lower(), str(runtime).strip().lower())
+    prec = str(precision).strip().lower()
+    if rt not in RUNTIMES:
+        raise LDACError(f"runtime={runtime!r}: latency tables are measured for {', '.join(RUNTIMES)} "
+                        "(litert, ncnn and tensorrt are not measured yet)")
+    if prec not in RUNTIMES[rt]:
+        raise LDACError(f"runtime={rt} precision={precision!r}: measured precisions are {', '.join(RUNTIMES[rt])}")
+    return rt, prec
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ import torch.nn as nn
 
 from yolo_ldac.cfg import split_args
 from yolo_ldac.errors import LDACError
+from yolo_ldac.latency.run import RunLatency
 from yolo_ldac.schedule.callbacks import EVENTS, Callbacks
 from yolo_ldac.schedule.state import RunState, find_resumable
 
@@ -136,6 +138,8 @@ class Compressor:
         self.run_dir: Path | None = None
         self.model_for_phase: nn.Module | None = None  # the model as the last phase left it
         self._resumed = False
+        self.latency: RunLatency | None = None  # round_to=auto, target=latency, speedup=, latency_ms=
+        self._latency_record: dict = {}  # what it measured before the run's state existed
 
     # --- the parts and the data ------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -207,9 +211,32 @@ class Compressor:
         rec = self.state.record
         dense = Complexity(**rec["dense_complexity"])
         compensation = self.compensation if self.calibration() else "none"
+        target, latency = self.cfg["target"], None
+        if self.latency is not None:
+            self.latency.dense_file(model, self.cfg.get("data"))  # exported before the first step changes it
+        if self.latency is not None and (target == "latency" or self.latency.measured_target(self.cfg)):
+            target, latency = "latency", self.latency.latency_model(model, self.cfg.get("data"))
+            dense = dataclasses.replace(dense, latency_ms=latency.dense_ms)
         return ChannelPruner(model, self.criterion, dense, rec["dense_channels"], protected_layers(model), imgsz=640,
-                             target=self.cfg["target"], round_to=self.cfg["round_to"], floor=self.cfg["floor"],
-                             compensate=compensation, tolerance=self.cfg["tolerance"], flops_fn=_flops_fn(dense))
+                             target=target, round_to=int(rec.get("round_to", self.cfg["round_to"])),
+                             floor=self.cfg["floor"], compensate=compensation, tolerance=self.cfg["tolerance"],
+                             flops_fn=_flops_fn(dense), latency=latency)
+
+    def _ratio_at(self, rnd: int) -> float:
+        """The ratio round ``rnd`` prunes to (of the target; a measured target plans on predicted latency)."""
+        if self.latency is None or not self.latency.measured_target(self.cfg):
+            return self.cfg["ratio"] * rnd / int(self.cfg["rounds"])
+        rec = self.state.record
+        ratio = self.latency.planned_ratio()
+        if "latency_max_ratio" not in rec:  # a measured target plans at most what the floors allow
+            from ultralytics.utils import LOGGER
+
+            rec["latency_max_ratio"] = float(self.pruner(self.model_for_phase).max_ratio()) - self.cfg["tolerance"]
+            if ratio > rec["latency_max_ratio"]:
+                LOGGER.warning(f"the measured target asks for {ratio:.3f} of the predicted latency; at most "
+                               f"{rec['latency_max_ratio']:.3f} can be removed under floor={self.cfg['floor']}: "
+                               "pruning to that, then measuring")
+        return min(ratio, rec["latency_max_ratio"]) * rnd / int(self.cfg["rounds"])
 
     # --- records ---------------------------------------------------------------------------------------------
     @property
@@ -262,15 +289,21 @@ class Compressor:
         rewrite_split_blocks(model)
         self.dense_comp = measure(model, 640, protected=protected_layers(model), flops_fn=ultralytics_gflops)
         self.dense_channels = layer_channels(model)
-        if self.mode != "finetune":
+        round_to = self.cfg["round_to"]
+        if self.mode != "finetune" and RunLatency.wanted(self.cfg):
+            self.latency = RunLatency(self.cfg, self._latency_record, None)
+            self.latency.check_available()
+            round_to = self.latency.round_to()
+        by_latency = self.cfg["target"] == "latency" or RunLatency.measured_target(self.cfg)
+        if self.mode != "finetune" and not by_latency:  # a latency ratio is checked by the step, on the table
             probe = ChannelPruner(model, self.criterion, self.dense_comp, self.dense_channels, protected_layers(model),
-                                  imgsz=640, target=self.cfg["target"], round_to=self.cfg["round_to"],
+                                  imgsz=640, target=self.cfg["target"], round_to=int(round_to),
                                   floor=self.cfg["floor"], tolerance=self.cfg["tolerance"],
                                   flops_fn=_flops_fn(self.dense_comp))
             reachable = probe.max_ratio()
             if reachable < self.cfg["ratio"] - self.cfg["tolerance"]:
                 raise LDACError(f"ratio {self.cfg['ratio']} of {self.cfg['target']} is unreachable: with floor="
-                                f"{self.cfg['floor']} and round_to={self.cfg['round_to']} at most {reachable:.3f} can "
+                                f"{self.cfg['floor']} and round_to={round_to} at most {reachable:.3f} can "
                                 "be removed")
         self.prepared = model.to(self.device)
 
@@ -330,9 +363,11 @@ class Compressor:
         self.state = RunState.new(run_dir, self.mode, self.ldac_cfg, source, phases)
         self.state.record.update(parts=self.parts, device=str(self.device), timings={"prune": 0.0, "train": 0.0},
                                  dense_complexity=self.dense_comp.as_dict(), dense_channels=self.dense_channels,
-                                 labels=self.labels, lr_scale=self.lr_scale)
+                                 labels=self.labels, lr_scale=self.lr_scale, **self._latency_record)
         self.state.save()
         self.run_dir = run_dir
+        if self.latency is not None:
+            self.latency = RunLatency(self.cfg, self.state.record, run_dir)
         return self._loop()
 
     @classmethod
@@ -376,6 +411,8 @@ class Compressor:
         comp._resumed = True
         # The factor the run started with (lr_scale=auto resolved from the source it was started from).
         comp.lr_scale = float(state.record.get("lr_scale") or comp._resolve_lr_scale(state.source))
+        if comp.mode != "finetune" and RunLatency.wanted(comp.cfg):
+            comp.latency = RunLatency(comp.cfg, state.record, comp.run_dir)
         at = state.next_phase()
         state.resumed.append({"at_phase": at, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         state.status = "running"
@@ -483,7 +520,7 @@ class Compressor:
         return model, False
 
     def _phase_push(self, model, rnd):
-        ratio = self.cfg["ratio"] * rnd / int(self.cfg["rounds"])
+        ratio = self._ratio_at(rnd)
         self.criterion.start_step(rnd)
         self.push.prepare(model, self.pruner(model), ratio, self.calibration())
         plan = self.push.planned()
@@ -503,7 +540,20 @@ class Compressor:
             map_before = self.validate(model) if validating else {}
         self.criterion.start_step(rnd)
         plan = (rec.get("push_plans") or {}).get(str(rnd)) if pushed else None
-        step = self.pruner(model).step(cfg["ratio"] * rnd / int(cfg["rounds"]), self.calibration(), planned=plan)
+        pruner = self.pruner(model)
+        step = pruner.step(self._ratio_at(rnd), self.calibration(), planned=plan)
+        measured = None
+        if self.latency is not None:
+            dense_file = Path(rec["latency_dense_file"])
+            if rnd == int(cfg["rounds"]) and self.latency.measured_target(cfg):
+                model, rec["latency_check"] = self.latency.reach(model, pruner, self.calibration(), dense_file,
+                                                                 cfg.get("data"))
+                measured = {k: rec["latency_check"][k] for k in ("dense_ms", "speedup")}
+                measured["model_ms"] = rec["latency_check"]["final_ms"]
+                step = dataclasses.replace(step, after=pruner.measure() if pruner.model is model else step.after)
+            else:
+                measured = self.latency.time_against_dense(model, dense_file, cfg.get("data"))
+            rec["latency_last"] = measured
         map_after = self.validate(model) if validating else {}
         self.last_step = step
         if rnd > 1 and self.rounds and pushed:
@@ -514,6 +564,9 @@ class Compressor:
             "flops_g": round(step.after.flops_g, 4), "params_m": round(step.after.params / 1e6, 4),
             "groups_pruned": step.groups_pruned, "scoring_s": round(step.seconds_scoring, 2),
             "planned_by_push": plan is not None,
+            **({"latency_ms": measured["model_ms"], "speedup_measured": measured["speedup"],
+                "latency_predicted_ms": round(step.after.latency_ms, 3) if step.after.latency_ms else None}
+               if measured else {}),
             **self.criterion.round_info(), **((rec.get("push_info") or {}).get(str(rnd)) or {}),
         })
         self.callbacks.run("on_step_end", self)
@@ -550,6 +603,8 @@ class Compressor:
         epoch when a previous attempt left one."""
         from yolo_ldac.engine.trainer import EPOCH_LAST, SCHEDULE_FILE, PushTrainer
 
+        if epochs <= 0:  # nothing to train (finetune epochs=0: the model as prepared, e.g. remapped to new classes)
+            return model
         phase_dir = self.run_dir / name
         last = phase_dir / "weights" / EPOCH_LAST
         resume_from = None
@@ -664,6 +719,7 @@ class Compressor:
                       "state": str(self.state.path), "log": str(self.run_dir / LOG_FILE)},
             "settings": {k: v for k, v in self.ldac_cfg.items() if k not in {"mode"}},
             "labels": rec.get("labels"),
+            "latency": self._latency_report(model, after_comp, dense),
             "flops_imgsz": 640, "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         }
         write_report(self.run_dir, report)
@@ -673,6 +729,29 @@ class Compressor:
                      *self.push.write_plots(self.run_dir, self.rounds, names)]
             report["plots"] = [str(p) for p in plots]
         self.report = report
+
+    def _latency_report(self, model: nn.Module, after_comp, dense) -> dict | None:
+        """The report's ``latency`` entry from the last step's measurement (fine-tuning does not change widths)."""
+        rec = self.state.record
+        last = rec.get("latency_last")
+        if not last or self.latency is None:
+            return None
+        check = rec.get("latency_check") or {}
+        lm = rec.get("latency_model")
+        predicted = None
+        if lm is not None:
+            from yolo_ldac.latency.model import LatencyModel
+
+            predicted = round(LatencyModel.from_json(lm)(model), 3)
+        return {"runtime": self.latency.runtime, "precision": self.latency.precision,
+                "threads": self.latency.threads, "imgsz": self.latency.imgsz, "dense_ms": last["dense_ms"],
+                "compressed_ms": last["model_ms"], "speedup": last["speedup"],
+                "flops_speedup": round(dense.flops_g / max(after_comp.flops_g, 1e-12), 3),
+                "predicted_ms": predicted, "target_ms": check.get("target_ms"), "met": check.get("met"),
+                "extra_steps": check.get("steps"), "round_to": rec.get("round_to", self.cfg["round_to"]),
+                "table": rec.get("latency_table"),
+                "plot": str(self.run_dir / "latency.png")
+                if self.cfg["plots"] and any(r.get("latency_ms") is not None for r in self.rounds) else None}
 
     @property
     def result(self):

@@ -141,6 +141,11 @@ def compress(cfg: dict, source: Any, mode: str | None = None):
         raise LDACError(f"mode {mode!r} is not a compression mode")
     if cfg.get("resume"):
         raise LDACError("resume is not supported for torchvision models yet: start the run again")
+    from yolo_ldac.latency.run import RunLatency
+
+    if mode != "finetune" and RunLatency.wanted(cfg):
+        raise LDACError("target=latency, speedup=, latency_ms= and round_to=auto measure Ultralytics models only; "
+                        "for a torchvision Faster R-CNN use target=flops and a number for round_to")
     t_start = time.perf_counter()
     ratio_free = mode == "finetune"
     parts = {"criterion": None, "push": "none", "compensate": "none"} if ratio_free else resolve_parts(cfg)

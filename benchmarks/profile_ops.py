@@ -1,0 +1,149 @@
+"""Where the time goes: per-operator profiles of dense against pruned models, per runtime and precision.
+
+Each model (``--models label=path.pt ...``; the first is the reference) is exported with ``yolo-ldac``'s checked
+exporter (``--graph deploy``: the export graph, the default; ``--graph plain``: as Ultralytics writes it, split blocks
+as two convolutions and the DFL's Softmax) and profiled at ``--imgsz`` with one thread:
+
+- ONNX Runtime fp32: its profiler (``SessionOptions.enable_profiling``), kernel time per node, summed per operator
+  type (NCHWc reorders, fused activations and all);
+- OpenVINO fp32 and int8 (NNCF, calibrated on ``--data``'s train images): the CPU plugin's performance counters
+  (``PERF_COUNT``), real time per executed node, summed per node type.
+
+The median over ``--runs`` runs of every node is taken. Writes ``benchmarks/results/profile/<name>.json`` and
+``.md`` (per operator type: ms per model and the ratio to the reference); docs/deployment.md quotes them.
+
+Usage:
+    python benchmarks/profile_ops.py --name yolo11n-640 --models dense=runs/speed/yolo11n-coco-dense/weights/best.pt \\
+        r8=runs/speed/yolo11n-coco-flops-r8/weights/best.pt auto=runs/speed/yolo11n-coco-flops-auto/weights/best.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+os.environ.setdefault("YOLO_CONFIG_DIR", str(ROOT / ".cache" / "ultralytics"))
+from yolo_ldac.utils.env import setup_offline_env  # noqa: E402
+
+setup_offline_env(offline=True)
+
+
+def ort_profile(path: Path, x: np.ndarray, runs: int) -> dict[str, float]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+    so.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        so.profile_file_prefix = str(Path(tmp) / "p")
+        s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        name = s.get_inputs()[0].name
+        for _ in range(3 + runs):
+            s.run(None, {name: x})
+        events = json.loads(Path(s.end_profiling()).read_text())
+    per: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per[(e["name"], e["args"].get("op_name", "?"))].append(e["dur"] / 1e3)
+    return _by_type({k: float(np.median(v[3:] or v)) for k, v in per.items()})
+
+
+def ov_profile(path: Path, x: np.ndarray, runs: int) -> dict[str, float]:
+    import openvino as ov
+
+    core = ov.Core()
+    c = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                                 "INFERENCE_NUM_THREADS": 1, "PERF_COUNT": True})
+    r = c.create_infer_request()
+    per: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+    for i in range(3 + runs):
+        r.infer([x])
+        if i >= 3:
+            for p in r.get_profiling_info():
+                per[(p.node_name, p.node_type)].append(p.real_time.total_seconds() * 1e3)
+    return _by_type({k: float(np.median(v)) for k, v in per.items()})
+
+
+def _by_type(nodes: dict[tuple[str, str], float]) -> dict[str, float]:
+    out: dict[str, float] = collections.Counter()
+    for (_, op), ms in nodes.items():
+        out[op] += ms
+    out["total"] = sum(nodes.values())
+    out["nodes"] = len(nodes)
+    return dict(out)
+
+
+def table(results: dict[str, dict[str, float]], top: int = 12) -> str:
+    labels = list(results)
+    ref = results[labels[0]]
+    ops = sorted((k for k in ref if k not in ("total", "nodes")), key=lambda k: -ref[k])[:top]
+    rest = sorted({k for r in results.values() for k in r} - set(ops) - {"total", "nodes"})
+    head = "| operator | " + " | ".join(f"{l} (ms)" for l in labels) + " | " + " | ".join(
+        f"{labels[0]} / {l}" for l in labels[1:]) + " |"
+    lines = [head, "| --- |" + " ---: |" * (2 * len(labels) - 1)]
+    for op in ops + ["other", "total"]:
+        vals = [sum(r.get(k, 0.0) for k in rest) if op == "other" else r.get(op, 0.0) for r in results.values()]
+        ratios = [f"{vals[0] / v:.2f}x" if v > 0 else "–" for v in vals[1:]]
+        name = f"**{op}**" if op == "total" else op
+        lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in vals) + " | " + " | ".join(ratios) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--models", nargs="+", required=True, help="label=path.pt; the first is the reference")
+    ap.add_argument("--imgsz", type=int, default=640)
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--graph", choices=("deploy", "plain"), default="deploy")
+    ap.add_argument("--settings", default="onnx:fp32,openvino:fp32,openvino:int8")
+    ap.add_argument("--data", type=Path, default=ROOT / "datasets" / "composite-400x160" / "data.yaml")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "profile")
+    args = ap.parse_args()
+
+    from yolo_ldac.deploy.parity import default_images, preprocess_image
+    from yolo_ldac.export import export_checked
+    from yolo_ldac.utils.env import machine_info
+
+    x = preprocess_image(default_images()[0], (args.imgsz, args.imgsz)).astype(np.float32)
+    models = dict(m.split("=", 1) for m in args.models)
+    out = {"settings": vars(args) | {"out": str(args.out), "data": str(args.data)}, "machine": machine_info(),
+           "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "profiles": {}}
+    md = [f"Written by `benchmarks/profile_ops.py` on {out['date'][:10]} (`{' '.join(sys.argv[1:])}`); machine: "
+          f"{out['machine']['cpu']}; one thread, {args.imgsz} px, median of {args.runs} runs per node; "
+          f"export graph: {args.graph}.", ""]
+    with tempfile.TemporaryDirectory(prefix="profile-") as tmp:
+        for setting in args.settings.split(","):
+            fmt, prec = setting.split(":")
+            res = {}
+            for label, pt in models.items():
+                local = Path(tmp) / label / f"{label}.pt"
+                local.parent.mkdir(exist_ok=True)
+                shutil.copy2(pt, local)
+                e = export_checked(local, format=fmt, imgsz=args.imgsz, int8=prec == "int8", data=args.data,
+                                   parity=False, calib_images=64, deploy_graph=args.graph == "deploy")
+                path = e.path if fmt == "onnx" else next(e.path.glob("*.xml"))
+                res[label] = (ort_profile if fmt == "onnx" else ov_profile)(path, x, args.runs)
+                print(setting, label, f"{res[label]['total']:.2f} ms", flush=True)
+            out["profiles"][setting] = res
+            md += [f"### {fmt} {prec}", "", table(res), ""]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}.json").write_text(json.dumps(out, indent=1))
+    (args.out / f"{args.name}.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
