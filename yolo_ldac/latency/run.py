@@ -168,19 +168,37 @@ class RunLatency:
                             "(0, 0.95]")
         return ratio
 
+    def _met(self, meas: dict) -> bool:
+        """``speedup=``: the interleaved speed-up against the dense export; ``latency_ms=``: the model's ms."""
+        if self.cfg.get("speedup") is not None:
+            return meas["speedup"] >= float(self.cfg["speedup"])
+        return meas["model_ms"] <= float(self.cfg["latency_ms"])
+
+    def _wanted_ms(self, meas: dict) -> float:
+        """The model ms that meets the target, given this measurement's dense ms."""
+        if self.cfg.get("speedup") is not None:
+            return meas["dense_ms"] / float(self.cfg["speedup"])
+        return float(self.cfg["latency_ms"])
+
     def reach(self, model: nn.Module, pruner, batches: list, dense_path: Path, data: str | None) -> tuple[nn.Module, dict]:
-        """After the last step: time the model; while the measured target is not met, prune on (at most
-        :data:`EXTRA_STEPS` steps, each aimed by the last measurement); a step that makes the model slower is not
-        taken. Returns the model and the record of what was measured."""
-        target = self.target_ms()
+        """After the last step: time the model against the dense export; while the measured target is not met,
+        prune on (at most :data:`EXTRA_STEPS` steps, each aimed by the last measurement: the predicted ratio scaled
+        by how far the measured latency is from the target); a step that makes the model slower is not taken.
+        Returns the model and the record of what was measured."""
         meas = self.time_against_dense(model, dense_path, data)
         log = [{"ratio": round(pruner.measure().removed_vs(pruner.dense, "latency"), 4), **meas}]
         k = 0
-        while meas["model_ms"] > target and k < EXTRA_STEPS:
+        most = None  # the largest predicted ratio the floors allow, found when first needed
+        while not self._met(meas) and k < EXTRA_STEPS:
             reached = log[-1]["ratio"]
-            # aim: the predicted ratio at which the measured latency, scaled as the prediction was, meets the target
-            aim = 1.0 - (1.0 - reached) * target / meas["model_ms"]
-            aim = min(0.95, max(aim, reached + 0.01))
+            aim = 1.0 - (1.0 - reached) * self._wanted_ms(meas) / meas["model_ms"]
+            if most is None:
+                most = float(pruner.max_ratio()) - float(getattr(pruner, "tolerance", 0.0))
+            aim = min(0.95, most, max(aim, reached + 0.01))
+            if aim <= reached + 1e-3:
+                LOGGER.warning(f"measured target not met and nothing is left to prune under the floors (predicted "
+                               f"latency ratio {reached:.3f} of at most {most:.3f})")
+                break
             backup = copy.deepcopy(model)
             try:
                 step = pruner.step(aim, batches)
@@ -189,20 +207,23 @@ class RunLatency:
                 break
             new = self.time_against_dense(model, dense_path, data)
             entry = {"ratio": round(step.reached_ratio, 4), **new}
-            if new["model_ms"] >= meas["model_ms"]:
+            if new["model_ms"] / new["dense_ms"] >= meas["model_ms"] / meas["dense_ms"]:
                 entry["taken"] = False
                 log.append(entry)
                 model = backup
-                LOGGER.info(f"the step to a latency ratio of {aim:.3f} measured {new['model_ms']:.2f} ms, not faster "
-                            f"than {meas['model_ms']:.2f} ms: not taken")
+                LOGGER.info(f"the step to a latency ratio of {aim:.3f} measured {new['speedup']:.2f}x, not faster "
+                            f"than {meas['speedup']:.2f}x: not taken")
                 break
             log.append(entry)
             meas = new
             k += 1
-        met = meas["model_ms"] <= target
+        met = self._met(meas)
+        target = self._wanted_ms(meas)
         record = {"target_ms": round(target, 3), "met": bool(met), "steps": log,
                   "final_ms": meas["model_ms"], "dense_ms": meas["dense_ms"], "speedup": meas["speedup"]}
         (LOGGER.info if met else LOGGER.warning)(
             f"measured {meas['model_ms']:.2f} ms against the dense {meas['dense_ms']:.2f} ms ({meas['speedup']:.2f}x) "
-            f"in {self.runtime} {self.precision}: target {target:.2f} ms {'met' if met else 'NOT met'}")
+            f"in {self.runtime} {self.precision}: target "
+            + (f"{self.cfg['speedup']:g}x" if self.cfg.get("speedup") is not None else f"{target:.2f} ms")
+            + (" met" if met else " NOT met"))
         return model, record

@@ -550,7 +550,9 @@ class Compressor:
                                                                  cfg.get("data"))
                 measured = {k: rec["latency_check"][k] for k in ("dense_ms", "speedup")}
                 measured["model_ms"] = rec["latency_check"]["final_ms"]
-                step = dataclasses.replace(step, after=pruner.measure() if pruner.model is model else step.after)
+                final = self.pruner(model)  # the model as reach() left it (extra steps, or one undone)
+                after = final.measure()
+                step = dataclasses.replace(step, after=after, reached_ratio=after.removed_vs(final.dense, final.target))
             else:
                 measured = self.latency.time_against_dense(model, dense_file, cfg.get("data"))
             rec["latency_last"] = measured
