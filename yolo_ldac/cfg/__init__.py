@@ -288,9 +288,11 @@ def _check_shared(cfg: dict, explicit: dict) -> None:
         raise LDACError(f"batch must be an integer >= 1, got {batch!r}{note}")
     _check_int(cfg, "workers", 0)
     _check_int(cfg, "seed", 0)
-    for key in ("project", "name"):
-        if not isinstance(cfg[key], str) or not cfg[key].strip():
-            raise LDACError(f"{key} must be a folder name (a non-empty string), got {cfg[key]!r}")
+    if not isinstance(cfg["project"], str) or not cfg["project"].strip():
+        raise LDACError(f"project must be a folder (a non-empty string), got {cfg['project']!r}")
+    from yolo_ldac.utils.rundir import check_run_name
+
+    check_run_name(cfg["name"])  # one folder name: a run never lands outside project=
     if "device" in explicit and cfg.get("device") is not None:
         from yolo_ldac.utils.device import check_device
 
