@@ -172,6 +172,11 @@ class Compressor:
             # Before the run directory exists: a broken label file stops the run here (strict_labels=True).
             self.labels = audit_dataset(self.data, str(cfg["data"]), strict=bool(cfg.get("strict_labels", True)),
                                         single_cls=bool(cfg.get("single_cls", False)))
+            phases = plan_phases(self.mode, cfg, bool(self.push.trains_before_first_step))
+            if any(p == "finetune" or p.endswith(".push") for p in phases):
+                from yolo_ldac.data.check import require_train_labels
+
+                require_train_labels(self.data, str(cfg["data"]), self.labels)
         else:
             self.labels = None
         if not ratio_free and self.data is None:
