@@ -93,11 +93,19 @@ def parse_list(value: Any, name: str) -> list[str]:
     return out
 
 
-def parse_threads(value: Any) -> list[int]:
-    """``"1,all"``, ``[1, 4]`` or ``2`` -> thread counts (``all`` = every usable core), without duplicates."""
+def parse_threads(value: Any, notice: bool = False) -> list[int]:
+    """``"1,all"``, ``[1, 4]`` or ``2`` -> thread counts (``all``, or ``0`` as in ONNX Runtime: every usable core),
+    without duplicates. With ``notice``, ``0`` and ``all`` are logged with the count they stand for.
+
+    Example:
+        >>> parse_threads("1,2,2")
+        [1, 2]
+    """
     out: list[int] = []
     for v in parse_list(value, "threads"):
         n = usable_cores() if v in ("all", "0") else None
+        if n is not None and notice:
+            LOGGER.info(f"threads={v}: timing with all {n} usable core{'s' if n != 1 else ''} of this process")
         if n is None:
             try:
                 n = int(v)

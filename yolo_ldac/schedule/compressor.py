@@ -456,6 +456,9 @@ class Compressor:
             except BaseException as e:
                 if state.status != "finished":
                     self._fail(e)
+                if isinstance(e, KeyboardInterrupt):  # Ctrl-C: one line that says how to continue
+                    raise Interrupted(f"interrupted in phase {state.current or '?'}; {state.path} records where; "
+                                      f"continue with `yolo-ldac {self.mode} resume={self.run_dir}`") from e
                 if isinstance(e, OSError):  # the disk, not the inputs: one line, and how to continue
                     raise LDACError(f"the run stopped in phase {state.current or '?'}: {_os_error(e)}; "
                                     f"{state.path} records where; {_os_remedy(e)} and continue with `yolo-ldac "
