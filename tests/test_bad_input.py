@@ -720,7 +720,9 @@ def test_benchmark_int8_without_data(small_checkpoint, tmp_path, capfd):
                        r"precisions=int8: int8 needs data=\.\.\. .*give data=, or leave int8 out")
     assert_cli_rejects(["benchmark", f"model={small_checkpoint}", "precisions=fp32,int8", "formats=onnx"], project,
                        capfd, r"int8 needs data=")
-    assert not project.exists()
+    assert_cli_rejects(["benchmark", f"model={small_checkpoint}", "formats=foo"], project, capfd,
+                       r"benchmark formats are onnx")
+    assert not project.exists()  # refused before the results folder (or project=) exists
 
 
 def test_benchmark_threads_zero_says_what_it_used(small_checkpoint, tmp_path, capfd, ultralytics_log):

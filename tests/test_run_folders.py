@@ -138,7 +138,7 @@ def finished_run(shapes_data, tmp_path_factory):
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            rc = main([f"model=yolov8n.yaml", f"data={shapes_data}", "epochs_per_round=0", "finetune_epochs=0",
+            rc = main(["model=yolov8n.yaml", f"data={shapes_data}", "epochs_per_round=0", "finetune_epochs=0",
                        *PRUNE_ARGS, f"project={project}", "name=done"])
     finally:
         os.umask(saved)

@@ -205,7 +205,7 @@ class YOLOLDAC:
             >>> res = YOLOLDAC("best.pt").benchmark(baseline="yolo11n.pt", formats="onnx,litert", imgsz=320)  # doctest: +SKIP
             >>> print(res.table)  # doctest: +SKIP
         """
-        from yolo_ldac.deploy.benchmark import parse_list, parse_threads, run_benchmark
+        from yolo_ldac.deploy.benchmark import check_inputs, parse_list, parse_threads, run_benchmark
 
         cfg = get_cfg(kwargs, mode="benchmark")
         if not isinstance(self.source, (str, Path)) or Path(self.source).suffix not in {".pt", ".json", ".safetensors"}:
@@ -228,6 +228,7 @@ class YOLOLDAC:
         if "int8" in precisions and not cfg["data"]:
             raise LDACError(f"precisions={','.join(precisions)}: int8 needs data=... (a dataset yaml: its train "
                             "images calibrate the int8 export); give data=, or leave int8 out")
+        check_inputs(models, formats, precisions)  # before the results folder exists
         threads = parse_threads(cfg["threads"], notice=True)
         _warn_unfinished(models.values())
         imgsz = cfg["imgsz"]

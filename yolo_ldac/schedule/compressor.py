@@ -25,7 +25,6 @@ import copy
 import dataclasses
 import json
 import logging
-import os
 import random
 import re
 import shutil
