@@ -8,8 +8,9 @@ Examples:
 Every value is parsed with ``yaml.safe_load`` (never eval). Any failure the user can fix (an unknown key, a
 value out of range, a missing file, an output folder that cannot be written, a full disk, a missing optional
 package) is printed as one line ``yolo-ldac: error: <message>`` on stderr, with exit status 2; its traceback is
-printed too only when ``verbose=True`` is given explicitly. Ctrl-C exits with 130. Any other exception is a bug and
-shows its traceback.
+printed too only when ``verbose=True`` is given explicitly. Ctrl-C exits with 130 (during a run, its line says how
+to resume it). A key given twice is an error; no mode runs the default mode and says so. Any other exception is a
+bug and shows its traceback.
 """
 
 from __future__ import annotations
