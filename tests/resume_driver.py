@@ -3,7 +3,9 @@
     python tests/resume_driver.py SPEC_JSON
 
 SPEC_JSON: {"kwargs": {...compress kwargs...}, "mode": "compress", "resume": null | RUN_DIR,
-            "kill": null | "PHASE" (at the start of that phase) | "PHASE@EPOCH" (after that epoch of a training phase)}
+            "kill": null | "PHASE" (at the start of that phase) | "PHASE@EPOCH" (after that epoch of a training phase),
+            "pause": null | {"phase": PHASE, "marker": PATH} (at the start of that phase: write the pid to PATH, then
+            sleep until killed: a run that is still running, for the lock tests)}
 The kill is the test-only callback the resume tests need: SIGKILL leaves no chance to clean up, like a crash.
 """
 
@@ -30,8 +32,16 @@ def main() -> None:
     phase_kill, epoch_kill = (kill.split("@") + [None])[:2] if kill else (None, None)
     state = {"compressor": None}
 
+    pause = spec.get("pause") or {}
+
     def at_phase_start(comp) -> None:
         state["compressor"] = comp
+        if pause and comp.phase == pause["phase"]:
+            import time
+            from pathlib import Path
+
+            Path(pause["marker"]).write_text(str(os.getpid()))
+            time.sleep(600)
         if epoch_kill is None and comp.phase == phase_kill:
             os.kill(os.getpid(), signal.SIGKILL)
 

@@ -127,7 +127,7 @@ def test_load_non_model_suffix(tmp_path, name):
 def test_load_text_file_renamed_pt(tmp_path):
     path = tmp_path / "fake.pt"
     path.write_text("this is a text file, not a checkpoint\n")
-    with pytest.raises(LDACError, match="could not be loaded") as info:
+    with pytest.raises(LDACError, match="is not a loadable checkpoint: a text file, not a torch.save") as info:
         load_detection_model(path)
     assert "\n" not in str(info.value)
 

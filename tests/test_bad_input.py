@@ -528,3 +528,213 @@ def test_traceback_only_with_explicit_verbose(tmp_path, capfd):
     assert "Traceback" in err and err.strip().splitlines()[-1].startswith("yolo-ldac: error: "), err
     assert main(["info", "model=absent.pt"]) == 2
     assert len(capfd.readouterr().err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------- issue 25: one clear line for each of these
+# (the run-folder cases: name=, the lock, exist_ok over a finished run, permissions are in test_run_folders.py)
+@pytest.mark.parametrize("content", ["hello world\n", "0.5\n", "[1, 2]\n", "model: yolo11n\n"])
+def test_text_file_named_pt(content, tmp_path, capfd):
+    """A text file named .pt: 'KeyError: 101' or 'IndexError: pop from empty list' before; now what it is."""
+    path = tmp_path / "notes.pt"
+    path.write_text(content)
+    line = assert_cli_rejects(["info", f"model={path}"], tmp_path / "runs", capfd,
+                              r"model file '.*notes\.pt' is not a loadable checkpoint: a text file, not a "
+                              r"torch\.save\(\) archive")
+    assert "Error:" not in line
+    with pytest.raises(LDACError, match="a text file"):
+        YOLOLDAC(str(path))
+
+
+def _bad_yaml(tmp_path: Path, old: str, new: str) -> Path:
+    from ultralytics.utils import ROOT
+
+    text = (ROOT / "cfg" / "models" / "v8" / "yolov8.yaml").read_text()
+    assert old in text
+    path = tmp_path / "bad-yolov8n.yaml"
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+@pytest.mark.parametrize("old,new,match", [
+    ("[-1, 1, Conv, [64, 3, 2]]", "[-1, 1, Conv, [sixty, 3, 2]]",
+     r"layer 0 \(Conv\) has argument 1 = 'sixty', where Ultralytics expects a number"),
+    ("[-1, 3, C2f, [128, True]]", "[-1, three, C2f, [128, True]]",
+     r"layer 2 \(C2f\) has repeats = 'three', where Ultralytics expects an integer >= 1"),
+])
+def test_model_yaml_with_a_string_for_a_number(old, new, match, shapes_data, tmp_path, capfd):
+    """Ultralytics' parser said "TypeError: '<' not supported between instances of 'int' and 'str'"."""
+    path = _bad_yaml(tmp_path, old, new)
+    line = assert_cli_rejects(["info", f"model={path}"], tmp_path / "runs", capfd, rf"model yaml '.*': {match}")
+    assert line.count("yolo-ldac: error") == 1
+    assert_cli_rejects(["prune", f"model={path}", f"data={shapes_data}", *FAST_ARGS], tmp_path / "runs", capfd, match)
+
+
+@pytest.mark.parametrize("name", ["yolov8n.yaml", "yolo11n.yaml", "yolo26n.yaml", "yolov10n.yaml", "yolo12n.yaml",
+                                  "yolov9t.yaml", "yolov5nu.yaml", "yolov3-tinyu.yaml", "yolov6n.yaml"])
+def test_yaml_layer_check_passes_every_shipped_family(name):
+    """No false alarm: every family's own yaml (string arguments such as 'nearest' and 'nc' included) is fine."""
+    from ultralytics.nn.tasks import yaml_model_load
+
+    from yolo_ldac.nn.adapter import yaml_layer_problem
+
+    assert yaml_layer_problem(yaml_model_load(name)) is None
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_the_resume_command(shapes_data, tmp_path, capfd, monkeypatch):
+    """Ctrl-C during a run: exit 130 and one line with the command that continues it (as a full disk's line)."""
+    from yolo_ldac.schedule.compressor import Compressor
+
+    def interrupt(self, model, rnd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Compressor, "_phase_validate_final", interrupt)
+    project = tmp_path / "runs"
+    capfd.readouterr()
+    rc = main(["prune", "model=yolov8n.yaml", f"data={shapes_data}", "ratio=0.2", "method=l1", "rounds=1",
+               "val_steps=False", *FAST_ARGS, f"project={project}", "name=cc"])
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("\r", "\x1b"))]
+    errors = [ln for ln in lines if "yolo-ldac: error" in ln]
+    assert rc == 130 and len(errors) == 1 and "Traceback" not in err, err
+    run = (project / "cc").resolve()
+    assert errors[0].endswith(f"interrupted in phase validate_final; {run / 'state.json'} records where; continue "
+                              f"with `yolo-ldac prune resume={run}`"), errors[0]
+    assert not (run / "weights" / "best.pt").exists() and not (run / ".yolo-ldac.lock").exists()
+    monkeypatch.undo()
+    command = errors[0].rsplit("`", 2)[1].split()[1:]  # the command it printed, as given
+    assert main(command) == 0
+    assert (run / "weights" / "best.pt").is_file()
+
+
+def test_unknown_optimizer(shapes_data, tmp_path, capfd):
+    """optimizer=Foo was Ultralytics' NotImplementedError, a traceback once the run trained."""
+    assert_cli_rejects(["compress", "model=yolov8n.yaml", f"data={shapes_data}", "optimizer=Foo", *FAST_ARGS],
+                       tmp_path / "runs", capfd,
+                       r"optimizer='Foo' is not one of Ultralytics' optimizers \(Adam, .*SGD\)$")
+    assert_cli_rejects(["finetune", "model=yolov8n.yaml", f"data={shapes_data}", "optimizer=SGDD", *FAST_ARGS],
+                       tmp_path / "runs", capfd, r"did you mean 'SGD'")
+
+
+def test_optimizer_list_is_ultralytics_own():
+    """What check_optimizer accepts is what Ultralytics' build_optimizer builds (any case), and Foo it refuses."""
+    from types import SimpleNamespace
+
+    from ultralytics.engine.trainer import BaseTrainer
+
+    from yolo_ldac.cfg import check_optimizer, ultralytics_optimizers
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+
+    trainer = SimpleNamespace(args=SimpleNamespace(lr0=0.01, warmup_bias_lr=0.1), data={"nc": 3})
+    names = ultralytics_optimizers()
+    assert {"SGD", "AdamW", "auto"} <= set(names)
+    for name in names:
+        BaseTrainer.build_optimizer(trainer, Tiny(), name=name.lower(), iterations=10)
+        check_optimizer(name.upper())
+    with pytest.raises(NotImplementedError):
+        BaseTrainer.build_optimizer(trainer, Tiny(), name="Foo")
+    with pytest.raises(LDACError):
+        check_optimizer("Foo")
+
+
+def test_train_split_without_label_files(shapes_data, tmp_path, capfd):
+    """Ultralytics' "No labels found" ValueError, once training started; now before the run folder exists."""
+    import shutil
+
+    src = shapes_data.parent
+    root = tmp_path / "nolabels"
+    for split in ("train", "val"):
+        shutil.copytree(src / "images" / split, root / "images" / split)
+    shutil.copytree(src / "labels" / "val", root / "labels" / "val")  # only the val split has labels
+    data = root / "data.yaml"
+    data.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n  0: a\n  1: b\n  2: c\n")
+    match = r"the train split has 16 images and no label file .*labels/train/.*\.txt.*training needs labels"
+    assert_cli_rejects(["compress", "model=yolov8n.yaml", f"data={data}", "ratio=0.2", *FAST_ARGS],
+                       tmp_path / "runs", capfd, match)
+    assert_cli_rejects(["finetune", "model=yolov8n.yaml", f"data={data}", *FAST_ARGS], tmp_path / "runs", capfd,
+                       match)
+
+
+def _phase_checkpoint(folder: Path) -> Path:
+    from yolo_ldac.checkpoint import save_ultralytics_checkpoint
+    from yolo_ldac.nn.adapter import load_detection_model
+
+    return save_ultralytics_checkpoint(load_detection_model("yolov8n.yaml"), folder / "02-round1.step.pt", {},
+                                       half=False, phase={"run": str(folder), "phase": "round1.step",
+                                                          "finished": False})
+
+
+def test_export_of_a_phase_checkpoint_says_it_is_not_finished(tmp_path, capfd, ultralytics_log):
+    pt = _phase_checkpoint(tmp_path)
+    rc, info_text = _run_cli(["info", f"model={pt}"], capfd, ultralytics_log)
+    assert rc == 0
+    notice = "02-round1.step.pt is not a finished model: the checkpoint of phase round1.step"
+    assert notice in info_text
+    rc, text = _run_cli(["export", f"model={pt}", "format=onnx", "imgsz=64"], capfd, ultralytics_log)
+    assert rc == 0 and "Traceback" not in text, text
+    assert text.count(notice) == 1, text
+    assert (tmp_path / "02-round1.step.onnx").is_file()
+
+
+def test_best_json_without_or_with_another_hash(tmp_path, capfd, ultralytics_log):
+    import json as _json
+
+    from yolo_ldac.checkpoint import save_portable
+    from yolo_ldac.nn.adapter import load_detection_model
+
+    st = save_portable(load_detection_model("yolov8n.yaml"), tmp_path / "best")
+    js = st.with_suffix(".json")
+    meta = _json.loads(js.read_text())
+    meta.pop("safetensors_sha256")
+    js.write_text(_json.dumps(meta))
+    rc, text = _run_cli(["info", f"model={js}"], capfd, ultralytics_log)
+    warnings = [ln for ln in text.splitlines() if "records no safetensors_sha256" in ln]
+    assert rc == 0 and len(warnings) == 1 and "best.safetensors" in warnings[0], text
+    other = tmp_path / "other.bin"
+    other.write_bytes(b"another file")
+    meta["safetensors_sha256"] = hashlib.sha256(other.read_bytes()).hexdigest()
+    js.write_text(_json.dumps(meta))
+    assert_cli_rejects(["info", f"model={js}"], tmp_path / "runs", capfd,
+                       r"best\.safetensors' does not match '.*best\.json': the weights' hash differs")
+    meta["safetensors_sha256"] = "abc"
+    js.write_text(_json.dumps(meta))
+    assert_cli_rejects(["info", f"model={js}"], tmp_path / "runs", capfd,
+                       r"safetensors_sha256 must be the 64 hex digits of the weights' sha256, got 'abc'")
+
+
+def test_key_given_twice(shapes_data, tmp_path, capfd):
+    assert_cli_rejects(["prune", "model=yolov8n.yaml", f"data={shapes_data}", "ratio=0.3", "ratio=0.6"],
+                       tmp_path / "runs", capfd, r"key 'ratio' is given twice \(ratio=0\.3 and ratio=0\.6\): give it once")
+    assert_cli_rejects(["prune", "model=yolov8n.yaml", "lr0=0.1", "lr0=0.1"], tmp_path / "runs", capfd,
+                       r"key 'lr0' is given twice")
+
+
+def test_benchmark_int8_without_data(small_checkpoint, tmp_path, capfd):
+    """It exited 0 having measured nothing (every int8 row skipped)."""
+    project = tmp_path / "runs"
+    assert_cli_rejects(["benchmark", f"model={small_checkpoint}", "precisions=int8", "formats=onnx"], project, capfd,
+                       r"precisions=int8: int8 needs data=\.\.\. .*give data=, or leave int8 out")
+    assert_cli_rejects(["benchmark", f"model={small_checkpoint}", "precisions=fp32,int8", "formats=onnx"], project,
+                       capfd, r"int8 needs data=")
+    assert_cli_rejects(["benchmark", f"model={small_checkpoint}", "formats=foo"], project, capfd,
+                       r"benchmark formats are onnx")
+    assert not project.exists()  # refused before the results folder (or project=) exists
+
+
+def test_benchmark_threads_zero_says_what_it_used(small_checkpoint, tmp_path, capfd, ultralytics_log):
+    import json as _json
+
+    from yolo_ldac.utils.env import usable_cores
+
+    rc, text = _run_cli(["benchmark", f"model={small_checkpoint}", "formats=onnx", "precisions=fp32", "imgsz=64",
+                         "runs=1", "warmup=0", "threads=0", f"project={tmp_path}", "name=t0", "plots=False"], capfd,
+                        ultralytics_log)
+    n = usable_cores()
+    assert rc == 0, text
+    assert f"threads=0: timing with all {n} usable core" in text, text
+    record = _json.loads((tmp_path / "t0" / "benchmark.json").read_text())
+    assert record["settings"]["threads"] == [n]

@@ -176,6 +176,7 @@ class YOLOLDAC:
         cfg = get_cfg({k: v for k, v in dict(kwargs, format=format).items() if v is not None}, mode="export")
         if not isinstance(self.source, (str, Path)) or Path(self.source).suffix not in {".pt", ".json", ".safetensors"}:
             raise LDACError("export needs a checkpoint file: pass model=path/to/best.pt")
+        _warn_unfinished([self.source])
         ldac, ultra = split_args(cfg)
         skip = {"imgsz", "data", "model", "project", "name", "exist_ok", "epochs", "seed", "workers", "plots",
                 "verbose", "batch", "device"}
@@ -204,9 +205,7 @@ class YOLOLDAC:
             >>> res = YOLOLDAC("best.pt").benchmark(baseline="yolo11n.pt", formats="onnx,litert", imgsz=320)  # doctest: +SKIP
             >>> print(res.table)  # doctest: +SKIP
         """
-        from ultralytics.utils.files import increment_path
-
-        from yolo_ldac.deploy.benchmark import parse_list, parse_threads, run_benchmark
+        from yolo_ldac.deploy.benchmark import check_inputs, parse_list, parse_threads, run_benchmark
 
         cfg = get_cfg(kwargs, mode="benchmark")
         if not isinstance(self.source, (str, Path)) or Path(self.source).suffix not in {".pt", ".json", ".safetensors"}:
@@ -226,16 +225,25 @@ class YOLOLDAC:
                 check_checkpoint(path)
         formats = parse_list(cfg["formats"], "formats")
         precisions = parse_list(cfg["precisions"], "precisions")
-        threads = parse_threads(cfg["threads"])
+        if "int8" in precisions and not cfg["data"]:
+            raise LDACError(f"precisions={','.join(precisions)}: int8 needs data=... (a dataset yaml: its train "
+                            "images calibrate the int8 export); give data=, or leave int8 out")
+        check_inputs(models, formats, precisions)  # before the results folder exists
+        threads = parse_threads(cfg["threads"], notice=True)
+        _warn_unfinished(models.values())
         imgsz = cfg["imgsz"]
         if not isinstance(imgsz, int):
             raise LDACError(f"benchmark takes a square imgsz (one integer), got {imgsz!r}")
         imgsz = round_imgsz(imgsz, self.model)
         name = cfg["name"] if "name" in kwargs else "benchmark"
-        out_dir = increment_path(Path(cfg["project"]) / name, exist_ok=cfg["exist_ok"]).resolve()
-        result = run_benchmark(models, formats=formats, precisions=precisions, imgsz=imgsz, data=cfg["data"],
-                               runs=cfg["runs"], warmup=cfg["warmup"], threads=threads, out_dir=out_dir,
-                               plots=cfg["plots"], deploy_graph=cfg["deploy_graph"])
+        from yolo_ldac.utils.rundir import open_run_dir
+
+        out_dir, lock = open_run_dir(cfg["project"], name, exist_ok=cfg["exist_ok"], keep_finished=False,
+                                     what="benchmark folder")
+        with lock:  # one benchmark at a time writes a folder
+            result = run_benchmark(models, formats=formats, precisions=precisions, imgsz=imgsz, data=cfg["data"],
+                                   runs=cfg["runs"], warmup=cfg["warmup"], threads=threads, out_dir=out_dir,
+                                   plots=cfg["plots"], deploy_graph=cfg["deploy_graph"])
         print(result.table)
         print(f"Results saved to {out_dir}")
         if result.failed:
@@ -376,6 +384,20 @@ class TorchvisionLDAC(YOLOLDAC):
 
 
 # --- helpers shared by the modes (kept here for their callers; each lives in the module that owns it) ----------
+def _warn_unfinished(sources) -> None:
+    """The notice ``info`` prints for a file that is not a run's finished model (a phase checkpoint, per-epoch
+    weights, a file of an unfinished run), as a warning: exporting or benchmarking it is allowed, and said."""
+    from ultralytics.utils import LOGGER
+
+    from yolo_ldac.checkpoint import unfinished_notice
+
+    for source in sources:
+        if isinstance(source, (str, Path)):
+            notice = unfinished_notice(source)
+            if notice:
+                LOGGER.warning(notice)
+
+
 def validate(model: nn.Module, cfg: dict, ultra: dict) -> dict:
     """mAP50-95 and mAP50 of ``model`` on the val split of ``cfg['data']`` (validates a copy)."""
     from yolo_ldac.engine.validator import validate_model

@@ -312,6 +312,31 @@ def _resize_bn(m: nn.BatchNorm2d, rec: dict, name: str, js_path: Path) -> None:
         m.running_mean, m.running_var = torch.empty(n), torch.empty(n)
 
 
+def check_pair_hash(meta: dict, st_path: Path, js_path: Path) -> None:
+    """The JSON's ``safetensors_sha256`` against the weights file: a mismatch (the weights of another save) or a
+    value that is no sha256 is refused; a JSON without one (written by hand or by an old version) loads with a
+    one-line warning, since nothing then shows that the two files belong together.
+
+    Example:
+        >>> check_pair_hash({"safetensors_sha256": "0" * 64}, Path("best.safetensors"), Path("best.json"))  # doctest: +SKIP
+        Traceback (most recent call last):
+        yolo_ldac.errors.LDACError: 'best.safetensors' does not match 'best.json': the weights' hash differs ...
+    """
+    digest = meta.get("safetensors_sha256")
+    if digest is None:
+        from yolo_ldac.utils.log import LOGGER
+
+        LOGGER.warning(f"'{js_path}' records no safetensors_sha256: nothing shows that '{st_path.name}' holds the "
+                       "weights it was written with (save the model again to record it)")
+        return
+    if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest.lower())):
+        raise LDACError(f"'{js_path}': safetensors_sha256 must be the 64 hex digits of the weights' sha256, got "
+                        f"{digest!r}")
+    if hashlib.sha256(st_path.read_bytes()).hexdigest() != digest.lower():
+        raise LDACError(f"'{st_path}' does not match '{js_path}': the weights' hash differs from the one the JSON "
+                        "was written with (another save's weights, or an incomplete pair: save it again)")
+
+
 def load_portable(path: str | Path) -> nn.Module:
     """Rebuild a model saved by :func:`save_portable` without unpickling anything; return it in eval mode.
 
@@ -367,10 +392,7 @@ def load_portable(path: str | Path) -> nn.Module:
                 raise LDACError(f"'{js_path}': attribute '{name}.{k}' cannot be set to {v!r}")
             setattr(m, k, v)
 
-    digest = meta.get("safetensors_sha256")
-    if digest and hashlib.sha256(st_path.read_bytes()).hexdigest() != digest:
-        raise LDACError(f"'{st_path}' does not match '{js_path}': the weights' hash differs from the one the JSON "
-                        "was written with (an incomplete pair: save it again)")
+    check_pair_hash(meta, st_path, js_path)
     try:
         state = load_file(str(st_path))
     except (SafetensorError, OSError, ValueError) as e:

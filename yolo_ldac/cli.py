@@ -8,8 +8,9 @@ Examples:
 Every value is parsed with ``yaml.safe_load`` (never eval). Any failure the user can fix (an unknown key, a
 value out of range, a missing file, an output folder that cannot be written, a full disk, a missing optional
 package) is printed as one line ``yolo-ldac: error: <message>`` on stderr, with exit status 2; its traceback is
-printed too only when ``verbose=True`` is given explicitly. Ctrl-C exits with 130. Any other exception is a bug and
-shows its traceback.
+printed too only when ``verbose=True`` is given explicitly. Ctrl-C exits with 130 (during a run, its line says how
+to resume it). A key given twice is an error; no mode runs the default mode and says so. Any other exception is a
+bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -103,9 +104,13 @@ def _explicit_verbose(argv: list[str]) -> bool:
 def parse_args(argv: list[str]) -> tuple[str | None, dict]:
     """Split ``argv`` into (mode or None, overrides). Raises ``LDACError`` on a malformed argument.
 
-    A bare word must be a mode (at most one); every other argument must be ``key=value``.
+    A bare word must be a mode (at most one); every other argument must be ``key=value``, each key once.
+
+    Example:
+        >>> parse_args(["prune", "ratio=0.3"])
+        ('prune', {'ratio': 0.3})
     """
-    mode, overrides = None, {}
+    mode, overrides, given = None, {}, {}
     for arg in argv:
         if "=" in arg:
             key, _, value = arg.partition("=")
@@ -115,6 +120,9 @@ def parse_args(argv: list[str]) -> tuple[str | None, dict]:
             if key.startswith("-"):
                 bare = key.lstrip("-")
                 raise LDACError(f"arguments are key=value without dashes: write '{bare}={value}' instead of {arg!r}")
+            if key in given:  # which one was meant is not ours to guess
+                raise LDACError(f"key '{key}' is given twice ({given[key]} and {arg.strip()}): give it once")
+            given[key] = arg.strip()
             overrides[key] = parse_value(value)
             continue
         word = arg.strip()
@@ -182,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         mode, overrides = parse_args(argv)
         cfg = get_cfg(overrides, mode=mode)  # fail fast on a bad key or value, before the heavy imports
+        if mode is None:  # as Ultralytics' CLI does: the default mode runs, and says so
+            print(f"yolo-ldac: no mode given: running '{cfg['mode']}' (the default; modes: {', '.join(MODES)}; "
+                  "write yolo-ldac MODE key=value ...)", file=sys.stderr)
         _dispatch(cfg["mode"], overrides)
         return 0
     except (LDACError, OSError, ImportError) as e:
@@ -193,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                 _os_error_line(e) if isinstance(e, OSError) else _import_error_line(e))
         print(f"yolo-ldac: error: {line}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("yolo-ldac: error: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a run's Interrupted says how to continue it
+        print(f"yolo-ldac: error: {_one_line(e) if str(e) else 'interrupted'}", file=sys.stderr)
         return 130
 
 

@@ -132,6 +132,34 @@ def refusal(path: str | Path, names: list[str] | None = None) -> LDACError:
     return LDACError(f"model file '{path}' needs more than the classes safe loading allows{what}: {TRUST_HINT}")
 
 
+def check_archive(path: str | Path) -> None:
+    """Raise :class:`LDACError` when ``path`` is plainly no ``torch.save()`` file (empty, or text): neither the zip
+    archive torch writes nor a legacy pickle. Unpickling such a file fails with a random error (``KeyError: 101``,
+    ``IndexError: pop from empty list``); this says what the file is instead. A missing file is left to the caller.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "notes.pt"
+        >>> _ = p.write_text("hello")
+        >>> check_archive(p)
+        Traceback (most recent call last):
+        yolo_ldac.errors.LDACError: model file '...notes.pt' is not a loadable checkpoint: a text file, not a torch.save() archive (a .pt is written by torch.save, i.e. by Ultralytics or yolo-ldac)
+    """
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return
+    if zipfile.is_zipfile(str(p)) or head[:1] == b"\x80":  # torch's zip archive, or a legacy pickle's PROTO opcode
+        return
+    text = head.decode("utf-8", "ignore")  # a character cut at the 4096th byte is dropped, not an error
+    is_text = len(text.encode("utf-8")) >= len(head) - 3 and all(c.isprintable() or c.isspace() for c in text)
+    what = "an empty file" if not head else "a text file" if is_text else "a file of another format"
+    raise LDACError(f"model file '{path}' is not a loadable checkpoint: {what}, not a torch.save() archive (a .pt is "
+                    "written by torch.save, i.e. by Ultralytics or yolo-ldac)")
+
+
 def check_checkpoint(path: str | Path, trusted: bool | None = None) -> None:
     """Raise :func:`refusal` when ``path`` is a checkpoint that needs globals outside the allow-list (unless trusted).
 
@@ -140,7 +168,10 @@ def check_checkpoint(path: str | Path, trusted: bool | None = None) -> None:
         Traceback (most recent call last):
         yolo_ldac.errors.LDACError: model file 'payload.pt' needs more than the classes safe loading allows ...
     """
-    if _resolve(trusted) or not Path(path).is_file():
+    if not Path(path).is_file():
+        return
+    check_archive(path)  # trusted or not: an empty or text file is no checkpoint
+    if _resolve(trusted):
         return
     bad = unlisted_globals(path)
     if bad:
@@ -315,6 +346,7 @@ def load_model_yaml(path: str | Path, trusted: bool | None = None) -> dict:
 __all__ = [
     "TRUST_HINT",
     "check_activation",
+    "check_archive",
     "check_checkpoint",
     "check_model_yaml",
     "is_trusted",

@@ -113,6 +113,60 @@ def _ultralytics_keys() -> frozenset:
     return frozenset(DEFAULT_CFG_DICT)
 
 
+# Ultralytics 8.4.190's optimizer names (BaseTrainer.build_optimizer), used when its source cannot be read.
+_OPTIMIZERS_FALLBACK = ("Adam", "Adamax", "AdamW", "NAdam", "RAdam", "RMSprop", "SGD", "MuSGD", "auto")
+
+
+@functools.lru_cache(maxsize=None)
+def ultralytics_optimizers() -> tuple[str, ...]:
+    """The ``optimizer=`` names Ultralytics' trainer builds (matched case-insensitively, as it does), read from
+    ``BaseTrainer.build_optimizer``'s source without importing Ultralytics.
+
+    Example:
+        >>> "AdamW" in ultralytics_optimizers() and "auto" in ultralytics_optimizers()
+        True
+    """
+    import ast
+
+    spec = importlib.util.find_spec("ultralytics")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root) / "engine" / "trainer.py"
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, UnicodeDecodeError):
+            continue
+        for fn in ast.walk(tree):
+            if isinstance(fn, ast.FunctionDef) and fn.name == "build_optimizer":
+                for node in ast.walk(fn):
+                    if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Set)
+                            and any(isinstance(t, ast.Name) and t.id == "optimizers" for t in node.targets)):
+                        try:
+                            names = ast.literal_eval(node.value)
+                        except ValueError:
+                            break
+                        if names and all(isinstance(n, str) for n in names):
+                            return tuple(sorted(names, key=str.lower))
+    return _OPTIMIZERS_FALLBACK
+
+
+def check_optimizer(value: Any) -> None:
+    """Raise :class:`LDACError` unless ``value`` names an optimizer Ultralytics' trainer builds (it raises
+    NotImplementedError only once the run is training).
+
+    Example:
+        >>> check_optimizer("adamw")
+        >>> check_optimizer("Foo")
+        Traceback (most recent call last):
+        yolo_ldac.errors.LDACError: optimizer='Foo' is not one of Ultralytics' optimizers (Adam, Adamax, AdamW, auto, MuSGD, NAdam, RAdam, RMSprop, SGD)
+    """
+    names = ultralytics_optimizers()
+    if str(value).lower() in {n.lower() for n in names}:
+        return
+    hint = closest(str(value), names, cutoff=0.6)
+    raise LDACError(f"optimizer={value!r} is not one of Ultralytics' optimizers ({', '.join(names)})"
+                    + (f"; did you mean {hint!r}?" if hint else ""))
+
+
 def ultralytics_keys() -> set[str]:
     """Return every key of Ultralytics' own default configuration (``ultralytics.cfg.DEFAULT_CFG_DICT``)."""
     return set(_ultralytics_keys())
@@ -288,9 +342,11 @@ def _check_shared(cfg: dict, explicit: dict) -> None:
         raise LDACError(f"batch must be an integer >= 1, got {batch!r}{note}")
     _check_int(cfg, "workers", 0)
     _check_int(cfg, "seed", 0)
-    for key in ("project", "name"):
-        if not isinstance(cfg[key], str) or not cfg[key].strip():
-            raise LDACError(f"{key} must be a folder name (a non-empty string), got {cfg[key]!r}")
+    if not isinstance(cfg["project"], str) or not cfg["project"].strip():
+        raise LDACError(f"project must be a folder (a non-empty string), got {cfg['project']!r}")
+    from yolo_ldac.utils.rundir import check_run_name
+
+    check_run_name(cfg["name"])  # one folder name: a run never lands outside project=
     if "device" in explicit and cfg.get("device") is not None:
         from yolo_ldac.utils.device import check_device
 
@@ -303,6 +359,8 @@ def _check_ultralytics_values(explicit: dict) -> None:
     given = {k: v for k, v in explicit.items() if k not in ours}
     if not given:
         return
+    if given.get("optimizer") is not None:
+        check_optimizer(given["optimizer"])
     import sys
 
     if "ultralytics" not in sys.modules:  # first import: set the offline environment up before it
@@ -481,6 +539,7 @@ __all__ = [
     "SHARED_KEYS",
     "TARGETS",
     "check_keys",
+    "check_optimizer",
     "closest",
     "get_cfg",
     "load_defaults",
@@ -490,5 +549,6 @@ __all__ = [
     "round_imgsz",
     "model_stride",
     "ultralytics_keys",
+    "ultralytics_optimizers",
     "valid_keys",
 ]

@@ -116,3 +116,24 @@ def audit_dataset(info: dict, data: str, splits: tuple[str, ...] = ("train", "va
 
         LOGGER.warning(f"strict_labels=False: {message.split('; fix them')[0]}; those images are left out")
     return {a.split: a.as_dict() for a in audits}
+
+
+def require_train_labels(info: dict, data: str, audit: dict) -> None:
+    """Raise :class:`LDACError` when the train split has no label file at all (``audit``: :func:`audit_dataset`'s
+    result). Ultralytics' trainer stops on it with ``ValueError: No labels found`` once the run is under way; a
+    run that trains is told here, before its run directory exists, where the labels were looked for.
+
+    Example:
+        >>> require_train_labels({}, "d.yaml", {"train": {"images": 4, "label_files": 2}})
+    """
+    split = audit.get("train") or {}
+    if not split.get("images") or split.get("label_files"):
+        return
+    from yolo_ldac.data._common import split_image_files
+    from yolo_ldac.data.labels import label_path
+
+    folders = info.get("train")
+    images = split_image_files(folders if isinstance(folders, list) else [folders])
+    where = f", i.e. {label_path(images[0])} for {images[0].name}" if images else ""
+    raise LDACError(f"data '{data}': the train split has {split['images']} images and no label file (Ultralytics "
+                    f"reads them from the labels/ folder beside images/{where}); training needs labels")

@@ -93,11 +93,19 @@ def parse_list(value: Any, name: str) -> list[str]:
     return out
 
 
-def parse_threads(value: Any) -> list[int]:
-    """``"1,all"``, ``[1, 4]`` or ``2`` -> thread counts (``all`` = every usable core), without duplicates."""
+def parse_threads(value: Any, notice: bool = False) -> list[int]:
+    """``"1,all"``, ``[1, 4]`` or ``2`` -> thread counts (``all``, or ``0`` as in ONNX Runtime: every usable core),
+    without duplicates. With ``notice``, ``0`` and ``all`` are logged with the count they stand for.
+
+    Example:
+        >>> parse_threads("1,2,2")
+        [1, 2]
+    """
     out: list[int] = []
     for v in parse_list(value, "threads"):
         n = usable_cores() if v in ("all", "0") else None
+        if n is not None and notice:
+            LOGGER.info(f"threads={v}: timing with all {n} usable core{'s' if n != 1 else ''} of this process")
         if n is None:
             try:
                 n = int(v)
@@ -198,20 +206,9 @@ def run_benchmark(
         :class:`BenchmarkResult` with one :class:`BenchRow` per model x runtime x precision.
     """
     from yolo_ldac.deploy.parity import default_images, preprocess_image, validate_map
-    from yolo_ldac.export import PRECISIONS, export_checked, normalise_format
+    from yolo_ldac.export import export_checked
 
-    if not models:
-        raise LDACError("no model to benchmark")
-    for label, path in models.items():
-        if not Path(path).is_file() or Path(path).suffix not in MODEL_SUFFIXES:
-            raise LDACError(f"{label} model '{path}' must be an existing .pt checkpoint or portable best.json")
-    formats = [normalise_format(f) for f in formats]
-    for f in formats:
-        if f not in BENCH_FORMATS:
-            raise LDACError(f"benchmark formats are {', '.join(BENCH_FORMATS)} (tflite = litert), got {f!r}")
-    for p in precisions:
-        if p not in PRECISIONS:
-            raise LDACError(f"precisions are {', '.join(PRECISIONS)}, got {p!r}")
+    formats = check_inputs(models, formats, precisions)
     threads = list(threads) if threads else sorted({1, usable_cores()})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -288,6 +285,32 @@ def run_benchmark(
     files = write_results(rows, table, threads, out_dir, imgsz=imgsz, data=data, runs=runs, warmup=warmup,
                           rounds=rounds, accuracy=accuracy, models={k: str(v) for k, v in models.items()}, plots=plots)
     return BenchmarkResult(rows=rows, table=table, out_dir=out_dir, files=files)
+
+
+def check_inputs(models: dict[str, str | Path], formats: Sequence[str], precisions: Sequence[str]) -> list[str]:
+    """Raise :class:`LDACError` for a missing model file, an unknown format or precision (before any folder is made);
+    return the formats normalised (``tflite`` -> ``litert``).
+
+    Example:
+        >>> check_inputs({}, ["onnx"], ["fp32"])
+        Traceback (most recent call last):
+        yolo_ldac.errors.LDACError: no model to benchmark
+    """
+    from yolo_ldac.export import PRECISIONS, normalise_format
+
+    if not models:
+        raise LDACError("no model to benchmark")
+    for label, path in models.items():
+        if not Path(path).is_file() or Path(path).suffix not in MODEL_SUFFIXES:
+            raise LDACError(f"{label} model '{path}' must be an existing .pt checkpoint or portable best.json")
+    formats = [normalise_format(f) for f in formats]
+    for f in formats:
+        if f not in BENCH_FORMATS:
+            raise LDACError(f"benchmark formats are {', '.join(BENCH_FORMATS)} (tflite = litert), got {f!r}")
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise LDACError(f"precisions are {', '.join(PRECISIONS)}, got {p!r}")
+    return formats
 
 
 def _fmt(v: float | None, spec: str = ".1f") -> str:

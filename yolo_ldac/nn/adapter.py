@@ -71,11 +71,12 @@ def load_detection_model(src: Any, trusted: bool | None = None) -> nn.Module:
                             "best.json)")
         if path.suffix == ".pt" and not path.exists() and not _is_ultralytics_asset(path.name):
             raise LDACError(f"model file '{src}' not found")
+        spec = None
         try:
             if path.suffix == ".pt":
                 model = safe_load.load_model(path, trusted=trusted)
             else:
-                safe_load.load_model_yaml(path, trusted=trusted)  # before Ultralytics parses (and evaluates) it
+                spec = safe_load.load_model_yaml(path, trusted=trusted)  # before Ultralytics parses (evaluates) it
                 with safe_load.policy(trusted):
                     model = YOLO(str(src), task="detect").model
         except LDACError:
@@ -83,11 +84,54 @@ def load_detection_model(src: Any, trusted: bool | None = None) -> nn.Module:
         except FileNotFoundError as e:
             raise LDACError(f"model '{src}' could not be loaded: {e}") from e
         except Exception as e:  # Ultralytics raises many types for corrupt or non-model files
-            raise LDACError(f"model '{src}' could not be loaded ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            problem = yaml_layer_problem(spec) if isinstance(spec, dict) else None
+            if problem:  # Ultralytics' parser says only what failed inside it ("'<' not supported ...")
+                raise LDACError(f"model yaml '{src}': {problem} (Ultralytics' parser: {why})") from e
+            raise LDACError(f"model '{src}' could not be loaded ({why})") from e
     else:
         raise LDACError(f"model must be a path, a model name or an Ultralytics DetectionModel, got {type(src).__name__}")
     check_is_detector(model, src)
     return model.float().cpu()
+
+
+# Names Ultralytics' parse_model resolves in a layer's args (its local variables), besides Python literals.
+_YAML_ARG_NAMES = frozenset({"nc", "ch", "depth", "width", "max_channels", "kpt_shape", "scale", "act"})
+# Layers whose arguments may be free strings (a torchvision model name, an interpolation mode, ...).
+_STRING_ARG_LAYERS = ("nn.", "torchvision.", "TorchVision", "Index")
+
+
+def yaml_layer_problem(spec: dict) -> str | None:
+    """The first layer of a model yaml dict with a value Ultralytics' parser cannot use: a repeat count that is not
+    an integer, or an argument that is a string where it expects a number (``[sixty, 3, 2]``); ``None`` when every
+    layer looks right. Used to explain a failed build in one line.
+
+    Example:
+        >>> yaml_layer_problem({"backbone": [[-1, 1, "Conv", ["sixty", 3, 2]]], "head": []})
+        "layer 0 (Conv) has argument 1 = 'sixty', where Ultralytics expects a number"
+    """
+    import ast
+
+    layers = list(spec.get("backbone") or []) + list(spec.get("head") or [])
+    for i, layer in enumerate(layers):
+        if not (isinstance(layer, (list, tuple)) and len(layer) == 4):
+            return f"layer {i} is {layer!r}, not [from, repeats, module, args]"
+        f, n, m, args = layer
+        if not (isinstance(f, int) or (isinstance(f, list) and f and all(isinstance(x, int) for x in f))):
+            return f"layer {i} ({m}) has from = {f!r}, where Ultralytics expects a layer index or a list of them"
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            return f"layer {i} ({m}) has repeats = {n!r}, where Ultralytics expects an integer >= 1"
+        if not isinstance(args, list):
+            return f"layer {i} ({m}) has args = {args!r}, where Ultralytics expects a list"
+        if str(m).startswith(_STRING_ARG_LAYERS):
+            continue
+        for j, a in enumerate(args, 1):
+            if isinstance(a, str) and a not in _YAML_ARG_NAMES:
+                try:
+                    ast.literal_eval(a)
+                except (ValueError, SyntaxError):
+                    return f"layer {i} ({m}) has argument {j} = {a!r}, where Ultralytics expects a number"
+    return None
 
 
 def _is_ultralytics_asset(name: str) -> bool:

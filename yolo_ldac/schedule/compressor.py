@@ -25,7 +25,6 @@ import copy
 import dataclasses
 import json
 import logging
-import os
 import random
 import re
 import shutil
@@ -38,10 +37,10 @@ import torch
 import torch.nn as nn
 
 from yolo_ldac.cfg import split_args
-from yolo_ldac.errors import LDACError
+from yolo_ldac.errors import Interrupted, LDACError
 from yolo_ldac.latency.run import RunLatency
 from yolo_ldac.schedule.callbacks import EVENTS, Callbacks
-from yolo_ldac.schedule.state import RunState, find_resumable
+from yolo_ldac.schedule.state import STATE_FILE, RunState, find_resumable
 
 PHASE_DIR = "phases"
 LOG_FILE = "log.txt"
@@ -140,6 +139,7 @@ class Compressor:
         self._resumed = False
         self.latency: RunLatency | None = None  # round_to=auto, target=latency, speedup=, latency_ms=
         self._latency_record: dict = {}  # what it measured before the run's state existed
+        self._lock = None  # the run folder's RunLock while this process writes it
 
     # --- the parts and the data ------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -171,6 +171,11 @@ class Compressor:
             # Before the run directory exists: a broken label file stops the run here (strict_labels=True).
             self.labels = audit_dataset(self.data, str(cfg["data"]), strict=bool(cfg.get("strict_labels", True)),
                                         single_cls=bool(cfg.get("single_cls", False)))
+            phases = plan_phases(self.mode, cfg, bool(self.push.trains_before_first_step))
+            if any(p == "finetune" or p.endswith(".push") for p in phases):
+                from yolo_ldac.data.check import require_train_labels
+
+                require_train_labels(self.data, str(cfg["data"]), self.labels)
         else:
             self.labels = None
         if not ratio_free and self.data is None:
@@ -316,31 +321,17 @@ class Compressor:
             d["imgsz"] = rounded
 
     def _make_run_dir(self) -> Path:
-        """Create ``project/name`` (incremented unless exist_ok); an unwritable ``project`` is one line."""
-        from ultralytics.utils.files import increment_path
+        """Create and lock ``project/name`` (incremented unless exist_ok; a finished run is never reused); an
+        unwritable ``project`` or a folder another process writes is one line (:mod:`yolo_ldac.utils.rundir`)."""
+        from yolo_ldac.utils.rundir import open_run_dir
 
-        project = self.cfg["project"]
-        try:
-            run_dir = increment_path(Path(project) / self.cfg["name"], exist_ok=self.cfg["exist_ok"]).resolve()
-        except OSError as e:
-            raise LDACError(f"project={project}: cannot create the run directory ({e.strerror or e})") from e
-        if isinstance(self.source, (str, Path)) and Path(self.source).exists():
-            src = Path(self.source).resolve()
+        project, name = self.cfg["project"], self.cfg["name"]
+        if self.cfg["exist_ok"] and isinstance(self.source, (str, Path)) and Path(self.source).exists():
+            run_dir, src = (Path(project) / name).resolve(), Path(self.source).resolve()
             if src.is_relative_to(run_dir):
                 raise LDACError(f"the run directory {run_dir} holds the input model {src}: choose another name= or "
                                 "exist_ok=False, an input model is never overwritten")
-        created = not run_dir.exists()
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            probe = run_dir / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            if created:  # a failed run leaves no run directory of its own behind
-                with contextlib.suppress(OSError):
-                    run_dir.rmdir()
-            raise LDACError(f"project={project}: cannot write the run directory {run_dir} "
-                            f"({e.strerror or type(e).__name__})") from e
+        run_dir, self._lock = open_run_dir(project, name, exist_ok=bool(self.cfg["exist_ok"]))
         return run_dir
 
     def run(self):
@@ -353,8 +344,14 @@ class Compressor:
     def _run(self):
         self._setup()
         self._check_inputs()
-        # Inputs are valid: from here on the run directory exists.
+        # Inputs are valid: from here on the run directory exists, locked by this process until the run ends.
         run_dir = self._make_run_dir()
+        try:
+            return self._start(run_dir)
+        finally:
+            self._lock.release()
+
+    def _start(self, run_dir: Path):
         source = str(self.source) if isinstance(self.source, (str, Path)) else type(self.source).__name__
         # The model the user passed (YOLOLDAC(model) hands it over apart from cfg, whose `model` is the default):
         # the state's and the report's settings record it, not the default.
@@ -377,6 +374,20 @@ class Compressor:
         finished phase, with the settings it was started with; conflicting ``overrides`` raise."""
         if run_dir is True:
             run_dir = find_resumable(project or "runs/ldac")
+        if not (Path(run_dir) / STATE_FILE).is_file():
+            RunState.load(run_dir)  # raises: not a run directory
+        from yolo_ldac.utils.rundir import lock_run_dir
+
+        # One writer per run: a run that is still running (in another process) is not resumed a second time.
+        lock = lock_run_dir(run_dir, hint="it is still running; resume it once it has stopped")
+        try:
+            return cls._resume_locked(run_dir, overrides, callbacks, mode)
+        finally:
+            lock.release()
+
+    @classmethod
+    def _resume_locked(cls, run_dir: str | Path, overrides: dict | None, callbacks: Callbacks | None,
+                       mode: str | None):
         state = RunState.load(run_dir)
         if state.status == "finished":
             raise LDACError(f"the run in {state.run_dir} is finished: nothing to resume")
@@ -444,6 +455,9 @@ class Compressor:
             except BaseException as e:
                 if state.status != "finished":
                     self._fail(e)
+                if isinstance(e, KeyboardInterrupt):  # Ctrl-C: one line that says how to continue
+                    raise Interrupted(f"interrupted in phase {state.current or '?'}; {state.path} records where; "
+                                      f"continue with `yolo-ldac {self.mode} resume={self.run_dir}`") from e
                 if isinstance(e, OSError):  # the disk, not the inputs: one line, and how to continue
                     raise LDACError(f"the run stopped in phase {state.current or '?'}: {_os_error(e)}; "
                                     f"{state.path} records where; {_os_remedy(e)} and continue with `yolo-ldac "

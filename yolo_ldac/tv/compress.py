@@ -109,20 +109,27 @@ def train_settings(cfg: dict, trained: bool = False) -> dict:
             "amp": bool(cfg.get("amp", True))}
 
 
-def _run_dir(cfg: dict) -> Path:
-    from ultralytics.utils.files import increment_path
+def _run_dir(cfg: dict, locks: list) -> Path:
+    """Create and lock ``project/name`` (:func:`yolo_ldac.utils.rundir.open_run_dir`); the lock goes to ``locks``."""
+    from yolo_ldac.utils.rundir import open_run_dir
 
-    try:
-        run_dir = increment_path(Path(cfg["project"]) / cfg["name"], exist_ok=cfg["exist_ok"]).resolve()
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise LDACError(f"project={cfg['project']}: cannot create the run directory ({e.strerror or e})") from e
+    run_dir, lock = open_run_dir(cfg["project"], cfg["name"], exist_ok=bool(cfg["exist_ok"]))
+    locks.append(lock)
     return run_dir
 
 
 def compress(cfg: dict, source: Any, mode: str | None = None):
     """Run ``mode`` (``cfg["mode"]``: compress, prune or finetune) on a torchvision Faster R-CNN; returns a
-    :class:`yolo_ldac.schedule.result.CompressResult`."""
+    :class:`yolo_ldac.schedule.result.CompressResult`. The run folder is locked while the run writes it."""
+    locks: list = []
+    try:
+        return _compress(cfg, source, mode, locks)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _compress(cfg: dict, source: Any, mode: str | None, locks: list):
     from yolo_ldac.data.check import audit_dataset, check_data
     from yolo_ldac.parts import build_parts, resolve_parts
     from yolo_ldac.pruning.complexity import Complexity, layer_channels
@@ -179,7 +186,7 @@ def compress(cfg: dict, source: Any, mode: str | None = None):
         if reachable < cfg["ratio"] - cfg["tolerance"]:
             raise LDACError(f"ratio {cfg['ratio']} of {cfg['target']} is unreachable: with floor={cfg['floor']} and "
                             f"round_to={cfg['round_to']} at most {reachable:.3f} can be removed")
-    run_dir = _run_dir(cfg)
+    run_dir = _run_dir(cfg, locks)
     timings: dict[str, float] = {}
     steps: dict[str, int] = {}
 

@@ -1,7 +1,8 @@
 """Atomic file writes: a reader (or a crash) never sees half a file.
 
 Every artifact of a run is written to a temporary file beside its final path and moved into place with
-``os.replace``; a failure removes the temporary file.
+``os.replace``; a failure removes the temporary file. The file gets the mode a plain ``open(path, "w")`` would give
+it (``0o666`` less the umask, i.e. 0644 under umask 022), not ``tempfile.mkstemp``'s private 0600.
 
 Example:
     >>> import tempfile, pathlib
@@ -27,9 +28,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     tmp_path = Path(tmp)
     try:
+        try:
+            os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp creates 0600: give the file the umask's mode
+        finally:
+            os.close(fd)
         yield tmp_path
         os.replace(tmp_path, path)
     except OSError:
@@ -41,6 +45,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """This process's umask (read from ``/proc/self/status`` where it is there, else set and restored at once).
+
+    Example:
+        >>> 0 <= current_umask() <= 0o777
+        True
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _disk_full(folder: Path, margin: int = 1 << 20) -> bool:
