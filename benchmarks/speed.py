@@ -122,7 +122,9 @@ def write_report(results: dict[str, dict], command: str) -> None:
             "(split blocks fused, DFL without Softmax) and timed in one interleaved run (batch 1, median of "
             f"{first['settings']['runs']} runs after {first['settings']['warmup']} warm-up runs, blocks alternating "
             "between all files). Cells: median latency (speed-up against `dense` in the same runtime, precision "
-            "and thread count); `*` marks an export whose raw-output parity check failed (timed all the same). "
+            "and thread count); `*` marks an export whose raw-output parity check failed (timed all the same: these "
+            "are untrained models pruned far past what they were trained for, with class scores of a few hundredths, "
+            "and the same file exported without the export graph fails by the same amount). "
             "The models are not trained (latency depends on widths only): `flops-*` prune to 50 % of the FLOPs, "
             "`latency-*` to 50 % of the latency the table of that runtime predicts, `speedup2-*` to a measured 2x.", ""]
     for base, rec in results.items():
@@ -141,8 +143,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", default="1,all")
+    ap.add_argument("--calib-images", type=int, default=None, help="int8 calibration images (default 300)")
+    ap.add_argument("--keep", nargs="+", default=None, help="only these model labels (after making them all)")
     ap.add_argument("--project", type=Path, default=ROOT / "runs" / "speed")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed")
+    ap.add_argument("--tag", default="", help="results go to <out>/<base><tag> (a second pass keeps the first)")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
     command = "python benchmarks/speed.py " + " ".join(sys.argv[1:])
@@ -157,11 +162,14 @@ def main() -> None:
         for base in args.bases:
             models = make_models(base, shared_weights_dir() / BASES[base], args.data.resolve(), args.project,
                                  args.variants, args.imgsz)
+            if args.keep:
+                models = {k: v for k, v in models.items() if k in args.keep}
             t = time.time()
             res = run_benchmark(models, formats=parse_list(args.formats, "formats"),
                                 precisions=parse_list(args.precisions, "precisions"), imgsz=args.imgsz,
                                 data=args.data, runs=args.runs, warmup=args.warmup,
-                                threads=parse_threads(args.threads), out_dir=args.out / base, accuracy=False)
+                                threads=parse_threads(args.threads), out_dir=args.out / f"{base}{args.tag}",
+                                accuracy=False, calib_images=args.calib_images)
             print(res.table, f"\n{base}: benchmark in {time.time() - t:.0f} s", flush=True)
             rec = json.loads(res.files["json"].read_text())
             rec["settings"]["command"] = command
@@ -170,10 +178,9 @@ def main() -> None:
 
             for label in models:
                 shutil.rmtree(res.out_dir / label, ignore_errors=True)
-    for base in args.bases:
-        path = args.out / base / "benchmark.json"
-        if path.is_file():
-            results[base] = json.loads(path.read_text())
+    for d in sorted(args.out.iterdir()) if args.out.is_dir() else []:
+        if (d / "benchmark.json").is_file():
+            results[d.name] = json.loads((d / "benchmark.json").read_text())
     if results:
         write_report(results, command)
         print("wrote BENCHMARKS.md section", SECTION)

@@ -180,6 +180,7 @@ def run_benchmark(
     accuracy: bool = True,
     rounds: int = 5,
     deploy_graph: bool = True,
+    calib_images: int | None = None,
 ) -> BenchmarkResult:
     """Export, check and time every model in every format x precision (module docstring).
 
@@ -201,6 +202,7 @@ def run_benchmark(
             size the model was not trained for).
         deploy_graph: export every model in the graph the runtimes are fast on (:mod:`yolo_ldac.nn.deploy`), the
             dense baseline too, so both are timed as the user would ship them.
+        calib_images: int8 calibration images (default: the exporter's, 300).
 
     Returns:
         :class:`BenchmarkResult` with one :class:`BenchRow` per model x runtime x precision.
@@ -257,7 +259,8 @@ def run_benchmark(
                 continue
             res = export_checked(local[label], format=fmt, imgsz=imgsz, half=prec == "fp16", int8=prec == "int8",
                                  data=data, reference_map=refs.get(label), map_check=accuracy, strict=False,
-                                 deploy_graph=deploy_graph)
+                                 deploy_graph=deploy_graph,
+                                 **({"calib_images": calib_images} if calib_images else {}))
             if not res.path.exists():
                 raise LDACError(f"export '{res.path}' vanished")
             row.file, row.size_mb, row.export_s, row.parity = str(res.path), res.size_mb, res.seconds, res.parity
