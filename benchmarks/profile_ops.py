@@ -76,6 +76,24 @@ def ov_profile(path: Path, x: np.ndarray, runs: int) -> dict[str, float]:
     return _by_type({k: float(np.median(v)) for k, v in per.items()})
 
 
+def _partial_deploy(pt: Path, graph: str) -> Path:
+    """``pt`` with one of the export graph's two rewrites only (to measure each alone)."""
+    import torch
+
+    from yolo_ldac.nn.deploy import deploy_form
+    from yolo_ldac.safe_load import load_checkpoint
+
+    ckpt = load_checkpoint(pt)
+    key = "ema" if ckpt.get("ema") is not None else "model"
+    dtype = next(ckpt[key].parameters()).dtype
+    model, _ = deploy_form(ckpt[key].float(), fuse_splits=graph == "splits", fast_dfl=graph == "dfl")
+    ckpt[key] = model.to(dtype)
+    out = pt.parent / "partial" / pt.name
+    out.parent.mkdir(exist_ok=True)
+    torch.save(ckpt, out)
+    return out
+
+
 def _by_type(nodes: dict[tuple[str, str], float]) -> dict[str, float]:
     out: dict[str, float] = collections.Counter()
     for (_, op), ms in nodes.items():
@@ -104,7 +122,9 @@ def table(results: dict[str, dict[str, float]], top: int = 12) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--name", required=True)
-    ap.add_argument("--models", nargs="+", required=True, help="label=path.pt; the first is the reference")
+    ap.add_argument("--models", nargs="+", required=True,
+                    help="label=path.pt[:graph]; the first is the reference; graph (default --graph): plain, deploy, "
+                         "splits (only the split blocks fused) or dfl (only the DFL rewritten)")
     ap.add_argument("--imgsz", type=int, default=640)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--graph", choices=("deploy", "plain"), default="deploy")
@@ -118,22 +138,28 @@ def main() -> None:
     from yolo_ldac.utils.env import machine_info
 
     x = preprocess_image(default_images()[0], (args.imgsz, args.imgsz)).astype(np.float32)
-    models = dict(m.split("=", 1) for m in args.models)
+    models = {}
+    for spec in args.models:
+        label, rest = spec.split("=", 1)
+        path, _, graph = rest.partition(":")
+        models[label] = (path, graph or args.graph)
     out = {"settings": vars(args) | {"out": str(args.out), "data": str(args.data)}, "machine": machine_info(),
            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "profiles": {}}
     md = [f"Written by `benchmarks/profile_ops.py` on {out['date'][:10]} (`{' '.join(sys.argv[1:])}`); machine: "
           f"{out['machine']['cpu']}; one thread, {args.imgsz} px, median of {args.runs} runs per node; "
-          f"export graph: {args.graph}.", ""]
+          f"export graph: {args.graph} unless a model names its own.", ""]
     with tempfile.TemporaryDirectory(prefix="profile-") as tmp:
         for setting in args.settings.split(","):
             fmt, prec = setting.split(":")
             res = {}
-            for label, pt in models.items():
+            for label, (pt, graph) in models.items():
                 local = Path(tmp) / label / f"{label}.pt"
-                local.parent.mkdir(exist_ok=True)
+                local.parent.mkdir(exist_ok=True, parents=True)
                 shutil.copy2(pt, local)
+                if graph in ("splits", "dfl"):
+                    local = _partial_deploy(local, graph)
                 e = export_checked(local, format=fmt, imgsz=args.imgsz, int8=prec == "int8", data=args.data,
-                                   parity=False, calib_images=64, deploy_graph=args.graph == "deploy")
+                                   parity=False, calib_images=64, deploy_graph=graph == "deploy")
                 path = e.path if fmt == "onnx" else next(e.path.glob("*.xml"))
                 res[label] = (ort_profile if fmt == "onnx" else ov_profile)(path, x, args.runs)
                 print(setting, label, f"{res[label]['total']:.2f} ms", flush=True)

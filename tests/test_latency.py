@@ -284,7 +284,7 @@ def test_prune_with_a_measured_speedup_reports_it(shapes_data, tmp_path, monkeyp
 
     monkeypatch.setenv("YOLO_LDAC_HOME", str(tmp_path / "home"))
     result = YOLOLDAC("yolov8n.yaml").prune(data=str(shapes_data), speedup=1.2, rounds=1, imgsz=64, round_to="auto",
-                                            project=str(tmp_path), name="sp", val_steps=False, plots=True)
+                                            project=str(tmp_path), name="sp", plots=True)
     rep = result.report
     lat = rep["latency"]
     assert lat["runtime"] == "onnxruntime" and lat["precision"] == "fp32" and lat["imgsz"] == 64

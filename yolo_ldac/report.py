@@ -291,7 +291,8 @@ def plot_latency(report: dict, path: str | Path) -> Path | None:
                   f" {lat.get('imgsz')} px")
     ax.set_ylabel("mAP50-95")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)

@@ -296,7 +296,8 @@ class Compressor:
         self.dense_channels = layer_channels(model)
         round_to = self.cfg["round_to"]
         if self.mode != "finetune" and RunLatency.wanted(self.cfg):
-            self.latency = RunLatency(self.cfg, self._latency_record, None)
+            record = self.state.record if self.state is not None else self._latency_record  # resumed: its own
+            self.latency = RunLatency(self.cfg, record, self.run_dir)
             self.latency.check_available()
             round_to = self.latency.round_to()
         by_latency = self.cfg["target"] == "latency" or RunLatency.measured_target(self.cfg)
@@ -767,7 +768,9 @@ class Compressor:
                 "extra_steps": check.get("steps"), "round_to": rec.get("round_to", self.cfg["round_to"]),
                 "table": rec.get("latency_table"),
                 "plot": str(self.run_dir / "latency.png")
-                if self.cfg["plots"] and any(r.get("latency_ms") is not None for r in self.rounds) else None}
+                if self.cfg["plots"] and any(r.get("latency_ms") is not None and (
+                    r.get("map50_95_after_step") is not None or r.get("map50_95_after_train") is not None)
+                    for r in self.rounds) else None}
 
     @property
     def result(self):
