@@ -4,7 +4,8 @@
 For each base (``--bases``: the COCO YOLO11n and the YOLOv8s in ``../shared/weights``) the script makes, with the CLI
 and the user's data (``--data``, for the class rows, calibration and int8 calibration):
 
-- ``dense``: the base on the data's classes (``finetune epochs=0``: class rows remapped by name, nothing trained);
+- ``dense``: the base on the data's classes (``finetune epochs=0``: class rows remapped by name, nothing trained),
+  in its original graph's shape (:func:`dense_form`);
 - one ``prune`` run per variant (``--variants``, each ``label:key=value,...`` on top of ``ratio=0.5`` and the default
   method, LDAC with its lsq refit): ``flops-r8`` (``target=flops round_to=8``, the former default), ``flops-auto``
   (``round_to=auto``: the measured multiple of ONNX Runtime on this machine), ``latency-ort``/``latency-ov8``
@@ -70,7 +71,7 @@ def make_models(base: str, weights: Path, data: Path, project: Path, variants: l
     dense = project / f"{base}-dense" / "weights" / "best.pt"
     if not dense.is_file():
         cli(["finetune", f"model={weights}", "epochs=0", f"name={base}-dense", *common], project / f"{base}-dense.log")
-    out["dense"] = dense
+    out["dense"] = dense_form(dense)
     for spec in variants:
         label, _, kv = spec.partition(":")
         best = project / f"{base}-{label}" / "weights" / "best.pt"
@@ -80,6 +81,27 @@ def make_models(base: str, weights: Path, data: Path, project: Path, variants: l
                  *[p for p in kv.split(",") if p]], project / f"{base}-{label}.log")
             print(f"{base} {label}: pruned in {time.time() - t:.0f} s", flush=True)
         out[label] = best
+    return out
+
+
+def dense_form(pt: Path) -> Path:
+    """The dense model in its original graph's shape (each split block one convolution and a split, as Ultralytics
+    builds it): a run saves the two-convolution form, which OpenVINO ran 7-8 % slower for the dense model
+    (results/profile/yolo11n-640-splits.md), so a baseline in that form would flatter the speed-ups."""
+    import torch
+
+    from yolo_ldac.nn.deploy import deploy_form
+    from yolo_ldac.safe_load import load_checkpoint, policy
+
+    out = pt.with_name("dense_fused.pt")
+    if not out.is_file():
+        with policy(False):
+            ckpt = load_checkpoint(pt)
+        key = "ema" if ckpt.get("ema") is not None else "model"
+        dtype = next(ckpt[key].parameters()).dtype
+        model, _ = deploy_form(ckpt[key].float(), fuse_splits=True, fast_dfl=False)
+        ckpt[key] = model.to(dtype)
+        torch.save(ckpt, out)
     return out
 
 
@@ -119,7 +141,8 @@ def write_report(results: dict[str, dict], command: str) -> None:
             f"Written by `benchmarks/speed.py` on {first['date'][:10]}; do not edit by hand. Command: `{command}`. "
             f"Machine: {m['cpu']} ({m['cores']} cores, {m['cores_usable']} usable), onnxruntime {m['onnxruntime']}, "
             f"openvino {m['openvino']}, torch {m['torch']}. Every model of a base is exported with the export graph "
-            "(split blocks fused, DFL without Softmax) and timed in one interleaved run (batch 1, median of "
+            "(DFL without Softmax; the dense model in its original graph's shape, the pruned ones in their split form, "
+            "which the runtimes ran faster than the fused form: docs/deployment.md) and timed in one interleaved run (batch 1, median of "
             f"{first['settings']['runs']} runs after {first['settings']['warmup']} warm-up runs, blocks alternating "
             "between all files). Cells: median latency (speed-up against `dense` in the same runtime, precision "
             "and thread count); `*` marks an export whose raw-output parity check failed (timed all the same: these "

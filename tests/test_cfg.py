@@ -73,6 +73,7 @@ EXPECTED_DEFAULTS = {
     "parity_map": True,
     "parity_rtol": None,
     "deploy_graph": True,
+    "fuse_splits": False,
     "baseline": None,
     "formats": "onnx,litert,openvino",
     "precisions": "fp32",

@@ -68,7 +68,7 @@ def test_deploy_form_of_pruned_models_keeps_outputs(cfg):
     model = tiny_pruned_model(cfg, nc=3, seed=1, n_groups=10)
     uneven = [b for b in model.modules() if isinstance(b, C2fSplit)
               if b.cv0.conv.out_channels != b.cv1.conv.out_channels]
-    deployed, counts = deploy_form(model)
+    deployed, counts = deploy_form(model, fuse_splits=True)
     n_split = sum(isinstance(b, C2fSplit) for b in model.modules())
     assert counts["split_blocks"] == n_split > 0
     assert not any(isinstance(b, C2fSplit) for b in deployed.modules())
@@ -82,20 +82,25 @@ def test_deploy_form_of_pruned_models_keeps_outputs(cfg):
 
 
 @pytest.mark.slow
-def test_onnx_export_graph_is_fused_and_passes_parity(tmp_path):
+def test_onnx_export_graph_rewrites_and_passes_parity(tmp_path):
     import onnx
 
     from yolo_ldac.export import export_checked
 
     model = tiny_pruned_model("yolo11n.yaml", nc=3, seed=1, n_groups=10)
     pt = save_ultralytics_checkpoint(model, tmp_path / "pruned.pt")
-    fast = export_checked(pt, format="onnx", imgsz=96)  # raises when parity fails against pruned.pt itself
+    fast = export_checked(pt, format="onnx", imgsz=96, fuse_splits=True)  # raises when parity fails vs pruned.pt
     assert "split blocks 8" in " ".join(fast.notes) and fast.parity["max_rel_diff"] <= 1e-3
     fast_graph = onnx.load(str(fast.path))
     fast_ops = [n.op_type for n in fast_graph.graph.node]
     fast.path.rename(tmp_path / "fast.onnx")
+    default = export_checked(pt, format="onnx", imgsz=96)  # the DFL rewritten, the split form kept
+    default_ops = [n.op_type for n in onnx.load(str(default.path)).graph.node]
+    default.path.rename(tmp_path / "default.onnx")
     plain = export_checked(pt, format="onnx", imgsz=96, deploy_graph=False)
     plain_ops = [n.op_type for n in onnx.load(str(plain.path)).graph.node]
+    assert default_ops.count("Conv") == plain_ops.count("Conv") - 1
+    assert default_ops.count("Softmax") == plain_ops.count("Softmax") - 1
     # one convolution per split block, not two; and the DFL's fixed 1x1 convolution is gone with its Softmax
     assert fast_ops.count("Conv") == plain_ops.count("Conv") - 8 - 1
     assert fast_ops.count("Softmax") == plain_ops.count("Softmax") - 1  # the DFL's

@@ -189,7 +189,7 @@ class YOLOLDAC:
         result = export_checked(self.source, format=cfg["format"], imgsz=imgsz, half=cfg["half"],
                                 int8=cfg["int8"], data=cfg.get("data"), parity=cfg["parity"], rtol=cfg["parity_rtol"],
                                 calib_images=cfg["calib_images"], map_check=cfg["parity_map"],
-                                deploy_graph=cfg["deploy_graph"], **extra)
+                                deploy_graph=cfg["deploy_graph"], fuse_splits=cfg["fuse_splits"], **extra)
         self.last_export = result
         if cfg["verbose"]:
             print(result.summary())

@@ -253,7 +253,7 @@ def _to_pt(src: Path, tmp: Path) -> Path:
     return pt
 
 
-def _deploy_pt(pt: Path, out_dir: Path) -> tuple[Path, dict[str, int]]:
+def _deploy_pt(pt: Path, out_dir: Path, fuse_splits: bool = False) -> tuple[Path, dict[str, int]]:
     """``pt`` rewritten in its export form (:func:`yolo_ldac.nn.deploy.deploy_form`) as ``out_dir/<same name>``;
     returns the file and what was rewritten. ``pt`` itself stays the reference the checks compare against."""
     from yolo_ldac.nn.deploy import deploy_form
@@ -263,7 +263,7 @@ def _deploy_pt(pt: Path, out_dir: Path) -> tuple[Path, dict[str, int]]:
     key = "ema" if ckpt.get("ema") is not None else "model"
     model = ckpt[key]
     dtype = next(model.parameters()).dtype
-    deployed, counts = deploy_form(model.float())
+    deployed, counts = deploy_form(model.float(), fuse_splits=fuse_splits)
     ckpt[key] = deployed.to(dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / pt.name
@@ -361,6 +361,7 @@ def export_checked(
     max_map_drop: float | None = None,
     strict: bool = True,
     deploy_graph: bool = True,
+    fuse_splits: bool = False,
     **kwargs: Any,
 ) -> ExportResult:
     """Export ``model_path`` and check it (module docstring); return the file and the checks' figures.
@@ -381,9 +382,10 @@ def export_checked(
         max_map_drop: overrides the precision's allowed mAP50-95 loss (a fraction: 0.005 = 0.5 points).
         strict: raise on a failed check and discard the export (default); False keeps the file and records the
             failure in ``ExportResult.failure`` (the benchmark times failed exports too, marked as such).
-        deploy_graph: export the graph the runtimes are fast on (:mod:`yolo_ldac.nn.deploy`: split blocks fused
-            back into one convolution and a split, the DFL without a Softmax), checked against the checkpoint as
-            it is; only for the checked formats.
+        deploy_graph: export the graph the runtimes are fast on (:mod:`yolo_ldac.nn.deploy`: the DFL without a
+            Softmax), checked against the checkpoint as it is; only for the checked formats.
+        fuse_splits: with ``deploy_graph``, also fuse each split block's two first convolutions back into one and
+            a split (the dense graph's shape; measured slower for pruned models, so off by default).
         **kwargs: passed to ``YOLO.export`` (``opset``, ``dynamic``, ``batch``, ``simplify``, ``quantize``, ...).
 
     Raises:
@@ -435,7 +437,7 @@ def export_checked(
         pt_path = _to_pt(src, Path(tmp))
         export_pt = pt_path
         if deploy_graph and fmt in CHECKED_FORMATS:
-            export_pt, rewritten = _deploy_pt(pt_path, Path(tmp) / "deploy")
+            export_pt, rewritten = _deploy_pt(pt_path, Path(tmp) / "deploy", fuse_splits=fuse_splits)
             if any(rewritten.values()):
                 notes.append("export graph: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in rewritten.items() if v)
                              + " rewritten")

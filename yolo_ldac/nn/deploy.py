@@ -1,12 +1,15 @@
-"""The graph a pruned detector is exported in: the forms the runtimes are fast on, with the same outputs.
+"""The graph a detector is exported in: the forms the runtimes are fast on, with the same outputs.
 
 Two rewrites, both checked by the export's parity check like any export:
 
-- every split block's two first convolutions (``cv0``, ``cv1`` of :class:`~yolo_ldac.nn.modules.C2fSplit` and its
-  subclasses, which read the same input) become one convolution and a split again
-  (:class:`~yolo_ldac.nn.modules.SplitConvBlock`), so the pruned graph has the dense graph's shape;
 - the head's ``DFL`` becomes :class:`~yolo_ldac.nn.modules.DFLExp` (no Softmax node: ONNX Runtime's took 10 % of a
-  YOLO11n's time at 640 px, dense or pruned).
+  YOLO11n's time at 640 px, dense or pruned); on by default (``deploy_graph=True``);
+- with ``fuse_splits``, every split block's two first convolutions (``cv0``, ``cv1`` of
+  :class:`~yolo_ldac.nn.modules.C2fSplit` and its subclasses, which read the same input) become one convolution and
+  a split again (:class:`~yolo_ldac.nn.modules.SplitConvBlock`), the dense graph's shape. Off by default: measured,
+  the fused form of a pruned YOLO11n was slower in ONNX Runtime fp32 (1.59x against 1.78x over the dense model: the
+  split makes ONNX Runtime leave its blocked layout), OpenVINO fp32 and int8
+  (``benchmarks/results/profile/yolo11n-640-splits.md``).
 
 The model is copied; the checkpoint a run saves keeps the trainable two-convolution form.
 """
@@ -26,7 +29,7 @@ def _conv_shape(conv: nn.Module) -> tuple:
             type(getattr(conv, "act", None)), hasattr(conv, "bn"))
 
 
-def deploy_form(model: nn.Module, fuse_splits: bool = True, fast_dfl: bool = True) -> tuple[nn.Module, dict[str, int]]:
+def deploy_form(model: nn.Module, fuse_splits: bool = False, fast_dfl: bool = True) -> tuple[nn.Module, dict[str, int]]:
     """A copy of ``model`` in its export form, and how many layers each rewrite changed.
 
     Example:
@@ -34,7 +37,7 @@ def deploy_form(model: nn.Module, fuse_splits: bool = True, fast_dfl: bool = Tru
         >>> from yolo_ldac.nn.adapter import rewrite_split_blocks
         >>> model = YOLO("yolo11n.yaml").model.eval()
         >>> _ = rewrite_split_blocks(model)
-        >>> deployed, counts = deploy_form(model)
+        >>> deployed, counts = deploy_form(model, fuse_splits=True)
         >>> counts
         {'split_blocks': 8, 'dfl': 1}
     """

@@ -155,8 +155,9 @@ class SplitConvBlock(nn.Module):
 class DFLExp(nn.Module):
     """Export form of Ultralytics' ``DFL``: the expected bin of each box side's distribution computed as
     ``sum(i * exp(x_i - max)) / sum(exp(x_i - max))`` (what ``conv(softmax(x))`` computes) with a max, an exp and
-    two sums. ONNX Runtime's Softmax over the 16 bins of YOLO's 8400 anchors took 4.1 ms of a 43 ms YOLO11n at
-    640 px on one core (10 %, the same for a dense and a pruned model); this form takes 0.27 ms.
+    two sums. ONNX Runtime's Softmax over the 16 bins of YOLO's 8400 anchors took 4.4 ms of a 46 ms YOLO11n at
+    640 px on one core (10 %, the same for a dense and a pruned model); this form about 0.4 ms
+    (``benchmarks/results/profile/yolo11n-640-{plain,deploy}.md``).
 
     Example:
         >>> from ultralytics.nn.modules.block import DFL
