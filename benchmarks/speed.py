@@ -138,7 +138,8 @@ def write_report(results: dict[str, dict], command: str) -> None:
     first = next(iter(results.values()))
     m = first["machine"]
     body = [f"## Speed that arrives: dense vs compressed (LDAC, 50 %) in every runtime, 640 px", "",
-            f"Written by `benchmarks/speed.py` on {first['date'][:10]}; do not edit by hand. Command: `{command}`. "
+            f"Written by `benchmarks/speed.py` on {first['date'][:10]}; do not edit by hand. Commands: "
+            + "; ".join(f"`{r['settings'].get('command', command)}`" for r in results.values()) + ". "
             f"Machine: {m['cpu']} ({m['cores']} cores, {m['cores_usable']} usable), onnxruntime {m['onnxruntime']}, "
             f"openvino {m['openvino']}, torch {m['torch']}. Every model of a base is exported with the export graph "
             "(DFL without Softmax; the dense model in its original graph's shape, the pruned ones in their split form, "
