@@ -559,18 +559,7 @@ class Compressor:
         step = pruner.step(self._ratio_at(rnd), self.calibration(), planned=plan)
         measured = None
         if self.latency is not None:
-            dense_file = Path(rec["latency_dense_file"])
-            if rnd == int(cfg["rounds"]) and self.latency.measured_target(cfg):
-                model, rec["latency_check"] = self.latency.reach(model, pruner, self.calibration(), dense_file,
-                                                                 cfg.get("data"))
-                measured = {k: rec["latency_check"][k] for k in ("dense_ms", "speedup")}
-                measured["model_ms"] = rec["latency_check"]["final_ms"]
-                final = self.pruner(model)  # the model as reach() left it (extra steps, or one undone)
-                after = final.measure()
-                step = dataclasses.replace(step, after=after, reached_ratio=after.removed_vs(final.dense, final.target))
-            else:
-                measured = self.latency.time_against_dense(model, dense_file, cfg.get("data"))
-            rec["latency_last"] = measured
+            model, step, measured = self._measure_step(model, pruner, step, last=rnd == int(cfg["rounds"]))
         map_after = self.validate(model) if validating else {}
         self.last_step = step
         if rnd > 1 and self.rounds and pushed:
@@ -588,6 +577,24 @@ class Compressor:
         })
         self.callbacks.run("on_step_end", self)
         return model, True
+
+    def _measure_step(self, model: nn.Module, pruner, step, last: bool):
+        """Time the model after a step against the dense export; after the last step of a run with a measured
+        target, prune on until it is met (:meth:`RunLatency.reach`). Returns the model, the step (its ``after``
+        recounted when more steps were taken) and the measurement."""
+        rec, data = self.state.record, self.cfg.get("data")
+        dense_file = Path(rec["latency_dense_file"])
+        if last and self.latency.measured_target(self.cfg):
+            model, rec["latency_check"] = self.latency.reach(model, pruner, self.calibration(), dense_file, data)
+            check = rec["latency_check"]
+            measured = {"dense_ms": check["dense_ms"], "model_ms": check["final_ms"], "speedup": check["speedup"]}
+            final = self.pruner(model)  # the model as reach() left it (extra steps, or one undone)
+            after = final.measure()
+            step = dataclasses.replace(step, after=after, reached_ratio=after.removed_vs(final.dense, final.target))
+        else:
+            measured = self.latency.time_against_dense(model, dense_file, data)
+        rec["latency_last"] = measured
+        return model, step, measured
 
     def _phase_finetune(self, model, _rnd):
         epochs = int(self.cfg["epochs"] if self.mode == "finetune" and self.cfg.get("epochs") is not None
