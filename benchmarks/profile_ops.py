@@ -41,56 +41,23 @@ setup_offline_env(offline=True)
 
 
 def ort_profile(path: Path, x: np.ndarray, runs: int) -> dict[str, float]:
-    import onnxruntime as ort
+    from yolo_ldac.latency.probe import onnxruntime_node_ms
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
-    so.enable_profiling = True
-    with tempfile.TemporaryDirectory() as tmp:
-        so.profile_file_prefix = str(Path(tmp) / "p")
-        s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        name = s.get_inputs()[0].name
-        for _ in range(3 + runs):
-            s.run(None, {name: x})
-        events = json.loads(Path(s.end_profiling()).read_text())
-    per: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            per[(e["name"], e["args"].get("op_name", "?"))].append(e["dur"] / 1e3)
-    return _by_type({k: float(np.median(v[3:] or v)) for k, v in per.items()})
+    return _by_type(onnxruntime_node_ms(path, [x], threads=1, runs=runs))
 
 
 def ov_profile(path: Path, x: np.ndarray, runs: int) -> dict[str, float]:
-    import openvino as ov
+    from yolo_ldac.latency.probe import openvino_node_ms
 
-    core = ov.Core()
-    c = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                                 "INFERENCE_NUM_THREADS": 1, "PERF_COUNT": True})
-    r = c.create_infer_request()
-    per: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
-    for i in range(3 + runs):
-        r.infer([x])
-        if i >= 3:
-            for p in r.get_profiling_info():
-                per[(p.node_name, p.node_type)].append(p.real_time.total_seconds() * 1e3)
-    return _by_type({k: float(np.median(v)) for k, v in per.items()})
+    return _by_type(openvino_node_ms(path, [x], threads=1, runs=runs))
 
 
 def _partial_deploy(pt: Path, graph: str) -> Path:
     """``pt`` with one of the export graph's two rewrites only (to measure each alone)."""
-    import torch
+    from yolo_ldac.export import write_deploy_checkpoint
 
-    from yolo_ldac.nn.deploy import deploy_form
-    from yolo_ldac.safe_load import load_checkpoint
-
-    ckpt = load_checkpoint(pt)
-    key = "ema" if ckpt.get("ema") is not None else "model"
-    dtype = next(ckpt[key].parameters()).dtype
-    model, _ = deploy_form(ckpt[key].float(), fuse_splits=graph == "splits", fast_dfl=graph == "dfl")
-    ckpt[key] = model.to(dtype)
     out = pt.parent / "partial" / pt.name
-    out.parent.mkdir(exist_ok=True)
-    torch.save(ckpt, out)
+    write_deploy_checkpoint(pt, out, fuse_splits=graph == "splits", fast_dfl=graph == "dfl")
     return out
 
 

@@ -88,20 +88,13 @@ def dense_form(pt: Path) -> Path:
     """The dense model in its original graph's shape (each split block one convolution and a split, as Ultralytics
     builds it): a run saves the two-convolution form, which OpenVINO ran 7-8 % slower for the dense model
     (results/profile/yolo11n-640-splits.md), so a baseline in that form would flatter the speed-ups."""
-    import torch
-
-    from yolo_ldac.nn.deploy import deploy_form
-    from yolo_ldac.safe_load import load_checkpoint, policy
+    from yolo_ldac.export import write_deploy_checkpoint
+    from yolo_ldac.safe_load import policy
 
     out = pt.with_name("dense_fused.pt")
     if not out.is_file():
         with policy(False):
-            ckpt = load_checkpoint(pt)
-        key = "ema" if ckpt.get("ema") is not None else "model"
-        dtype = next(ckpt[key].parameters()).dtype
-        model, _ = deploy_form(ckpt[key].float(), fuse_splits=True, fast_dfl=False)
-        ckpt[key] = model.to(dtype)
-        torch.save(ckpt, out)
+            write_deploy_checkpoint(pt, out, fuse_splits=True, fast_dfl=False)
     return out
 
 

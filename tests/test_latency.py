@@ -132,9 +132,7 @@ def _hand_set_latency_model(model, ms_per_8: dict[str, float]) -> LatencyModel:
         grids[s.key()] = LayerGrid(cin=[s.cin], cout=couts, ms=[[per * c / 8 for c in couts]])
     assert len(grids) == len(shapes), "every convolution of the test model needs its own shape class"
     table = LatencyTable("onnxruntime", "fp32", 64, 1, 8, {}, grids)
-    lm = LatencyModel(table, {n: s.key() for n, s in shapes.items()}, dense_ms=100.0, dense_layers_ms=0.0)
-    lm.dense_layers_ms = lm.layers_ms(model)
-    return lm
+    return LatencyModel.of(table, {n: s.key() for n, s in shapes.items()}, dense_ms=100.0, dense=model)
 
 
 class _Chain(nn.Module):

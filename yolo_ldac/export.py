@@ -253,9 +253,16 @@ def _to_pt(src: Path, tmp: Path) -> Path:
     return pt
 
 
-def _deploy_pt(pt: Path, out_dir: Path, fuse_splits: bool = False) -> tuple[Path, dict[str, int]]:
-    """``pt`` rewritten in its export form (:func:`yolo_ldac.nn.deploy.deploy_form`) as ``out_dir/<same name>``;
-    returns the file and what was rewritten. ``pt`` itself stays the reference the checks compare against."""
+def write_deploy_checkpoint(pt: Path, out: Path, fuse_splits: bool = False,
+                            fast_dfl: bool = True) -> dict[str, int]:
+    """Write ``pt`` rewritten in its export form (:func:`yolo_ldac.nn.deploy.deploy_form`) to ``out``, in the
+    checkpoint's own dtype; return what was rewritten. ``pt`` itself is not changed (the export's checks compare
+    against it).
+
+    Example:
+        >>> write_deploy_checkpoint(Path("best.pt"), Path("deploy/best.pt"))  # doctest: +SKIP
+        {'split_blocks': 0, 'dfl': 1}
+    """
     from yolo_ldac.nn.deploy import deploy_form
     from yolo_ldac.safe_load import load_checkpoint
 
@@ -263,12 +270,11 @@ def _deploy_pt(pt: Path, out_dir: Path, fuse_splits: bool = False) -> tuple[Path
     key = "ema" if ckpt.get("ema") is not None else "model"
     model = ckpt[key]
     dtype = next(model.parameters()).dtype
-    deployed, counts = deploy_form(model.float(), fuse_splits=fuse_splits)
+    deployed, counts = deploy_form(model.float(), fuse_splits=fuse_splits, fast_dfl=fast_dfl)
     ckpt[key] = deployed.to(dtype)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = out_dir / pt.name
+    out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, out)
-    return out, counts
+    return counts
 
 
 def _precision_from_quantize(quantize: Any, precision: str) -> str:
@@ -437,7 +443,8 @@ def export_checked(
         pt_path = _to_pt(src, Path(tmp))
         export_pt = pt_path
         if deploy_graph and fmt in CHECKED_FORMATS:
-            export_pt, rewritten = _deploy_pt(pt_path, Path(tmp) / "deploy", fuse_splits=fuse_splits)
+            export_pt = Path(tmp) / "deploy" / pt_path.name
+            rewritten = write_deploy_checkpoint(pt_path, export_pt, fuse_splits=fuse_splits)
             if any(rewritten.values()):
                 notes.append("export graph: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in rewritten.items() if v)
                              + " rewritten")

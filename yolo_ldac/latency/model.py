@@ -124,6 +124,13 @@ class LatencyModel:
     dense_ms: float  # measured latency of the dense model in the runtime
     dense_layers_ms: float  # the table's sum over the dense model's convolutions
 
+    @classmethod
+    def of(cls, table: LatencyTable, layer_keys: dict[str, str], dense_ms: float, dense: nn.Module) -> "LatencyModel":
+        """The model of ``dense`` (measured at ``dense_ms`` as a whole) on ``table``."""
+        lm = cls(table, layer_keys, float(dense_ms), 0.0)
+        lm.dense_layers_ms = lm.layers_ms(dense)
+        return lm
+
     def conv_ms(self, name: str, cin: int, cout: int) -> float:
         """The table's latency of convolution ``name`` at ``cin`` x ``cout`` (0 for one the table does not hold)."""
         key = self.layer_keys.get(name)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import re
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -115,50 +114,78 @@ def _branch_times(names_ms: dict[str, float], n: int) -> list[float]:
     return out
 
 
-def _time_onnxruntime(path: Path, inputs: list[np.ndarray], threads: int, runs: int, n: int) -> list[float]:
-    import json
-
+def _ort_session(path: Path, threads: int, profile_prefix: str | None = None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.enable_profiling = True
-    so.profile_file_prefix = str(path.with_suffix(""))
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    feed = {i.name: x for i, x in zip(sess.get_inputs(), inputs)}
-    warm = 3
-    for _ in range(warm + runs):
-        sess.run(None, feed)
-    events = json.loads(Path(sess.end_profiling()).read_text())
-    per: dict[str, list[float]] = collections.defaultdict(list)
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and \
-                not str(e.get("args", {}).get("op_name", "")).startswith("Reorder"):
-            per[e["name"][:-len("_kernel_time")]].append(e["dur"] / 1e3)
-    return _branch_times({k: float(np.median(v[warm:] or v)) for k, v in per.items()}, n)
+    if profile_prefix is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def _time_openvino(path: Path, inputs: list[np.ndarray], threads: int, runs: int, n: int, precision: str) -> list[float]:
+def _openvino_request(path: Path, threads: int, precision: str = "fp32", calib: list | None = None,
+                      perf_count: bool = False):
+    """An OpenVINO CPU infer request of ``path`` (f32 precision hint); an ONNX probe at ``int8`` is quantized by
+    NNCF on ``calib`` (its calibration samples) first."""
     import openvino as ov
 
     core = ov.Core()
     model = core.read_model(str(path))
-    if precision == "int8":
+    if precision == "int8" and calib is not None:
         import nncf
 
-        calib = [tuple(np.random.default_rng(i).random(x.shape, dtype=np.float32) for x in inputs) for i in range(2)]
-        model = nncf.quantize(model, nncf.Dataset(calib), subset_size=2, preset=nncf.QuantizationPreset.MIXED)
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
-                                                 "PERF_COUNT": True})
-    req = compiled.create_infer_request()
-    per: dict[str, list[float]] = collections.defaultdict(list)
-    for i in range(3 + runs):
+        model = nncf.quantize(model, nncf.Dataset(calib), subset_size=len(calib), preset=nncf.QuantizationPreset.MIXED)
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
+    if perf_count:
+        config["PERF_COUNT"] = True
+    return core.compile_model(model, "CPU", config).create_infer_request()
+
+
+def onnxruntime_node_ms(path: Path, inputs: list[np.ndarray], threads: int = 1, runs: int = 20,
+                        warmup: int = 3) -> dict[tuple[str, str], float]:
+    """Median kernel ms of every node, keyed ``(node name, operator type)``, over ``runs`` runs after ``warmup``,
+    from ONNX Runtime's profiler (NCHWc reorders and fused activations included)."""
+    import json
+
+    with tempfile.TemporaryDirectory(prefix="yolo-ldac-profile-") as tmp:
+        sess = _ort_session(path, threads, profile_prefix=str(Path(tmp) / "p"))
+        feed = {i.name: x for i, x in zip(sess.get_inputs(), inputs)}
+        for _ in range(warmup + runs):
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            key = (e["name"][:-len("_kernel_time")], str(e.get("args", {}).get("op_name", "?")))
+            per[key].append(e["dur"] / 1e3)
+    return {k: float(np.median(v[warmup:] or v)) for k, v in per.items()}
+
+
+def openvino_node_ms(path: Path, inputs: list[np.ndarray], threads: int = 1, runs: int = 20, warmup: int = 3,
+                     precision: str = "fp32", calib: list | None = None) -> dict[tuple[str, str], float]:
+    """Median real ms of every executed node, keyed ``(node name, node type)``, over ``runs`` runs after
+    ``warmup``, from OpenVINO's performance counters (``calib``: see :func:`_openvino_request`)."""
+    req = _openvino_request(path, threads, precision, calib, perf_count=True)
+    per: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+    for i in range(warmup + runs):
         req.infer(list(inputs))
-        if i >= 3:
+        if i >= warmup:
             for p in req.get_profiling_info():
-                if p.node_type != "Reorder":
-                    per[p.node_name].append(p.real_time.total_seconds() * 1e3)
-    return _branch_times({k: float(np.median(v)) for k, v in per.items()}, n)
+                per[(p.node_name, p.node_type)].append(p.real_time.total_seconds() * 1e3)
+    return {k: float(np.median(v)) for k, v in per.items()}
+
+
+def _time_onnxruntime(path: Path, inputs: list[np.ndarray], threads: int, runs: int, n: int) -> list[float]:
+    nodes = onnxruntime_node_ms(path, inputs, threads, runs)
+    return _branch_times({name: ms for (name, op), ms in nodes.items() if not op.startswith("Reorder")}, n)
+
+
+def _time_openvino(path: Path, inputs: list[np.ndarray], threads: int, runs: int, n: int, precision: str) -> list[float]:
+    calib = [tuple(np.random.default_rng(i).random(x.shape, dtype=np.float32) for x in inputs) for i in range(2)]
+    nodes = openvino_node_ms(path, inputs, threads, runs, precision=precision, calib=calib)
+    return _branch_times({name: ms for (name, kind), ms in nodes.items() if kind != "Reorder"}, n)
 
 
 def time_shape(shape: ConvShape, runtime: str, precision: str, threads: int, multiple: int = 16, points: int = 6,
@@ -203,39 +230,26 @@ class _Chain(nn.Module):
 
 
 def _whole_runners(paths: list[Path], x: np.ndarray, runtime: str, precision: str, threads: int) -> list[Any]:
+    """One callable ``runner(x)`` per ONNX file, in the runtime (an OpenVINO int8 one quantized by NNCF)."""
     if runtime == "onnxruntime":
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
         runners = []
         for p in paths:
-            sess = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+            sess = _ort_session(p, threads)
             name = sess.get_inputs()[0].name
-            runners.append(lambda s=sess, n=name: s.run(None, {n: x}))
+            runners.append(lambda x, s=sess, n=name: s.run(None, {n: x}))
         return runners
-    import openvino as ov
-
-    core = ov.Core()
-    runners = []
-    for p in paths:
-        model = core.read_model(str(p))
-        if precision == "int8":
-            import nncf
-
-            calib = [np.random.default_rng(i).random(x.shape, dtype=np.float32) for i in range(2)]
-            model = nncf.quantize(model, nncf.Dataset(calib), subset_size=2, preset=nncf.QuantizationPreset.MIXED)
-        req = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                "INFERENCE_NUM_THREADS": threads}).create_infer_request()
-        runners.append(lambda r=req: r.infer([x]))
-    return runners
+    calib = [np.random.default_rng(i).random(x.shape, dtype=np.float32) for i in range(2)]
+    return [lambda x, r=_openvino_request(p, threads, precision, calib): r.infer([x]) for p in paths]
 
 
 def width_staircase(runtime: str, precision: str, threads: int, runs: int = 30, rounds: int = 3,
                     workdir: Path | None = None) -> list[dict]:
     """Whole-graph latency of a :class:`_Chain` at every width of :data:`MULTIPLE_WIDTHS` for each of
-    :data:`MULTIPLE_PROBES`, timed interleaved (``rounds`` blocks of ``runs`` per width; the median): the
-    measurements ``round_to=auto`` reads (:func:`yolo_ldac.latency.table.staircase_multiple`)."""
+    :data:`MULTIPLE_PROBES`, timed interleaved (``rounds`` blocks of ``runs`` per width,
+    :func:`yolo_ldac.deploy.benchmark.time_interleaved`'s blocks; the median): the measurements ``round_to=auto``
+    reads (:func:`yolo_ldac.latency.table.staircase_multiple`)."""
+    from yolo_ldac.deploy.benchmark import _time_blocks
+
     out = []
     for k, side in MULTIPLE_PROBES:
         x = np.random.default_rng(0).random((1, _CHAIN_WIDTH, side, side), dtype=np.float32)
@@ -246,19 +260,10 @@ def width_staircase(runtime: str, precision: str, threads: int, runs: int = 30, 
                 torch.onnx.export(_Chain(k, w).eval(), (torch.from_numpy(x),), str(path), opset_version=17,
                                   dynamo=False)
                 paths.append(path)
-            runners = _whole_runners(paths, x, runtime, precision, threads)
-            times: list[list[float]] = [[] for _ in runners]
-            for r in runners:
-                for _ in range(3):
-                    r()
-            for _ in range(rounds):
-                for i, r in enumerate(runners):
-                    for _ in range(runs):
-                        t = time.perf_counter()
-                        r()
-                        times[i].append((time.perf_counter() - t) * 1e3)
+            runners = dict(enumerate(_whole_runners(paths, x, runtime, precision, threads)))
+            stats = _time_blocks(runners, x, runs * rounds, warmup=3, rounds=rounds)
         out.append({"kernel": list(k), "side": side, "widths": list(MULTIPLE_WIDTHS),
-                    "ms": [round(float(np.median(t)), 4) for t in times]})
+                    "ms": [round(float(stats[i]["median_ms"]), 4) for i in range(len(paths))]})
     return out
 
 

@@ -44,6 +44,7 @@ class RunLatency:
         self.runtime, self.precision = cfg["runtime"], cfg["precision"]
         self.threads = _first_thread(cfg["threads"])
         self.imgsz = int(cfg["imgsz"])
+        self._model = None  # the LatencyModel once built or read back (latency_model())
 
     @staticmethod
     def wanted(cfg: dict) -> bool:
@@ -129,15 +130,18 @@ class RunLatency:
         the dense model's measured latency), kept in the record so that a resumed run uses the same one."""
         from yolo_ldac.latency.model import LatencyModel, build_table
 
+        if self._model is not None:
+            return self._model
         if "latency_model" in self.record:
-            return LatencyModel.from_json(self.record["latency_model"])
+            self._model = LatencyModel.from_json(self.record["latency_model"])
+            return self._model
         t = time.perf_counter()
         table, keys, cached = build_table(dense, self.runtime, self.precision, self.imgsz, self.threads,
                                           multiple=self.round_to())
         dense_ms = self.time_against_dense(None, self.dense_file(dense, data), data)["dense_ms"]
-        lm = LatencyModel(table, keys, dense_ms, 0.0)
-        lm.dense_layers_ms = lm.layers_ms(dense)
+        lm = LatencyModel.of(table, keys, dense_ms, dense)
         self.record["latency_model"] = lm.to_json()
+        self._model = lm
         self.record["latency_table"] = {"cached": cached, "seconds": round(table.seconds, 2),
                                         "setup_seconds": round(time.perf_counter() - t, 2),
                                         "classes": len(table.grids)}

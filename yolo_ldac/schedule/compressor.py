@@ -743,7 +743,7 @@ class Compressor:
                       "state": str(self.state.path), "log": str(self.run_dir / LOG_FILE)},
             "settings": {k: v for k, v in self.ldac_cfg.items() if k not in {"mode"}},
             "labels": rec.get("labels"),
-            "latency": self._latency_report(model, after_comp, dense),
+            "latency": self._latency_report(after_comp, dense),
             "flops_imgsz": 640, "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         }
         write_report(self.run_dir, report)
@@ -754,19 +754,15 @@ class Compressor:
             report["plots"] = [str(p) for p in plots]
         self.report = report
 
-    def _latency_report(self, model: nn.Module, after_comp, dense) -> dict | None:
+    def _latency_report(self, after_comp, dense) -> dict | None:
         """The report's ``latency`` entry from the last step's measurement (fine-tuning does not change widths)."""
         rec = self.state.record
         last = rec.get("latency_last")
         if not last or self.latency is None:
             return None
         check = rec.get("latency_check") or {}
-        lm = rec.get("latency_model")
-        predicted = None
-        if lm is not None:
-            from yolo_ldac.latency.model import LatencyModel
-
-            predicted = round(LatencyModel.from_json(lm)(model), 3)
+        # the last step's prediction: fine-tuning does not change widths
+        predicted = self.rounds[-1].get("latency_predicted_ms") if self.rounds else None
         return {"runtime": self.latency.runtime, "precision": self.latency.precision,
                 "threads": self.latency.threads, "imgsz": self.latency.imgsz, "dense_ms": last["dense_ms"],
                 "compressed_ms": last["model_ms"], "speedup": last["speedup"],
