@@ -7,7 +7,11 @@ as two convolutions and the DFL's Softmax) and profiled at ``--imgsz`` with one 
 - ONNX Runtime fp32: its profiler (``SessionOptions.enable_profiling``), kernel time per node, summed per operator
   type (NCHWc reorders, fused activations and all);
 - OpenVINO fp32 and int8 (NNCF, calibrated on ``--data``'s train images): the CPU plugin's performance counters
-  (``PERF_COUNT``), real time per executed node, summed per node type.
+  (``PERF_COUNT``), real time per executed node, summed per node type;
+- NCNN fp32: each layer run on its own by its extractor (:func:`yolo_ldac.latency.probe.ncnn_node_ms`), summed per
+  layer type;
+- LiteRT fp32 and int8 (XNNPACK): prefix graphs cut after each layer, timed interleaved, the differences per layer
+  (:func:`yolo_ldac.latency.probe.litert_layer_ms`): per layer ``model.N``, not per operator type.
 
 The median over ``--runs`` runs of every node is taken. Writes ``benchmarks/results/profile/<name>.json`` and
 ``.md`` (per operator type: ms per model and the ratio to the reference); docs/deployment.md quotes them.
@@ -50,6 +54,28 @@ def ov_profile(path: Path, x: np.ndarray, runs: int) -> dict[str, float]:
     from yolo_ldac.latency.probe import openvino_node_ms
 
     return _by_type(openvino_node_ms(path, [x], threads=1, runs=runs))
+
+
+def ncnn_profile(folder: Path, x: np.ndarray, runs: int) -> dict[str, float]:
+    from yolo_ldac.latency.probe import ncnn_node_ms
+
+    return _by_type(ncnn_node_ms(Path(folder) / "model.ncnn.param", x[0], threads=1, runs=runs))
+
+
+def litert_profile(path: Path, x: np.ndarray, runs: int) -> dict[str, float]:
+    """Per layer (``model.N``), not per operator type: LiteRT is profiled by cutting the graph (see
+    :func:`yolo_ldac.latency.probe.litert_layer_ms`)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from yolo_ldac.latency.probe import litert_layer_ms
+
+    shape = tuple(Interpreter(model_path=str(path)).get_input_details()[0]["shape"])
+    xin = x if tuple(x.shape) == shape else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    nodes = litert_layer_ms(path, xin, threads=1, runs=max(5, runs // 4), rounds=4)
+    return _by_type({(kinds, layer): ms for (layer, kinds), ms in nodes.items()})
+
+
+PROFILERS = {"onnx": ort_profile, "openvino": ov_profile, "ncnn": ncnn_profile, "litert": litert_profile}
 
 
 def _partial_deploy(pt: Path, graph: str) -> Path:
@@ -95,7 +121,8 @@ def main() -> None:
     ap.add_argument("--imgsz", type=int, default=640)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--graph", choices=("deploy", "plain"), default="deploy")
-    ap.add_argument("--settings", default="onnx:fp32,openvino:fp32,openvino:int8")
+    ap.add_argument("--settings", default="onnx:fp32,openvino:fp32,openvino:int8",
+                    help="format:precision,...: onnx:fp32, openvino:fp32|int8, ncnn:fp32, litert:fp32|int8")
     ap.add_argument("--data", type=Path, default=ROOT / "datasets" / "composite-400x160" / "data.yaml")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "profile")
     args = ap.parse_args()
@@ -127,11 +154,13 @@ def main() -> None:
                     local = _partial_deploy(local, graph)
                 e = export_checked(local, format=fmt, imgsz=args.imgsz, int8=prec == "int8", data=args.data,
                                    parity=False, calib_images=64, deploy_graph=graph == "deploy")
-                path = e.path if fmt == "onnx" else next(e.path.glob("*.xml"))
-                res[label] = (ort_profile if fmt == "onnx" else ov_profile)(path, x, args.runs)
+                path = next(e.path.glob("*.xml")) if fmt == "openvino" else e.path
+                res[label] = PROFILERS[fmt](path, x, args.runs)
                 print(setting, label, f"{res[label]['total']:.2f} ms", flush=True)
             out["profiles"][setting] = res
-            md += [f"### {fmt} {prec}", "", table(res), ""]
+            per = "layer (model.N; the graph cut after each layer, differences of prefix medians)" \
+                if fmt == "litert" else "operator type"
+            md += [f"### {fmt} {prec}", "", f"Per {per}.", "", table(res, top=30 if fmt == "litert" else 12), ""]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(out, indent=1))
     (args.out / f"{args.name}.md").write_text("\n".join(md))

@@ -193,6 +193,12 @@ def test_litert_fp32_parity_and_broken_file(pruned, pt, tmp_path):
     out = load_runtime(res.path, threads=1)(np.zeros((1, 3, IMGSZ, IMGSZ), np.float32))
     assert out.shape == (1, 4 + 3, (IMGSZ // 8) ** 2 + (IMGSZ // 16) ** 2 + (IMGSZ // 32) ** 2)
     assert out[:, :4].max() > 1.5  # boxes are back in pixels (LiteRT files hold them divided by imgsz)
+    # the per-layer profile cuts the graph after every layer of the model; the last cut is the whole graph
+    from yolo_ldac.latency.probe import litert_layer_ms
+
+    layers = litert_layer_ms(res.path, np.zeros((1, 3, IMGSZ, IMGSZ), np.float32), runs=2, warmup=1, rounds=1)
+    assert [k[0] for k in layers] == [f"model.{i}" for i in range(len(pruned.model))]
+    assert "CONV_2D" in next(iter(layers))[1]
 
     bad_pt = _save(_perturbed(pruned), tmp_path / "bad.pt")
     bad = export_checked(bad_pt, format="litert", imgsz=IMGSZ, parity=False).path

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -181,6 +182,19 @@ def test_ncnn_export_and_parity(tmp_path):
     assert not failed["ok"]
     with pytest.raises(LDACError, match="ncnn int8 is not available"):
         export_checked(pt, format="ncnn", imgsz=96, int8=True, data="x.yaml")
+
+    # the per-layer profile runs every layer of the file once per run, one at a time
+    import ncnn
+
+    from yolo_ldac.latency.probe import ncnn_node_ms
+
+    param = res.path / "model.ncnn.param"
+    nodes = ncnn_node_ms(param, np.zeros((3, 96, 96), np.float32), runs=2, warmup=1)
+    net = ncnn.Net()
+    net.load_param(str(param))
+    assert {t for _, t in nodes} == {L.type for L in net.layers() if L.type != "Input"}
+    assert len(nodes) == sum(L.type != "Input" for L in net.layers()) and all(v >= 0 for v in nodes.values())
+    assert {"Convolution", "Concat"} <= {t for _, t in nodes}
 
 
 @pytest.mark.slow

@@ -297,3 +297,25 @@ def test_prune_with_a_measured_speedup_reports_it(shapes_data, tmp_path, monkeyp
     assert list((tmp_path / "home" / "latency").glob("multiple-onnxruntime-fp32-t1-*.json"))
     widths = [w for w in rep["layers"] if w["after"] != w["before"]]
     assert widths and all(w["after"] % lat["round_to"] == 0 for w in widths)
+
+
+def test_rounds_of_a_measured_target_are_re_aimed_by_the_last_measurement():
+    """The table planned 0.5 of the predicted latency; after round 1 (0.125 predicted) the runtime measured 0.75 of
+    the dense latency left where the table said 0.875: rounds 2..4 aim at 1 - 0.5 * 0.875 / 0.75, in quarters, and
+    never below what is already removed."""
+    from types import SimpleNamespace
+
+    from yolo_ldac.schedule.compressor import Compressor
+
+    cfg = _cfg(speedup=2.0, rounds=4, tolerance=0.01, floor=0.125)
+    rec = {"latency_model": {"dense_ms": 100.0}, "latency_max_ratio": 0.9}
+    fake = SimpleNamespace(cfg=cfg, latency=RunLatency(cfg, rec, None), state=SimpleNamespace(record=rec), rounds=[])
+    assert Compressor._ratio_at(fake, 1) == pytest.approx(0.125)  # nothing measured yet: the table's plan
+    fake.rounds = [{"round": 1, "ratio_reached": 0.125}]
+    rec["latency_last"] = {"dense_ms": 100.0, "model_ms": 75.0, "speedup": 1.333}
+    final = 1 - 0.5 * 0.875 / 0.75
+    assert Compressor._ratio_at(fake, 2) == pytest.approx(final * 2 / 4, abs=1e-6)
+    assert Compressor._ratio_at(fake, 4) == pytest.approx(final, abs=1e-6)
+    fake.rounds = [{"round": 1, "ratio_reached": 0.4}]  # measured far beyond: no step back below 0.4
+    rec["latency_last"] = {"dense_ms": 100.0, "model_ms": 40.0, "speedup": 2.5}
+    assert Compressor._ratio_at(fake, 2) == pytest.approx(0.4)

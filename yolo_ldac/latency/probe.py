@@ -177,6 +177,110 @@ def openvino_node_ms(path: Path, inputs: list[np.ndarray], threads: int = 1, run
     return {k: float(np.median(v)) for k, v in per.items()}
 
 
+def ncnn_node_ms(param: Path, x: np.ndarray, threads: int = 1, runs: int = 20,
+                 warmup: int = 3) -> dict[tuple[str, str], float]:
+    """Median ms of every layer of an NCNN graph (``model.ncnn.param`` beside its ``.bin``), keyed ``(layer name,
+    layer type)``, for the input ``x`` (CHW, float32).
+
+    NCNN's Python package has no profiler, but its extractor computes only the layers that the blob it is asked
+    for needs and keeps what it computed: asking for every layer's first output in the graph's order (light mode,
+    outputs left in NCNN's packed layout) runs exactly one layer per call, so each call's time is that layer's.
+    The layers' sum is within a few percent of a whole run (the per-call overhead is microseconds).
+    """
+    import time
+
+    import ncnn
+
+    net = ncnn.Net()
+    net.opt.use_vulkan_compute = False
+    net.opt.num_threads = threads
+    if net.load_param(str(param)) != 0 or net.load_model(str(Path(param).with_suffix(".bin"))) != 0:
+        raise ValueError(f"ncnn cannot read '{param}' and its .bin")
+    layers = [(i, L.name, L.type, L.tops[0]) for i, L in enumerate(net.layers()) if L.type != "Input" and len(L.tops)]
+    seen = collections.Counter(n for _, n, _, _ in layers)
+    layers = [(i, n if seen[n] == 1 else f"{n}#{i}", t, top) for i, n, t, top in layers]  # names can repeat
+    mat = ncnn.Mat(np.ascontiguousarray(x, dtype=np.float32))
+    name = net.input_names()[0]
+    per: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+    for r in range(warmup + runs):
+        with net.create_extractor() as ex:
+            ex.set_light_mode(True)
+            ex.input(name, mat)
+            for _, lname, ltype, top in layers:
+                t = time.perf_counter()
+                ex.extract(top, 1)  # type 1: no conversion of the packed output
+                if r >= warmup:
+                    per[(lname, ltype)].append((time.perf_counter() - t) * 1e3)
+    return {k: float(np.median(v)) for k, v in per.items()}
+
+
+_TFL_LAYER = re.compile(r"(?:DetectionModel|Model)_model/[\w.]+?_(\d+)(?:/|;|$)")
+
+
+def litert_layer_ms(path: Path, x: np.ndarray, threads: int = 1, runs: int = 20, warmup: int = 3,
+                    rounds: int = 4) -> dict[tuple[str, str], float]:
+    """Milliseconds of every layer (``model.N``) of a LiteRT model, keyed ``(layer, its operator types)``, for the
+    input ``x`` (as the interpreter takes it).
+
+    LiteRT's Python interpreter has no per-operator profiler and its XNNPACK delegate runs the graph as one node, so
+    the graph is cut instead: prefix models holding the operators up to the end of each layer (in the graph's
+    order, the layer read from the operator's output tensor name) are written with the flatbuffer schema, timed
+    interleaved (``rounds`` blocks of ``runs``; medians), and each layer gets the difference between its prefix and
+    the one before. Differences of medians are noisy where a layer is short (hundredths of a ms): read them summed
+    over groups of layers, not one by one.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.interpreter import Interpreter
+
+    from yolo_ldac.deploy.benchmark import _time_blocks
+
+    buf = Path(path).read_bytes()
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(buf, 0))
+    sg = model.subgraphs[0]
+    codes = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+    def layer_of(op) -> str:
+        for t in op.outputs:
+            m = _TFL_LAYER.search(sg.tensors[t].name.decode(errors="replace"))
+            if m:
+                return f"model.{m.group(1)}"
+        return "?"
+
+    def op_type(op) -> str:
+        oc = model.operatorCodes[op.opcodeIndex]
+        return codes.get(max(oc.builtinCode, oc.deprecatedBuiltinCode), "?")
+
+    ops = list(sg.operators)
+    layer = [layer_of(o) for o in ops]
+    for i in range(1, len(layer)):  # an op without a name of its own belongs to the layer before it
+        if layer[i] == "?":
+            layer[i] = layer[i - 1]
+    cuts = [i + 1 for i in range(len(ops)) if i + 1 == len(ops) or layer[i + 1] != layer[i]]
+    outputs, ins = list(sg.outputs), list(sg.inputs)
+    runners = {}
+    for k in cuts:
+        sg.operators = ops[:k]
+        sg.outputs = outputs if k == len(ops) else list(ops[k - 1].outputs)
+        b = flatbuffers.Builder(len(buf) + (1 << 20))
+        b.Finish(model.Pack(b), file_identifier=b"TFL3")
+        it = Interpreter(model_content=bytes(b.Output()), num_threads=threads)
+        it.allocate_tensors()
+        idx = it.get_input_details()[0]["index"]
+        runners[k] = lambda x, it=it, idx=idx: (it.set_tensor(idx, x), it.invoke())
+    sg.operators, sg.outputs, sg.inputs = ops, outputs, ins
+    stats = _time_blocks(runners, x, runs * rounds, warmup=warmup, rounds=rounds)
+    out: dict[tuple[str, str], float] = {}
+    prev, start = 0.0, 0
+    for k in cuts:
+        ms = float(stats[k]["median_ms"])
+        kinds = "+".join(dict.fromkeys(op_type(o) for o in ops[start:k]))
+        key = (layer[k - 1], kinds)
+        out[key] = out.get(key, 0.0) + ms - prev
+        prev, start = ms, k
+    return out
+
+
 def _time_onnxruntime(path: Path, inputs: list[np.ndarray], threads: int, runs: int, n: int) -> list[float]:
     nodes = onnxruntime_node_ms(path, inputs, threads, runs)
     return _branch_times({name: ms for (name, op), ms in nodes.items() if not op.startswith("Reorder")}, n)

@@ -172,6 +172,23 @@ class RunLatency:
                             "(0, 0.95]")
         return ratio
 
+    def aimed_ratio(self, reached: float, meas: dict) -> float:
+        """The predicted-latency ratio the run should end at, re-aimed by a step's measurement: after a step the
+        table predicted ``1 - reached`` of the dense latency left and the runtime measured ``model_ms / dense_ms``;
+        what the target leaves is scaled by their quotient, so a table that is off by a constant factor (another
+        load on the machine, a runtime that fuses what the probes time apart) is corrected before the last step,
+        not after it, where a model pruned past the target cannot be given its channels back.
+
+        Example:
+            >>> lat = RunLatency({"speedup": 2.0, "runtime": "onnxruntime", "precision": "fp32", "imgsz": 64,
+            ...                   "threads": 1}, {}, None)
+            >>> lat.aimed_ratio(0.25, {"dense_ms": 10.0, "model_ms": 6.0})  # 0.75 predicted, 0.6 measured left
+            0.375
+        """
+        left_predicted = max(1e-6, 1.0 - float(reached))
+        left_measured = max(1e-6, meas["model_ms"] / meas["dense_ms"])
+        return round(1.0 - self._wanted_ms(meas) / meas["dense_ms"] * left_predicted / left_measured, 6)
+
     def _met(self, meas: dict) -> bool:
         """``speedup=``: the interleaved speed-up against the dense export; ``latency_ms=``: the model's ms."""
         if self.cfg.get("speedup") is not None:

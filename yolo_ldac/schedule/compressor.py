@@ -233,6 +233,9 @@ class Compressor:
             return self.cfg["ratio"] * rnd / int(self.cfg["rounds"])
         rec = self.state.record
         ratio = self.latency.planned_ratio()
+        last, before = rec.get("latency_last") or {}, self.rounds[-1] if self.rounds else {}
+        if rnd > 1 and last.get("model_ms") and before.get("ratio_reached") is not None:
+            ratio = self.latency.aimed_ratio(before["ratio_reached"], last)  # the table corrected by measurement
         if "latency_max_ratio" not in rec:  # a measured target plans at most what the floors allow
             from ultralytics.utils import LOGGER
 
@@ -241,7 +244,8 @@ class Compressor:
                 LOGGER.warning(f"the measured target asks for {ratio:.3f} of the predicted latency; at most "
                                f"{rec['latency_max_ratio']:.3f} can be removed under floor={self.cfg['floor']}: "
                                "pruning to that, then measuring")
-        return min(ratio, rec["latency_max_ratio"]) * rnd / int(self.cfg["rounds"])
+        ratio = min(ratio, rec["latency_max_ratio"]) * rnd / int(self.cfg["rounds"])
+        return max(ratio, float(before.get("ratio_reached") or 0.0))  # never aims below what is already removed
 
     # --- records ---------------------------------------------------------------------------------------------
     @property
