@@ -145,6 +145,11 @@ def write_report(results: dict[str, dict], command: str) -> None:
             "The models are not trained (latency depends on widths only): `flops-*` prune to 50 % of the FLOPs, "
             "`latency-*` to 50 % of the latency the table of that runtime predicts, `speedup2-*` to a measured 2x.", ""]
     for base, rec in results.items():
+        mm = rec["machine"]
+        if mm.get("cpu") != m.get("cpu"):  # a later pass on another machine: its rows compare only with each other
+            body += [f"`{base}`: on another machine, {mm['cpu']} ({mm['cores']} cores), onnxruntime "
+                     f"{mm['onnxruntime']}, openvino {mm['openvino']}; its speed-ups are against its own dense row, "
+                     "timed in the same run.", ""]
         body += [summary(base, rec), ""]
     write_section(SECTION, "\n".join(body))
 
