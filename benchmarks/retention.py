@@ -9,7 +9,9 @@ point instead of the hours a train-prune-finetune comparison takes.
 
 The code path is the library's: ``adapt_head_to_names``, ``rewrite_split_blocks``, ``protected_layers``, ``measure``
 (FLOPs counted at 640 px, as ``YOLOLDAC.compress`` does), ``ChannelPruner``, ``build_calibration_batches`` (the
-training split, seeded, no augmentation) and ``yolo_ldac.api.validate``.
+training split, seeded, no augmentation), ``yolo_ldac.api.validate``, and for each point
+``yolo_ldac.sweep.retention_point`` (the one-shot point ``yolo-ldac sweep`` and ``max_drop=`` measure too; the user
+command for a curve is ``yolo-ldac sweep model=... data=... ratios=...``).
 
 One JSON per (criterion, variant, ratio) point in ``<out>/<criterion>__<variant>__r<ratio>.json`` (settings,
 machine, versions, wall times, reached ratio, widths); finished points are read back, never redone (a point whose
@@ -176,9 +178,9 @@ class Retention:
             if rec["status"] == "finished" or not redo_failed:
                 return rec
         from yolo_ldac.nn.adapter import protected_layers
-        from yolo_ldac.pruning.complexity import layer_channels
         from yolo_ldac.pruning.criteria import build_criterion
         from yolo_ldac.pruning.engine import ChannelPruner
+        from yolo_ldac.sweep import retention_point
         from yolo_ldac.utils.env import machine_info
 
         opts = parse_variant(variant)
@@ -191,26 +193,21 @@ class Retention:
             calib = self.calib()
             model, dense, dense_channels = self.fresh()
             crit = build_criterion(criterion, seed=self.seed)
-            steps = []
-            t = time.perf_counter()
-            for i in range(1, opts["steps"] + 1):
-                pruner = ChannelPruner(model, crit, dense, dense_channels, protected_layers(model), imgsz=FLOPS_IMGSZ,
-                                       compensate=opts["compensate"] if opts["compensate"] != "none" else False,
-                                       layer_cap=opts["layer_cap"], per_flop=opts["per_flop"],
-                                       lsq_ridge=opts["lsq_ridge"])
-                res = pruner.step(float(ratio) * i / opts["steps"], calib)
-                steps.append({"target": round(res.target_ratio, 4), "reached": round(res.reached_ratio, 4),
-                              "groups_pruned": res.groups_pruned, "scoring_s": round(res.seconds_scoring, 2)})
-            prune_s = time.perf_counter() - t
-            t = time.perf_counter()
-            m = self.validate(model)
-            val_s = time.perf_counter() - t
-            after = layer_channels(model)
-            rec.update(status="finished", map50_95=m["map50_95"], map50=m["map50"],
-                       reached_ratio=steps[-1]["reached"], steps=steps,
-                       flops_g=round(res.after.flops_g, 4), params_m=round(res.after.params / 1e6, 4),
-                       widths={n: [c, after.get(n, c)] for n, c in dense_channels.items() if after.get(n, c) != c},
-                       wall_s={"calibration_data": round(self.calib_s, 2) if built else 0.0, "prune": round(prune_s, 2), "validate": round(val_s, 2),
+
+            def make_pruner(m):  # the library's one-shot point (yolo_ldac.sweep), with this variant's options
+                return ChannelPruner(m, crit, dense, dense_channels, protected_layers(m), imgsz=FLOPS_IMGSZ,
+                                     compensate=opts["compensate"] if opts["compensate"] != "none" else False,
+                                     layer_cap=opts["layer_cap"], per_flop=opts["per_flop"],
+                                     lsq_ridge=opts["lsq_ridge"])
+
+            point = retention_point(model, ratio, make_pruner, calib, self.validate, steps=opts["steps"],
+                                    start_step=False)
+            point.pop("model", None)
+            rec.update(status="finished", map50_95=point["map50_95"], map50=point["map50"],
+                       reached_ratio=point["reached_ratio"], steps=point["steps"],
+                       flops_g=point["flops_g"], params_m=point["params_m"], widths=point["widths"],
+                       wall_s={"calibration_data": round(self.calib_s, 2) if built else 0.0,
+                               "prune": point["wall_s"]["prune"], "validate": point["wall_s"]["validate"],
                                "total": round(time.perf_counter() - t0, 2)})
         except Exception as e:  # an unreachable ratio under a cap, ...: recorded, not retried
             rec.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(),

@@ -190,11 +190,12 @@ class Compressor:
         self.device = select_device(cfg.get("device"))
         self.calib: list[dict] | None = None
 
-    def calibration(self) -> list[dict]:
-        """The calibration batches (built once, seeded, on the run's device)."""
-        if self.calib is None:
+    def calibration(self, needed: bool = False) -> list[dict]:
+        """The calibration batches (built once, seeded, on the run's device); ``needed``: also when none of the
+        run's parts uses them (the budget search's ``lsq`` retention points do)."""
+        if self.calib is None or (needed and not self.calib):
             self.calib = []
-            uses = self.criterion is not None and (self.criterion.needs_data or self.push.needs_data
+            uses = self.criterion is not None and (needed or self.criterion.needs_data or self.push.needs_data
                                                    or self.compensation.needs_data)
             if self.data is not None and uses:
                 from yolo_ldac.pruning.calibration import build_calibration_batches
@@ -208,14 +209,16 @@ class Compressor:
                 self._time("calibration_data", time.perf_counter() - t)
         return self.calib
 
-    def pruner(self, model: nn.Module):
+    def pruner(self, model: nn.Module, compensate: str | None = None):
+        """The run's :class:`ChannelPruner` on ``model`` (``compensate``: another compensation than the run's, e.g.
+        ``lsq`` for the budget search's retention points)."""
         from yolo_ldac.nn.adapter import protected_layers
         from yolo_ldac.pruning.complexity import Complexity
         from yolo_ldac.pruning.engine import ChannelPruner
 
         rec = self.state.record
         dense = Complexity(**rec["dense_complexity"])
-        compensation = self.compensation if self.calibration() else "none"
+        compensation = (compensate or self.compensation) if self.calibration(needed=compensate is not None) else "none"
         target, latency = self.cfg["target"], None
         if self.latency is not None:
             self.latency.dense_file(model, self.cfg.get("data"))  # exported before the first step changes it
@@ -242,6 +245,55 @@ class Compressor:
                                f"{rec['latency_max_ratio']:.3f} can be removed under floor={self.cfg['floor']}: "
                                "pruning to that, then measuring")
         return min(ratio, rec["latency_max_ratio"]) * rnd / int(self.cfg["rounds"])
+
+    # --- retention points (sweep, the budget search) -------------------------------------------------------------
+    def prepare_points(self) -> None:
+        """Check every input and prepare the dense model, as a run does before its folder exists (``sweep``)."""
+        self._setup()
+        self._check_inputs()
+
+    def open_points(self, out_dir: Path) -> None:
+        """Give :meth:`retention_point` the record a run's state would hold (in memory; nothing is resumable)."""
+        source = str(self.source) if isinstance(self.source, (str, Path)) else type(self.source).__name__
+        self.run_dir = Path(out_dir)
+        self.state = RunState.new(out_dir, self.mode, self.ldac_cfg, source, [])
+        self.state.record.update(dense_complexity=self.dense_comp.as_dict(), dense_channels=self.dense_channels,
+                                 timings={}, **self._latency_record)
+        if self.latency is not None:
+            self.latency = RunLatency(self.cfg, self.state.record, self.run_dir)
+
+    def dense_latency_ms(self) -> float | None:
+        """The dense model's measured latency with ``target=latency`` (the latency model's), else None."""
+        if self.latency is None or self.cfg["target"] != "latency":
+            return None
+        return round(float(self.latency.latency_model(self.prepared, self.cfg.get("data")).dense_ms), 3)
+
+    def retention_point(self, ratio: float, compensate: str | None = None, model: nn.Module | None = None) -> dict:
+        """One-shot point (:func:`yolo_ldac.sweep.retention_point`) of the dense ``model`` (default: the prepared
+        one) with the run's criterion and settings (``compensate``: another compensation than the run's)."""
+        from yolo_ldac.sweep import retention_point
+
+        seed_everything(int(self.cfg["seed"]))
+        base = model if model is not None else self.prepared
+        return retention_point(base, ratio, lambda m: self.pruner(m, compensate=compensate),
+                               self.calibration(needed=compensate is not None), self.validate)
+
+    def trained_point(self, ratio: float, out_dir: Path, epochs: int) -> dict:
+        """Compress the input model to ``ratio`` with the usual schedule (``finetune_epochs=epochs``) in
+        ``out_dir/r<ratio>``; the sweep's trained point."""
+        cfg = dict(self.cfg, mode="compress", ratio=float(ratio), finetune_epochs=int(epochs), epochs=None,
+                   project=str(out_dir), name=f"r{ratio:g}", exist_ok=False)
+        for key in ("max_drop", "max_drop_rel"):
+            cfg[key] = None
+        res = Compressor(cfg, self.source, model=self.model, callbacks=self.callbacks).run()
+        rep = res.report
+        lat = rep.get("latency") or {}
+        return {"ratio": float(ratio), "reached_ratio": round(rep["removed"]["flops_pct"] / 100, 4)
+                if self.cfg["target"] == "flops" else (rep.get("rounds") or [{}])[-1].get("ratio_reached"),
+                "map50_95": rep["after"]["map50_95"], "map50": rep["after"]["map50"],
+                "flops_g": rep["after"]["flops_g"], "params_m": rep["after"]["params_m"],
+                "latency_ms": lat.get("predicted_ms"), "optimizer_steps": rep["optimizer_steps"]["total"],
+                "run_dir": str(res.run_dir), "best": str(res.best)}
 
     # --- records ---------------------------------------------------------------------------------------------
     @property
