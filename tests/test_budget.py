@@ -239,3 +239,43 @@ def test_step_back_from_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatc
     assert ("validate_final", pytest.approx(0.0), 0.0) not in [(c[0], 0.0, c[2]) for c in calls if c[2] > 0]
     md = (res.run_dir / "report.md").read_text()
     assert "Step back to `round1.step`" in md and "MISSED the budget" in md
+
+
+@pytest.mark.slow
+def test_resume_after_the_search_keeps_its_ratio(tiny_data, tmp_path, monkeypatch):
+    from yolo_ldac import YOLOLDAC
+
+    calls = fake_curve(monkeypatch)
+    runner = YOLOLDAC(str(TINY))
+
+    def stop_after_search(comp):
+        if comp.phase == "search":
+            comp.stop = True
+
+    runner.add_callback("on_phase_end", stop_after_search)
+    assert runner.prune(data=str(tiny_data), max_drop=0.04, rounds=1, project=str(tmp_path), name="r", **FAST) is None
+    state = json.loads((tmp_path / "r" / "state.json").read_text())
+    assert state["status"] == "stopped" and state["done"][-1]["name"] == "search"
+    chosen = state["record"]["budget"]["ratio"]
+    n_search = sum(1 for c in calls if c[0] == "search")
+    res = YOLOLDAC.resume(tmp_path / "r")
+    assert sum(1 for c in calls if c[0] == "search") == n_search  # not searched again
+    assert res.report["ratio"] == chosen and res.report["budget"]["met"] is True
+    assert abs(res.removed["flops_pct"] / 100 - chosen) <= 0.02
+
+
+@pytest.mark.slow
+def test_budget_with_target_latency_searches_the_latency_ratio(tiny_data, tmp_path, monkeypatch):
+    """target=latency (onnxruntime's table on this machine, built once for the tiny model at 64 px): the searched
+    ratio is of predicted latency, and the run prunes to it."""
+    pytest.importorskip("onnxruntime")
+    from yolo_ldac import YOLOLDAC
+
+    monkeypatch.setenv("YOLO_LDAC_HOME", str(tmp_path / "home"))
+    fake_curve(monkeypatch)
+    res = YOLOLDAC(str(TINY)).prune(data=str(tiny_data), max_drop=0.1, rounds=1, target="latency",
+                                    project=str(tmp_path), **dict(FAST, ratios="0.05,0.1,0.2,0.3"))
+    b = res.report["budget"]
+    assert b["target"] == "latency" and b["reachable"] is None and b["met"] is True
+    assert all(p.get("latency_ms") for p in b["search"]["points"])
+    assert abs(res.report["rounds"][-1]["ratio_reached"] - b["ratio"]) <= 0.02

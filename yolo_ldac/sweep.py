@@ -169,7 +169,7 @@ def markdown_table(record: dict) -> str:
              f"`{record['parts'].get('compensate')}`) on `{s.get('data')}`, target `{s.get('target')}`; base val "
              f"mAP50-95 **{base['map50_95']:.4f}** (mAP50 {base['map50']:.4f}), {base['flops_g']:.3f} GFLOPs at 640 px"
              + (f", predicted {base['latency_ms']:.2f} ms" if base.get("latency_ms") else "") + ".", ""]
-    header = ["ratio", "removed %", "FLOPs (G)", "params (M)", "mAP50-95", "mAP50", "drop (points)"]
+    header = ["ratio", f"{s.get('target')} removed %", "FLOPs (G)", "params (M)", "mAP50-95", "mAP50", "drop (points)"]
     if latency:
         header.append("latency (ms, predicted)")
     header.append("Pareto")
@@ -181,7 +181,7 @@ def markdown_table(record: dict) -> str:
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
         lines += ["| " + " | ".join(_row(p, base["map50_95"], latency, front)) + " |" for p in pts]
         lines.append("")
-    lines += [f"removed %: of {s.get('target')} (reached); drop: base minus point, in mAP50-95 points; Pareto: no "
+    lines += [f"{s.get('target')} removed %: reached by the step; drop: base minus point, in mAP50-95 points; Pareto: no "
               "other point of the section removes more with a higher mAP.", ""]
     return "\n".join(lines)
 
@@ -200,10 +200,11 @@ def write_plot(record: dict, path: Path) -> Path:
     latency = any(p.get("latency_ms") is not None for _, pts, _ in curves for p in pts)
     fig, axes = plt.subplots(1, 2 if latency else 1, figsize=(11 if latency else 6, 4.2), squeeze=False)
     ax = axes[0, 0]
-    for label, pts, style in curves:
-        ax.plot([100 * p["reached_ratio"] for p in pts], [p["map50_95"] for p in pts], style, ms=4, label=label)
+    for label, pts, style in curves:  # FLOPs removed whatever the target (counted at 640 px)
+        ax.plot([100 * (1 - p["flops_g"] / base["flops_g"]) for p in pts], [p["map50_95"] for p in pts], style, ms=4,
+                label=label)
     ax.axhline(base["map50_95"], color="k", ls="--", lw=1, label=f"base {base['map50_95']:.3f}")
-    ax.set_xlabel(f"{record['settings'].get('target')} removed (%)")
+    ax.set_xlabel("FLOPs removed (%)")
     ax.set_ylabel("val mAP50-95")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
