@@ -23,6 +23,10 @@ Variants are written as ``+``-joined tokens: ``mean`` | ``lsq`` | ``none`` (comp
 more than X of its channels per step), ``perflop`` (blocks ranked by score per FLOP removed), ``stepsK`` (K
 back-to-back prune steps to the ratio, rescoring between them), ``ridgeX`` (the lsq ridge). E.g. ``lsq+cap0.3``.
 
+Ratios are of the analytic conv FLOPs count by default (every point so far); ``--counter ultralytics`` counts them as
+``compress`` and ``yolo-ldac sweep`` do (Ultralytics' counter), so that a sweep and this script measure the same
+points (``tests/test_sweep.py`` checks that they agree).
+
 Usage:
     python benchmarks/retention.py --base runs/base/yolo11n-composite400-e50-last.pt \\
         --data datasets/composite-400x160/data.yaml --criteria random l2 group_fisher --variants mean lsq
@@ -98,7 +102,7 @@ class Retention:
 
     def __init__(self, base: str | Path, data: str | Path, imgsz: int = 160, calib_batches: int = 4,
                  calib_batch: int = 8, val_batch: int = 16, seed: int = 0, threads: int = 1,
-                 out: str | Path | None = None):
+                 out: str | Path | None = None, counter: str = "analytic"):
         import torch
 
         torch.set_num_threads(int(threads))
@@ -116,6 +120,9 @@ class Retention:
             self.base.stem
         self._calib = None
         self.calib_s = 0.0
+        if counter not in ("analytic", "ultralytics"):
+            raise ValueError(f"counter must be analytic or ultralytics, got {counter!r}")
+        self.counter = counter
 
     @property
     def settings(self) -> dict:
@@ -123,7 +130,19 @@ class Retention:
                 "calib_batch": self.calib_batch, "calib_images": self.n_calib * self.calib_batch,
                 "calib_split": "train (seeded, no augmentation)", "val_batch": self.val_batch, "seed": self.seed,
                 "flops_imgsz": FLOPS_IMGSZ, "target": "flops", "round_to": 8, "floor": 0.125, "tolerance": 0.01,
-                "threads": self.threads, "training": "none (one-shot)"}
+                "threads": self.threads, "training": "none (one-shot)",
+                # only when not the default: the points measured before the option existed read back unchanged
+                **({"counter": self.counter} if self.counter != "analytic" else {})}
+
+    @property
+    def flops_fn(self):
+        """Ultralytics' FLOPs counter (``--counter ultralytics``: what ``compress`` and ``yolo-ldac sweep`` count
+        ratios by), or None: the analytic conv count."""
+        if self.counter != "ultralytics":
+            return None
+        from yolo_ldac.nn.adapter import ultralytics_gflops
+
+        return ultralytics_gflops
 
     def calib(self) -> list[dict]:
         if self._calib is None:
@@ -147,7 +166,7 @@ class Retention:
 
         model = copy.deepcopy(self.model)
         rewrite_split_blocks(model)
-        dense = measure(model, FLOPS_IMGSZ, protected=protected_layers(model))
+        dense = measure(model, FLOPS_IMGSZ, protected=protected_layers(model), flops_fn=self.flops_fn)
         return model, dense, layer_channels(model)
 
     def base_record(self) -> dict:
@@ -198,7 +217,7 @@ class Retention:
                 return ChannelPruner(m, crit, dense, dense_channels, protected_layers(m), imgsz=FLOPS_IMGSZ,
                                      compensate=opts["compensate"] if opts["compensate"] != "none" else False,
                                      layer_cap=opts["layer_cap"], per_flop=opts["per_flop"],
-                                     lsq_ridge=opts["lsq_ridge"])
+                                     lsq_ridge=opts["lsq_ridge"], flops_fn=self.flops_fn)
 
             point = retention_point(model, ratio, make_pruner, calib, self.validate, steps=opts["steps"],
                                     start_step=False)
@@ -400,6 +419,9 @@ def main(argv=None) -> int:
     ap.add_argument("--calib-batch", type=int, default=8)
     ap.add_argument("--imgsz", type=int, default=160)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--counter", choices=["analytic", "ultralytics"], default="analytic",
+                    help="FLOPs count the ratios are of: analytic (the points so far) or ultralytics (what compress "
+                         "and `yolo-ldac sweep` use: compare a sweep with --counter ultralytics)")
     ap.add_argument("--out", default=None, help="default benchmarks/results/retention/<data>/<base stem>")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--benchmarks-md", action="store_true", help="also write the table into BENCHMARKS.md")
@@ -434,7 +456,8 @@ def main(argv=None) -> int:
                           f"![retention]({rel}/retention.png){findings}")
         return 0
     retention_curves(args.base, args.data, args.criteria, args.ratios, variants, out=args.out, imgsz=args.imgsz,
-                     calib_batches=args.calib_batches, calib_batch=args.calib_batch, threads=args.threads)
+                     calib_batches=args.calib_batches, calib_batch=args.calib_batch, threads=args.threads,
+                     counter=args.counter)
     return 0
 
 

@@ -154,6 +154,12 @@ def _headline(report: dict) -> str:
             f"mAP50-95 {_fmt(before.get('map50_95'))} → {_fmt(after.get('map50_95'))} "
             f"({_change(report, 'map50_95', 'map')})"
         )
+    budget = report.get("budget") or {}
+    if budget.get("ratio") is not None:
+        given = " ".join(f"{k}={budget[k]:g}" for k in ("max_drop", "max_drop_rel") if budget.get(k) is not None)
+        parts.append(f"{given}: ratio {budget['ratio']:g} searched"
+                     + (", stepped back" if budget.get("step_back") else "")
+                     + ("" if budget.get("met", True) else ", budget NOT met"))
     return "; ".join(parts)
 
 
