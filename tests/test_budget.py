@@ -279,3 +279,20 @@ def test_budget_with_target_latency_searches_the_latency_ratio(tiny_data, tmp_pa
     assert b["target"] == "latency" and b["reachable"] is None and b["met"] is True
     assert all(p.get("latency_ms") for p in b["search"]["points"])
     assert abs(res.report["rounds"][-1]["ratio_reached"] - b["ratio"]) <= 0.02
+
+
+@pytest.mark.slow
+def test_finished_model_and_every_checkpoint_missing_is_one_line(tiny_data, tmp_path, monkeypatch):
+    from yolo_ldac import YOLOLDAC
+
+    fake_curve(monkeypatch, missing_phases=("validate_final", "round1.step", "round2.step"))
+    with pytest.raises(LDACError) as e:
+        YOLOLDAC(str(TINY)).prune(data=str(tiny_data), max_drop=0.04, rounds=2, project=str(tmp_path), name="m",
+                                  **FAST)
+    msg = str(e.value)
+    assert msg.startswith("max_drop=0.04: the finished model misses the budget, and so does every phase checkpoint "
+                          "of the run (mAP50-95 >= 0.4600") and "\n" not in msg
+    assert "by the run's phase checkpoints and the finished model" in msg
+    state = json.loads((tmp_path / "m" / "state.json").read_text())
+    assert state["status"] == "failed"
+    assert [t["phase"] for t in state["record"]["budget"]["step_back"]["tried"]] == ["round2.step", "round1.step"]

@@ -152,7 +152,8 @@ def search_ratio(point: Callable[[float], object], floor: float, grid: list[floa
 
 
 def nothing_meets_message(budget: Budget, base: float, best: dict | None, target: str = "flops",
-                          what: str = "one-step retention points (lsq, no training)") -> str:
+                          what: str = "one-step retention points (lsq, no training)",
+                          lead: str = "nothing searched meets the budget") -> str:
     """The one line a run ends with when no point meets the budget, naming the best point found.
 
     Example:
@@ -162,7 +163,7 @@ def nothing_meets_message(budget: Budget, base: float, best: dict | None, target
         point found is ratio 0.5 (50.2 % of flops removed) with mAP50-95 0.2810 (-2.50 points), by one-step
         retention points (lsq, no training); allow a larger drop, or give smaller ratios in ratios='
     """
-    line = f"{budget.describe()}: nothing searched meets the budget ({budget.floor_text(base)})"
+    line = f"{budget.describe()}: {lead} ({budget.floor_text(base)})"
     if best is not None:
         reached = best.get("reached_ratio", best["ratio"])
         line += (f"; the best point found is ratio {best['ratio']:g} ({100 * reached:.1f} % of {target} removed) "

@@ -795,7 +795,9 @@ class Compressor:
                        key=lambda p: p["map50_95"])
             b["met"] = False
             b["message"] = nothing_meets_message(budget, base, best, cfg["target"],
-                                                 what="the run's phase checkpoints and the finished model")
+                                                 what="the run's phase checkpoints and the finished model",
+                                                 lead="the finished model misses the budget, and so does every "
+                                                      "phase checkpoint of the run")
             self.state.save()
             raise LDACError(b["message"])
         self.state.save()  # a resumed run steps back from the same checkpoint
