@@ -212,7 +212,7 @@ def budget_markdown(b: dict | None) -> list[str]:
     if b.get("message"):
         md += [f"**{b['message']}**", ""]
     steps = b.get("optimizer_steps") or {}
-    if steps:
+    if steps.get("run"):  # a run that trained (prune trains nothing)
         md += [f"Optimizer steps: {steps.get('run')} in the run, {steps.get('step_back')} in the step back: "
                f"{_fmt(steps.get('x_fixed_run'), 2)} x a fixed-ratio run.", ""]
     return md
