@@ -110,7 +110,8 @@ def retention_point(model, ratio: float, make_pruner: Callable, batches: list, v
             "map50": float(m["map50"]), "flops_g": round(res.after.flops_g, 4),
             "params_m": round(res.after.params / 1e6, 4),
             "latency_ms": round(float(res.after.latency_ms), 3) if res.after.latency_ms else None,
-            "steps": done, "widths": {n: [c, after.get(n, c)] for n, c in dense_channels.items() if after.get(n, c) != c},
+            "steps": done,
+            "widths": {n: [c, after.get(n, c)] for n, c in dense_channels.items() if after.get(n, c) != c},
             "wall_s": {"prune": round(prune_s, 2), "validate": round(val_s, 2),
                        "total": round(time.perf_counter() - t0, 2)},
             "model": pruned}
@@ -181,8 +182,8 @@ def markdown_table(record: dict) -> str:
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
         lines += ["| " + " | ".join(_row(p, base["map50_95"], latency, front)) + " |" for p in pts]
         lines.append("")
-    lines += [f"{s.get('target')} removed %: reached by the step; drop: base minus point, in mAP50-95 points; Pareto: no "
-              "other point of the section removes more with a higher mAP.", ""]
+    lines += [f"{s.get('target')} removed %: reached by the step; drop: base minus point, in mAP50-95 points; "
+              "Pareto: no other point of the section removes more with a higher mAP.", ""]
     return "\n".join(lines)
 
 
