@@ -296,3 +296,13 @@ def test_finished_model_and_every_checkpoint_missing_is_one_line(tiny_data, tmp_
     state = json.loads((tmp_path / "m" / "state.json").read_text())
     assert state["status"] == "failed"
     assert [t["phase"] for t in state["record"]["budget"]["step_back"]["tried"]] == ["round2.step", "round1.step"]
+
+
+def test_torchvision_models_refuse_a_budget(tmp_path):
+    from yolo_ldac import YOLOLDAC
+
+    runner = YOLOLDAC("fasterrcnn_mobilenet_v3_large_fpn")
+    with pytest.raises(LDACError, match="not supported for torchvision models yet"):
+        runner.compress(data=str(tmp_path / "d.yaml"), max_drop=0.01)
+    with pytest.raises(LDACError, match="sweep mode is not supported for torchvision"):
+        runner.sweep(data=str(tmp_path / "d.yaml"))

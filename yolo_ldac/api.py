@@ -341,6 +341,8 @@ class TorchvisionLDAC(YOLOLDAC):
 
         overrides = {k: v for k, v in kwargs.items() if v is not None}
         cfg = get_cfg(overrides, mode=mode)
+        if cfg.get("max_drop") is not None or cfg.get("max_drop_rel") is not None:
+            raise LDACError("max_drop= and max_drop_rel= are not supported for torchvision models yet: give ratio=")
         result = compress(cfg, self._model if self._model is not None else self.source, mode=mode)
         self.source, self._model = result.best, None
         return result
