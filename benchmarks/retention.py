@@ -9,7 +9,9 @@ point instead of the hours a train-prune-finetune comparison takes.
 
 The code path is the library's: ``adapt_head_to_names``, ``rewrite_split_blocks``, ``protected_layers``, ``measure``
 (FLOPs counted at 640 px, as ``YOLOLDAC.compress`` does), ``ChannelPruner``, ``build_calibration_batches`` (the
-training split, seeded, no augmentation) and ``yolo_ldac.api.validate``.
+training split, seeded, no augmentation), ``yolo_ldac.api.validate``, and for each point
+``yolo_ldac.sweep.retention_point`` (the one-shot point ``yolo-ldac sweep`` and ``max_drop=`` measure too; the user
+command for a curve is ``yolo-ldac sweep model=... data=... ratios=...``).
 
 One JSON per (criterion, variant, ratio) point in ``<out>/<criterion>__<variant>__r<ratio>.json`` (settings,
 machine, versions, wall times, reached ratio, widths); finished points are read back, never redone (a point whose
@@ -20,6 +22,10 @@ criterion/variant, the base as a dashed line), ``retention_panels.png`` (one pan
 Variants are written as ``+``-joined tokens: ``mean`` | ``lsq`` | ``none`` (compensation), ``capX`` (no layer loses
 more than X of its channels per step), ``perflop`` (blocks ranked by score per FLOP removed), ``stepsK`` (K
 back-to-back prune steps to the ratio, rescoring between them), ``ridgeX`` (the lsq ridge). E.g. ``lsq+cap0.3``.
+
+Ratios are of the analytic conv FLOPs count by default (every point so far); ``--counter ultralytics`` counts them as
+``compress`` and ``yolo-ldac sweep`` do (Ultralytics' counter), so that a sweep and this script measure the same
+points (``tests/test_sweep.py`` checks that they agree).
 
 Usage:
     python benchmarks/retention.py --base runs/base/yolo11n-composite400-e50-last.pt \\
@@ -96,7 +102,7 @@ class Retention:
 
     def __init__(self, base: str | Path, data: str | Path, imgsz: int = 160, calib_batches: int = 4,
                  calib_batch: int = 8, val_batch: int = 16, seed: int = 0, threads: int = 1,
-                 out: str | Path | None = None):
+                 out: str | Path | None = None, counter: str = "analytic"):
         import torch
 
         torch.set_num_threads(int(threads))
@@ -114,6 +120,9 @@ class Retention:
             self.base.stem
         self._calib = None
         self.calib_s = 0.0
+        if counter not in ("analytic", "ultralytics"):
+            raise ValueError(f"counter must be analytic or ultralytics, got {counter!r}")
+        self.counter = counter
 
     @property
     def settings(self) -> dict:
@@ -121,7 +130,19 @@ class Retention:
                 "calib_batch": self.calib_batch, "calib_images": self.n_calib * self.calib_batch,
                 "calib_split": "train (seeded, no augmentation)", "val_batch": self.val_batch, "seed": self.seed,
                 "flops_imgsz": FLOPS_IMGSZ, "target": "flops", "round_to": 8, "floor": 0.125, "tolerance": 0.01,
-                "threads": self.threads, "training": "none (one-shot)"}
+                "threads": self.threads, "training": "none (one-shot)",
+                # only when not the default: the points measured before the option existed read back unchanged
+                **({"counter": self.counter} if self.counter != "analytic" else {})}
+
+    @property
+    def flops_fn(self):
+        """Ultralytics' FLOPs counter (``--counter ultralytics``: what ``compress`` and ``yolo-ldac sweep`` count
+        ratios by), or None: the analytic conv count."""
+        if self.counter != "ultralytics":
+            return None
+        from yolo_ldac.nn.adapter import ultralytics_gflops
+
+        return ultralytics_gflops
 
     def calib(self) -> list[dict]:
         if self._calib is None:
@@ -145,7 +166,7 @@ class Retention:
 
         model = copy.deepcopy(self.model)
         rewrite_split_blocks(model)
-        dense = measure(model, FLOPS_IMGSZ, protected=protected_layers(model))
+        dense = measure(model, FLOPS_IMGSZ, protected=protected_layers(model), flops_fn=self.flops_fn)
         return model, dense, layer_channels(model)
 
     def base_record(self) -> dict:
@@ -176,9 +197,9 @@ class Retention:
             if rec["status"] == "finished" or not redo_failed:
                 return rec
         from yolo_ldac.nn.adapter import protected_layers
-        from yolo_ldac.pruning.complexity import layer_channels
         from yolo_ldac.pruning.criteria import build_criterion
         from yolo_ldac.pruning.engine import ChannelPruner
+        from yolo_ldac.sweep import retention_point
         from yolo_ldac.utils.env import machine_info
 
         opts = parse_variant(variant)
@@ -191,26 +212,21 @@ class Retention:
             calib = self.calib()
             model, dense, dense_channels = self.fresh()
             crit = build_criterion(criterion, seed=self.seed)
-            steps = []
-            t = time.perf_counter()
-            for i in range(1, opts["steps"] + 1):
-                pruner = ChannelPruner(model, crit, dense, dense_channels, protected_layers(model), imgsz=FLOPS_IMGSZ,
-                                       compensate=opts["compensate"] if opts["compensate"] != "none" else False,
-                                       layer_cap=opts["layer_cap"], per_flop=opts["per_flop"],
-                                       lsq_ridge=opts["lsq_ridge"])
-                res = pruner.step(float(ratio) * i / opts["steps"], calib)
-                steps.append({"target": round(res.target_ratio, 4), "reached": round(res.reached_ratio, 4),
-                              "groups_pruned": res.groups_pruned, "scoring_s": round(res.seconds_scoring, 2)})
-            prune_s = time.perf_counter() - t
-            t = time.perf_counter()
-            m = self.validate(model)
-            val_s = time.perf_counter() - t
-            after = layer_channels(model)
-            rec.update(status="finished", map50_95=m["map50_95"], map50=m["map50"],
-                       reached_ratio=steps[-1]["reached"], steps=steps,
-                       flops_g=round(res.after.flops_g, 4), params_m=round(res.after.params / 1e6, 4),
-                       widths={n: [c, after.get(n, c)] for n, c in dense_channels.items() if after.get(n, c) != c},
-                       wall_s={"calibration_data": round(self.calib_s, 2) if built else 0.0, "prune": round(prune_s, 2), "validate": round(val_s, 2),
+
+            def make_pruner(m):  # the library's one-shot point (yolo_ldac.sweep), with this variant's options
+                return ChannelPruner(m, crit, dense, dense_channels, protected_layers(m), imgsz=FLOPS_IMGSZ,
+                                     compensate=opts["compensate"] if opts["compensate"] != "none" else False,
+                                     layer_cap=opts["layer_cap"], per_flop=opts["per_flop"],
+                                     lsq_ridge=opts["lsq_ridge"], flops_fn=self.flops_fn)
+
+            point = retention_point(model, ratio, make_pruner, calib, self.validate, steps=opts["steps"],
+                                    start_step=False)
+            point.pop("model", None)
+            rec.update(status="finished", map50_95=point["map50_95"], map50=point["map50"],
+                       reached_ratio=point["reached_ratio"], steps=point["steps"],
+                       flops_g=point["flops_g"], params_m=point["params_m"], widths=point["widths"],
+                       wall_s={"calibration_data": round(self.calib_s, 2) if built else 0.0,
+                               "prune": point["wall_s"]["prune"], "validate": point["wall_s"]["validate"],
                                "total": round(time.perf_counter() - t0, 2)})
         except Exception as e:  # an unreachable ratio under a cap, ...: recorded, not retried
             rec.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc(),
@@ -403,6 +419,9 @@ def main(argv=None) -> int:
     ap.add_argument("--calib-batch", type=int, default=8)
     ap.add_argument("--imgsz", type=int, default=160)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--counter", choices=["analytic", "ultralytics"], default="analytic",
+                    help="FLOPs count the ratios are of: analytic (the points so far) or ultralytics (what compress "
+                         "and `yolo-ldac sweep` use: compare a sweep with --counter ultralytics)")
     ap.add_argument("--out", default=None, help="default benchmarks/results/retention/<data>/<base stem>")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--benchmarks-md", action="store_true", help="also write the table into BENCHMARKS.md")
@@ -437,7 +456,8 @@ def main(argv=None) -> int:
                           f"![retention]({rel}/retention.png){findings}")
         return 0
     retention_curves(args.base, args.data, args.criteria, args.ratios, variants, out=args.out, imgsz=args.imgsz,
-                     calib_batches=args.calib_batches, calib_batch=args.calib_batch, threads=args.threads)
+                     calib_batches=args.calib_batches, calib_batch=args.calib_batch, threads=args.threads,
+                     counter=args.counter)
     return 0
 
 

@@ -115,6 +115,29 @@ class YOLOLDAC:
         """Train the (pruned) model as it is for ``epochs`` (default ``finetune_epochs``) with Ultralytics."""
         return self._compress_mode("finetune", dict(kwargs, data=data, epochs=epochs))
 
+    @_under_policy
+    def sweep(self, data: str | None = None, ratios: str | list | None = None, method: str | None = None,
+              **kwargs: Any):
+        """The retention curve: for each ratio of ``ratios`` (of ``target``), a fresh copy of the model pruned in ONE
+        step with ``method``'s criterion and compensation, no training, validated on ``data``'s val split; with
+        ``epochs=N`` also the trained curve (each ratio compressed with the usual schedule, ``finetune_epochs=N``,
+        in ``<out>/r<ratio>``). Writes ``sweep.json``, ``sweep.md`` and ``sweep.png`` to ``project/name`` (name
+        default ``sweep``) and returns a :class:`yolo_ldac.sweep.SweepResult` (``points``, ``base``, ``table``).
+
+        Example:
+            >>> res = YOLOLDAC("yolo11n.pt").sweep(data="coco8.yaml", ratios="0.2,0.4", method="ldac")  # doctest: +SKIP
+            >>> [round(p["map50_95"], 3) for p in res.points]  # doctest: +SKIP
+            [0.301, 0.262]
+        """
+        from yolo_ldac.sweep import run_sweep
+
+        overrides = {k: v for k, v in dict(kwargs, data=data, ratios=ratios, method=method).items() if v is not None}
+        overrides.setdefault("trusted", self.trusted)
+        overrides.setdefault("name", "sweep")
+        cfg = get_cfg(overrides, mode="sweep")
+        from_yaml = isinstance(self.source, (str, Path)) and Path(self.source).suffix in {".yaml", ".yml"}
+        return run_sweep(cfg, self.source, model=None if from_yaml else self._model)
+
     def _compress_mode(self, mode: str, kwargs: dict) -> CompressResult | None:
         from yolo_ldac.schedule.compressor import Compressor
 
@@ -318,6 +341,8 @@ class TorchvisionLDAC(YOLOLDAC):
 
         overrides = {k: v for k, v in kwargs.items() if v is not None}
         cfg = get_cfg(overrides, mode=mode)
+        if cfg.get("max_drop") is not None or cfg.get("max_drop_rel") is not None:
+            raise LDACError("max_drop= and max_drop_rel= are not supported for torchvision models yet: give ratio=")
         result = compress(cfg, self._model if self._model is not None else self.source, mode=mode)
         self.source, self._model = result.best, None
         return result
@@ -361,6 +386,9 @@ class TorchvisionLDAC(YOLOLDAC):
 
     def benchmark(self, **kwargs: Any):
         raise LDACError("benchmark mode is not supported for torchvision models yet (export=onnx is)")
+
+    def sweep(self, **kwargs: Any):
+        raise LDACError("sweep mode is not supported for torchvision models yet (compress and prune are)")
 
     def info(self, imgsz: int | None = None, **kwargs: Any) -> dict:
         """FLOPs (G), parameters (M) and output channels per layer (a builder name: with one class)."""

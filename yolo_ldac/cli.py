@@ -26,6 +26,7 @@ MODE_HELP = {
     "compress": "prune in `rounds` steps with training in between, then fine-tune and validate",
     "prune": "prune once to the target ratio, without training; save the pruned model",
     "finetune": "train a (pruned) model for `epochs` epochs (default: finetune_epochs)",
+    "sweep": "one-step retention point per ratio in `ratios` (with `epochs`, also trained): table, JSON, plot",
     "val": "validate a model on `data`",
     "export": "export a model to `format` (onnx, litert, openvino, ncnn, ...) and check it against PyTorch in its runtime",
     "benchmark": "export to every runtime in `formats`, check, and time it (and `baseline`): latency, size, mAP",
@@ -61,6 +62,8 @@ Examples:
     yolo-ldac compress model=yolo11n.pt data=coco8.yaml ratio=0.5 target=flops method=l2
     yolo-ldac prune model=yolo11n.pt data=coco8.yaml ratio=0.3 rounds=1
     yolo-ldac compress model=yolo11n.pt data=coco8.yaml method=ldac criterion=group_fisher
+    yolo-ldac compress model=yolo11n.pt data=coco8.yaml max_drop=0.01   # the most FLOPs within 1 point of mAP
+    yolo-ldac sweep model=yolo11n.pt data=coco8.yaml ratios=0.1,0.2,0.3,0.4 method=ldac
     yolo-ldac compress resume=runs/ldac/exp      # continue a stopped run with its own settings
     yolo-ldac finetune model=runs/ldac/exp/weights/pruned.pt data=coco8.yaml epochs=20 lr0=0.002
     yolo-ldac val model=runs/ldac/exp/weights/best.pt data=coco8.yaml

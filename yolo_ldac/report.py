@@ -22,6 +22,9 @@ key            meaning
 ``latency``    measured latency (only when the run measured it: ``target=latency``, ``speedup=``,
                ``latency_ms=``, ``round_to=auto``): ``{runtime, precision, threads, imgsz, dense_ms,
                compressed_ms, speedup, flops_speedup, predicted_ms, target_ms, met, round_to}``
+``budget``     with ``max_drop=`` / ``max_drop_rel=``: ``{max_drop, max_drop_rel, base_map50_95, floor_map50_95,
+               grid, search: {points, chosen, bracket, reason}, ratio, finished_map50_95, step_back, met,
+               optimizer_steps: {run, step_back, x_fixed_run}}``
 ``paths``      ``{best, portable, run_dir}``
 ``settings``   dict of the settings used
 =============  ==========================================================================================
@@ -151,6 +154,12 @@ def _headline(report: dict) -> str:
             f"mAP50-95 {_fmt(before.get('map50_95'))} → {_fmt(after.get('map50_95'))} "
             f"({_change(report, 'map50_95', 'map')})"
         )
+    budget = report.get("budget") or {}
+    if budget.get("ratio") is not None:
+        given = " ".join(f"{k}={budget[k]:g}" for k in ("max_drop", "max_drop_rel") if budget.get(k) is not None)
+        parts.append(f"{given}: ratio {budget['ratio']:g} searched"
+                     + (", stepped back" if budget.get("step_back") else "")
+                     + ("" if budget.get("met", True) else ", budget NOT met"))
     return "; ".join(parts)
 
 
@@ -159,6 +168,54 @@ def _before_after_legend(report: dict) -> str:
     data = f" on `{_md_escape(report.get('data'))}`" if report.get("data") else ""
     return (f"*before*: the input model `{_md_escape(report.get('model'))}` as passed{data}, before any pruning or "
             "training; *after*: this run's model (`weights/best.pt`).")
+
+
+def budget_markdown(b: dict | None) -> list[str]:
+    """The ``## Budget`` section (``max_drop=`` / ``max_drop_rel=``): what was searched, each point, why the ratio
+    was chosen, the step back and the optimizer steps; nothing without a budget."""
+    if not b:
+        return []
+    base = _num(b.get("base_map50_95")) or 0.0
+    given = " ".join(f"{k}={b[k]:g}" for k in ("max_drop", "max_drop_rel") if b.get(k) is not None)
+    search = b.get("search") or {}
+    pts = search.get("points") or []
+    grid = b.get("grid") or []
+    md = ["## Budget", "",
+          f"{given}: the finished model needs mAP50-95 >= {_fmt(b.get('floor_map50_95'))} (base {_fmt(base)}). "
+          f"Searched the ratio of {b.get('target')} in [{grid[0] if grid else '-'}, {grid[-1] if grid else '-'}] "
+          f"(ratios=; reachable {_fmt(b.get('reachable'), 3)}) with {len(pts)} one-step retention points "
+          f"(compensate={b.get('compensate')}, no training; {_fmt(b.get('search_s'), 1)} s), the grid up to the "
+          f"first miss, then bisected to search_tol={b.get('search_tol')}.", ""]
+    rows = [[i + 1, p.get("stage"), _fmt(p.get("ratio"), 4), _fmt(p.get("reached_ratio"), 3),
+             _fmt(p.get("map50_95")), f"{100 * ((_num(p.get('map50_95')) or 0.0) - base):+.2f}",
+             "yes" if p.get("within") else "no"] for i, p in enumerate(pts)]
+    md += _md_table(["#", "stage", "ratio", "reached", "mAP50-95", "change (points)", "within"], rows) + [""]
+    if b.get("ratio") is not None:
+        md += [f"Chosen: ratio **{b['ratio']:g}**: {search.get('reason')}.", ""]
+    elif search.get("reason"):
+        md += [f"Nothing chosen: {search.get('reason')}.", ""]
+    step = b.get("step_back")
+    if b.get("finished_map50_95") is not None:
+        state = "within the budget" if step is None else "MISSED the budget"
+        md += [f"Finished model at the chosen ratio: mAP50-95 {_fmt(b.get('finished_map50_95'))}, {state}.", ""]
+    if step:
+        frm = step.get("from") or {}
+        if frm:
+            tried = ", ".join(f"{t.get('phase')} {_fmt(t.get('map50_95'))}" for t in step.get("tried", []))
+            md += [f"Step back to `{frm.get('phase')}` (ratio {_fmt(frm.get('ratio'), 3)}, mAP50-95 "
+                   f"{_fmt(frm.get('map50_95'))}, the largest ratio of the run's phase checkpoints within the budget; "
+                   f"tried: {tried}), "
+                   f"fine-tuned {step.get('epochs', 0)} epoch(s)"
+                   + (f" to mAP50-95 {_fmt(step.get('trained_map50_95'))}" if step.get("trained_map50_95") is not None
+                      else "")
+                   + f"; kept: the {step.get('kept')} model.", ""]
+    if b.get("message"):
+        md += [f"**{b['message']}**", ""]
+    steps = b.get("optimizer_steps") or {}
+    if steps.get("run"):  # a run that trained (prune trains nothing)
+        md += [f"Optimizer steps: {steps.get('run')} in the run, {steps.get('step_back')} in the step back: "
+               f"{_fmt(steps.get('x_fixed_run'), 2)} x a fixed-ratio run.", ""]
+    return md
 
 
 def format_markdown(report: dict) -> str:
@@ -179,6 +236,8 @@ def format_markdown(report: dict) -> str:
     md += [_before_after_legend(report), ""]
     md += _md_table(["metric", "before", "after", "change"], [list(r) for r in _rows(report)])
     md += ["", "mAP changes are in percentage points; FLOPs and params changes are the percent removed.", ""]
+
+    md += budget_markdown(report.get("budget"))
 
     lat = report.get("latency")
     if lat:

@@ -31,7 +31,7 @@ from yolo_ldac.errors import LDACError
 
 DEFAULT_CFG_PATH = Path(__file__).resolve().parent / "default.yaml"
 
-MODES = ("compress", "prune", "finetune", "val", "export", "benchmark", "info")
+MODES = ("compress", "prune", "finetune", "sweep", "val", "export", "benchmark", "info")
 TARGETS = ("flops", "params", "channels", "latency")
 
 # Keys that are ours AND Ultralytics': split_args() forwards them to Ultralytics too (when not None).
@@ -389,6 +389,32 @@ def _check_latency_keys(cfg: dict) -> None:
         raise LDACError("speedup= and latency_ms= exclude each other: give one measured target")
 
 
+def _check_budget_keys(cfg: dict) -> None:
+    """max_drop=, max_drop_rel=, ratios=, search_tol= (one line each)."""
+    for key in ("max_drop", "max_drop_rel"):
+        v = cfg[key]
+        if v is not None and not (_is_number(v) and 0 <= v < 1):
+            raise LDACError(f"{key} must be a fraction in [0, 1) (or empty), i.e. {key}=0.01 for "
+                            f"{'1 point of mAP50-95' if key == 'max_drop' else '1 % of the base mAP50-95'}, got {v!r}")
+    tol = cfg["search_tol"]
+    if not (_is_number(tol) and 0 < tol <= 0.5):
+        raise LDACError(f"search_tol must be in (0, 0.5], got {tol!r}")
+    budget = cfg["max_drop"] is not None or cfg["max_drop_rel"] is not None
+    if cfg["mode"] == "sweep" or budget:
+        from yolo_ldac.sweep import parse_ratios
+
+        parse_ratios(cfg["ratios"])
+    if not budget:
+        return
+    if cfg["mode"] not in ("compress", "prune"):
+        raise LDACError(f"max_drop= and max_drop_rel= apply to compress and prune, not to {cfg['mode']}")
+    if cfg["speedup"] is not None or cfg["latency_ms"] is not None:
+        raise LDACError("max_drop= searches the ratio; speedup= and latency_ms= set it: give one of them "
+                        "(max_drop with target=latency searches the latency ratio)")
+    if not cfg.get("data"):
+        raise LDACError("max_drop= needs data=... (the budget is measured on its val split)")
+
+
 def _validate(cfg: dict, explicit: dict) -> None:
     mode = cfg["mode"]
     if mode not in MODES:
@@ -410,6 +436,7 @@ def _validate(cfg: dict, explicit: dict) -> None:
     if cfg["round_to"] != "auto":
         _check_int(cfg, "round_to", 1)
     _check_latency_keys(cfg)
+    _check_budget_keys(cfg)
     _check_int(cfg, "calib_batches", 0)
     for key in ("ld_alpha", "cov_beta", "align_gamma"):
         if not (_is_number(cfg[key]) and cfg[key] >= 0):

@@ -43,17 +43,25 @@ from yolo_ldac.schedule.callbacks import EVENTS, Callbacks
 from yolo_ldac.schedule.state import STATE_FILE, RunState, find_resumable
 
 PHASE_DIR = "phases"
+STEP_BACK = "step_back"  # the training folder of a step back (check_budget)
 LOG_FILE = "log.txt"
 
 
 def plan_phases(mode: str, cfg: dict, push_trains_first: bool) -> list[str]:
     """The phase names of a run.
 
+    With a budget (``max_drop=`` / ``max_drop_rel=``) a ``search`` phase chooses the ratio after ``validate_base``
+    and a ``check_budget`` phase after ``validate_final`` steps back to an earlier phase checkpoint when the
+    finished model misses the budget.
+
     Example:
         >>> plan_phases("compress", {"rounds": 2, "epochs_per_round": 1, "finetune_epochs": 3}, False)
         ['prepare', 'validate_base', 'round1.step', 'round2.push', 'round2.step', 'finetune', 'validate_final', 'save']
+        >>> plan_phases("prune", {"rounds": 1, "max_drop": 0.01}, False)
+        ['prepare', 'validate_base', 'search', 'round1.step', 'validate_final', 'check_budget', 'save']
     """
-    names = ["prepare", "validate_base"]
+    budget = mode != "finetune" and (cfg.get("max_drop") is not None or cfg.get("max_drop_rel") is not None)
+    names = ["prepare", "validate_base"] + (["search"] if budget else [])
     if mode == "finetune":
         names.append("finetune")
     else:
@@ -64,7 +72,7 @@ def plan_phases(mode: str, cfg: dict, push_trains_first: bool) -> list[str]:
             names.append(f"round{i}.step")
         if training and cfg["finetune_epochs"] > 0:
             names.append("finetune")
-    return names + ["validate_final", "save"]
+    return names + ["validate_final"] + (["check_budget"] if budget else []) + ["save"]
 
 
 def select_device(device: Any) -> torch.device:
@@ -190,11 +198,12 @@ class Compressor:
         self.device = select_device(cfg.get("device"))
         self.calib: list[dict] | None = None
 
-    def calibration(self) -> list[dict]:
-        """The calibration batches (built once, seeded, on the run's device)."""
-        if self.calib is None:
+    def calibration(self, needed: bool = False) -> list[dict]:
+        """The calibration batches (built once, seeded, on the run's device); ``needed``: also when none of the
+        run's parts uses them (the budget search's ``lsq`` retention points do)."""
+        if self.calib is None or (needed and not self.calib):
             self.calib = []
-            uses = self.criterion is not None and (self.criterion.needs_data or self.push.needs_data
+            uses = self.criterion is not None and (needed or self.criterion.needs_data or self.push.needs_data
                                                    or self.compensation.needs_data)
             if self.data is not None and uses:
                 from yolo_ldac.pruning.calibration import build_calibration_batches
@@ -208,14 +217,16 @@ class Compressor:
                 self._time("calibration_data", time.perf_counter() - t)
         return self.calib
 
-    def pruner(self, model: nn.Module):
+    def pruner(self, model: nn.Module, compensate: str | None = None):
+        """The run's :class:`ChannelPruner` on ``model`` (``compensate``: another compensation than the run's, e.g.
+        ``lsq`` for the budget search's retention points)."""
         from yolo_ldac.nn.adapter import protected_layers
         from yolo_ldac.pruning.complexity import Complexity
         from yolo_ldac.pruning.engine import ChannelPruner
 
         rec = self.state.record
         dense = Complexity(**rec["dense_complexity"])
-        compensation = self.compensation if self.calibration() else "none"
+        compensation = (compensate or self.compensation) if self.calibration(needed=compensate is not None) else "none"
         target, latency = self.cfg["target"], None
         if self.latency is not None:
             self.latency.dense_file(model, self.cfg.get("data"))  # exported before the first step changes it
@@ -227,10 +238,24 @@ class Compressor:
                              floor=self.cfg["floor"], compensate=compensation, tolerance=self.cfg["tolerance"],
                              flops_fn=_flops_fn(dense), latency=latency)
 
+    @property
+    def budget(self):
+        """The run's :class:`yolo_ldac.budget.Budget` (``max_drop=`` / ``max_drop_rel=``; inactive when unset)."""
+        from yolo_ldac.budget import Budget
+
+        if self.mode == "finetune":
+            return Budget()
+        return Budget(self.cfg.get("max_drop"), self.cfg.get("max_drop_rel"))
+
+    def run_ratio(self) -> float:
+        """The ratio the run prunes to: ``ratio=``, or the one the budget search chose."""
+        chosen = ((self.state.record.get("budget") or {}).get("ratio") if self.state is not None else None)
+        return float(chosen) if chosen is not None else float(self.cfg["ratio"])
+
     def _ratio_at(self, rnd: int) -> float:
         """The ratio round ``rnd`` prunes to (of the target; a measured target plans on predicted latency)."""
         if self.latency is None or not self.latency.measured_target(self.cfg):
-            return self.cfg["ratio"] * rnd / int(self.cfg["rounds"])
+            return self.run_ratio() * rnd / int(self.cfg["rounds"])
         rec = self.state.record
         ratio = self.latency.planned_ratio()
         last, before = rec.get("latency_last") or {}, self.rounds[-1] if self.rounds else {}
@@ -246,6 +271,55 @@ class Compressor:
                                "pruning to that, then measuring")
         ratio = min(ratio, rec["latency_max_ratio"]) * rnd / int(self.cfg["rounds"])
         return max(ratio, float(before.get("ratio_reached") or 0.0))  # never aims below what is already removed
+
+    # --- retention points (sweep, the budget search) -------------------------------------------------------------
+    def prepare_points(self) -> None:
+        """Check every input and prepare the dense model, as a run does before its folder exists (``sweep``)."""
+        self._setup()
+        self._check_inputs()
+
+    def open_points(self, out_dir: Path) -> None:
+        """Give :meth:`retention_point` the record a run's state would hold (in memory; nothing is resumable)."""
+        source = str(self.source) if isinstance(self.source, (str, Path)) else type(self.source).__name__
+        self.run_dir = Path(out_dir)
+        self.state = RunState.new(out_dir, self.mode, self.ldac_cfg, source, [])
+        self.state.record.update(dense_complexity=self.dense_comp.as_dict(), dense_channels=self.dense_channels,
+                                 timings={}, **self._latency_record)
+        if self.latency is not None:
+            self.latency = RunLatency(self.cfg, self.state.record, self.run_dir)
+
+    def dense_latency_ms(self) -> float | None:
+        """The dense model's measured latency with ``target=latency`` (the latency model's), else None."""
+        if self.latency is None or self.cfg["target"] != "latency":
+            return None
+        return round(float(self.latency.latency_model(self.prepared, self.cfg.get("data")).dense_ms), 3)
+
+    def retention_point(self, ratio: float, compensate: str | None = None, model: nn.Module | None = None) -> dict:
+        """One-shot point (:func:`yolo_ldac.sweep.retention_point`) of the dense ``model`` (default: the prepared
+        one) with the run's criterion and settings (``compensate``: another compensation than the run's)."""
+        from yolo_ldac.sweep import retention_point
+
+        seed_everything(int(self.cfg["seed"]))
+        base = model if model is not None else self.prepared
+        return retention_point(base, ratio, lambda m: self.pruner(m, compensate=compensate),
+                               self.calibration(needed=compensate is not None), self.validate)
+
+    def trained_point(self, ratio: float, out_dir: Path, epochs: int) -> dict:
+        """Compress the input model to ``ratio`` with the usual schedule (``finetune_epochs=epochs``) in
+        ``out_dir/r<ratio>``; the sweep's trained point."""
+        cfg = dict(self.cfg, mode="compress", ratio=float(ratio), finetune_epochs=int(epochs), epochs=None,
+                   project=str(out_dir), name=f"r{ratio:g}", exist_ok=False)
+        for key in ("max_drop", "max_drop_rel"):
+            cfg[key] = None
+        res = Compressor(cfg, self.source, model=self.model, callbacks=self.callbacks).run()
+        rep = res.report
+        lat = rep.get("latency") or {}
+        return {"ratio": float(ratio), "reached_ratio": round(rep["removed"]["flops_pct"] / 100, 4)
+                if self.cfg["target"] == "flops" else (rep.get("rounds") or [{}])[-1].get("ratio_reached"),
+                "map50_95": rep["after"]["map50_95"], "map50": rep["after"]["map50"],
+                "flops_g": rep["after"]["flops_g"], "params_m": rep["after"]["params_m"],
+                "latency_ms": lat.get("predicted_ms"), "optimizer_steps": rep["optimizer_steps"]["total"],
+                "run_dir": str(res.run_dir), "best": str(res.best)}
 
     # --- records ---------------------------------------------------------------------------------------------
     @property
@@ -305,7 +379,8 @@ class Compressor:
             self.latency.check_available()
             round_to = self.latency.round_to()
         by_latency = self.cfg["target"] == "latency" or RunLatency.measured_target(self.cfg)
-        if self.mode != "finetune" and not by_latency:  # a latency ratio is checked by the step, on the table
+        if self.mode != "finetune" and not by_latency and not self.budget.active:
+            # a latency ratio is checked by the step, on the table; a budget's ratio is searched below the reachable
             probe = ChannelPruner(model, self.criterion, self.dense_comp, self.dense_channels, protected_layers(model),
                                   imgsz=640, target=self.cfg["target"], round_to=int(round_to),
                                   floor=self.cfg["floor"], tolerance=self.cfg["tolerance"],
@@ -611,6 +686,170 @@ class Compressor:
             self.rounds[-1]["map50_95_after_train"] = self.state.record["after_metrics"].get("map50_95")
         return model, False
 
+    # --- the budget (max_drop=, max_drop_rel=) ---------------------------------------------------------------
+    def _base_map(self, model) -> float:
+        rec = self.state.record
+        if (rec.get("before_metrics") or {}).get("map50_95") is None:
+            rec["before_metrics"] = self.validate(model)
+        return float(rec["before_metrics"]["map50_95"])
+
+    def _phase_search(self, model, _rnd):
+        """Choose the ratio: the largest whose one-step retention point (compensate=lsq, no training) is within the
+        budget (:func:`yolo_ldac.budget.search_ratio` over ``ratios=``, bisected to ``search_tol``)."""
+        from ultralytics.utils import LOGGER
+
+        from yolo_ldac.budget import nothing_meets_message, search_ratio
+        from yolo_ldac.sweep import parse_ratios
+
+        cfg, budget = self.cfg, self.budget
+        base = self._base_map(model)
+        floor = budget.floor(base)
+        grid = parse_ratios(cfg["ratios"])
+        reachable = None
+        if cfg["target"] != "latency":  # the latency table's ratio is checked by the step itself
+            reachable = float(self.pruner(copy.deepcopy(model)).max_ratio()) - float(cfg["tolerance"])
+            if grid[0] > reachable:
+                raise LDACError(f"ratios={cfg['ratios']}: the smallest ratio {grid[0]:g} of {cfg['target']} is "
+                                f"unreachable: with floor={cfg['floor']} at most {reachable:.3f} can be removed")
+            grid = [r for r in grid if r <= reachable] + ([round(reachable, 4)] if grid[-1] > reachable else [])
+        LOGGER.info(f"{budget.describe()}: searching the ratio of {cfg['target']} in [{grid[0]:g}, {grid[-1]:g}] "
+                    f"with one-step retention points (lsq, no training): {budget.floor_text(base)}")
+        t = time.perf_counter()
+
+        def point(ratio: float) -> dict:
+            rec = self.retention_point(ratio, compensate="lsq", model=model)
+            rec.pop("model", None)
+            rec.pop("widths", None)
+            LOGGER.info(f"  search ratio {ratio:g}: reached {rec['reached_ratio']:.3f}, mAP50-95 {rec['map50_95']:.4f}"
+                        f" ({100 * (rec['map50_95'] - base):+.2f} points)")
+            return rec
+
+        res = search_ratio(point, floor, grid, tol=float(cfg["search_tol"]))
+        record = {"max_drop": cfg.get("max_drop"), "max_drop_rel": cfg.get("max_drop_rel"), "base_map50_95": base,
+                  "floor_map50_95": round(floor, 6), "grid": grid, "reachable": reachable,
+                  "search_tol": cfg["search_tol"], "compensate": "lsq", "target": cfg["target"],
+                  "search": res.as_dict(), "search_s": round(time.perf_counter() - t, 2), "ratio": res.chosen}
+        self.state.record["budget"] = record
+        if res.chosen is None:
+            record["message"] = nothing_meets_message(budget, base, res.best, cfg["target"])
+            self.state.save()
+            raise LDACError(record["message"])
+        LOGGER.info(f"{budget.describe()}: ratio {res.chosen:g} chosen: {res.reason}")
+        return model, False
+
+    def _fixed_run_steps(self) -> int:
+        rec = self.state.record
+        return int(sum(v for k, v in (rec.get("optimizer_steps") or {}).items() if k != STEP_BACK))
+
+    def _step_back_candidates(self) -> list[dict]:
+        """The phase checkpoints a step back may start from, largest ratio (then latest) first: each round's step
+        (mAP after the step) and the next round's push (the same widths trained; mAP before the next step)."""
+        done = {d["name"]: d.get("checkpoint") for d in self.state.done}
+        out = []
+        for i, r in enumerate(self.rounds):
+            k = int(r["round"])
+            if done.get(f"round{k}.step"):
+                out.append({"phase": f"round{k}.step", "round": k, "ratio": r["ratio_reached"],
+                            "map50_95": r.get("map50_95_after_step"), "checkpoint": done[f"round{k}.step"]})
+            nxt = self.rounds[i + 1] if i + 1 < len(self.rounds) else None
+            if nxt is not None and done.get(f"round{k + 1}.push"):
+                out.append({"phase": f"round{k + 1}.push", "round": k, "ratio": r["ratio_reached"],
+                            "map50_95": nxt.get("map50_95_before_step"), "checkpoint": done[f"round{k + 1}.push"]})
+        order = {c["phase"]: self.state.phase_index(c["phase"]) for c in out}
+        return sorted(out, key=lambda c: (c["ratio"], order[c["phase"]]), reverse=True)
+
+    def _phase_check_budget(self, model, _rnd):
+        """The finished model within the budget: kept. Missed: step back to the last phase checkpoint within it
+        (the largest ratio), fine-tune that for at most half the run's training epochs (so a run with a step back
+        trains at most 1.5 x a fixed-ratio run) and keep whichever of the two is within the budget; never a
+        restart from the base."""
+        from ultralytics.utils import LOGGER
+
+        from yolo_ldac.budget import nothing_meets_message
+        from yolo_ldac.safe_load import load_checkpoint
+
+        rec, cfg, budget = self.state.record, self.cfg, self.budget
+        b = rec["budget"]
+        base = float(b["base_map50_95"])
+        after = rec.get("after_metrics") or {}
+        b["finished_map50_95"] = after.get("map50_95")
+        if budget.met(base, after.get("map50_95")):
+            b["step_back"] = None
+            b["met"] = True
+            return model, False
+        LOGGER.warning(f"{budget.describe()}: the finished model misses the budget (mAP50-95 "
+                       f"{after.get('map50_95', float('nan')):.4f} < {budget.floor(base):.4f}): stepping back to the "
+                       "last phase checkpoint within it")
+        chosen, tried = None, []
+        for cand in self._step_back_candidates():
+            if cand["map50_95"] is None:  # not validated during the run (val_steps=False): validate it now
+                ckpt = load_checkpoint(Path(self.state.run_dir) / cand["checkpoint"])
+                cand["map50_95"] = self.validate(ckpt["ema"].float().to(self.device))["map50_95"]
+            tried.append({k: cand[k] for k in ("phase", "ratio", "map50_95")})
+            if budget.met(base, cand["map50_95"]):
+                chosen = cand
+                break
+        step = {"from": chosen and {k: chosen[k] for k in ("phase", "ratio", "map50_95", "checkpoint")},
+                "tried": tried, "missed_map50_95": after.get("map50_95")}
+        b["step_back"] = step
+        if chosen is None:
+            best = max([{"ratio": t["ratio"], "reached_ratio": t["ratio"], "map50_95": t["map50_95"]} for t in tried]
+                       + [{"ratio": self.run_ratio(), "reached_ratio": self.rounds[-1]["ratio_reached"]
+                           if self.rounds else self.run_ratio(), "map50_95": after.get("map50_95") or 0.0}],
+                       key=lambda p: p["map50_95"])
+            b["met"] = False
+            b["message"] = nothing_meets_message(budget, base, best, cfg["target"],
+                                                 what="the run's phase checkpoints and the finished model",
+                                                 lead="the finished model misses the budget, and so does every "
+                                                      "phase checkpoint of the run")
+            self.state.save()
+            raise LDACError(b["message"])
+        self.state.save()  # a resumed run steps back from the same checkpoint
+        ckpt = load_checkpoint(Path(self.state.run_dir) / chosen["checkpoint"])
+        back = ckpt["ema"].float().to(self.device)
+        # The last step's own checkpoint is what the fine-tuning that missed started from: kept as it is.
+        epochs = 0 if chosen["phase"] == f"round{int(cfg['rounds'])}.step" else self._step_back_epochs()
+        step["epochs"] = epochs
+        kept, metrics = back, None
+        if epochs > 0:
+            trained = self._train(copy.deepcopy(back), epochs, STEP_BACK, final=True)
+            metrics = self.validate(trained)
+            step["trained_map50_95"] = metrics["map50_95"]
+            if budget.met(base, metrics["map50_95"]):
+                kept = trained
+            else:
+                metrics = None
+        if metrics is None:  # the checkpoint as it was (its mAP was within the budget)
+            metrics = self.validate(back)
+        step["kept"] = "trained" if kept is not back else "checkpoint"
+        rec["after_metrics"] = metrics
+        b["met"] = budget.met(base, metrics["map50_95"])
+        b["final_ratio"] = chosen["ratio"]
+        LOGGER.info(f"{budget.describe()}: stepped back to {chosen['phase']} (ratio {chosen['ratio']:.3f}), "
+                    f"{step['kept']}: mAP50-95 {metrics['map50_95']:.4f}")
+        return kept, True
+
+    def _step_back_epochs(self) -> int:
+        """Fine-tuning epochs of a step back: ``finetune_epochs``, at most half of the run's training epochs."""
+        if self.mode != "compress":
+            return 0
+        run_epochs = int(self.cfg["finetune_epochs"]) + int(self.cfg["epochs_per_round"]) * sum(
+            1 for p in self.state.phases if p.endswith(".push"))
+        return min(int(self.cfg["finetune_epochs"]), run_epochs // 2)
+
+    def _budget_report(self) -> dict | None:
+        """The report's ``budget`` entry: what was searched, each point, why the ratio was chosen, the step back."""
+        b = (self.state.record.get("budget") or None) if self.state is not None else None
+        if not b:
+            return None
+        steps = self.state.record.get("optimizer_steps") or {}
+        fixed = self._fixed_run_steps()
+        out = dict(b)
+        out["optimizer_steps"] = {"run": fixed, "step_back": int(steps.get(STEP_BACK, 0)),
+                                  "x_fixed_run": round((fixed + int(steps.get(STEP_BACK, 0))) / fixed, 3)
+                                  if fixed else None}
+        return out
+
     def _phase_save(self, model, _rnd):
         from yolo_ldac.checkpoint import save_portable, save_ultralytics_checkpoint
 
@@ -708,6 +947,8 @@ class Compressor:
         for name in self.state.phases:
             if name.endswith(".push") or name == "finetune":
                 shutil.rmtree(self.run_dir / name.split(".")[0] / "weights", ignore_errors=True)
+            if name == "check_budget":
+                shutil.rmtree(self.run_dir / STEP_BACK / "weights", ignore_errors=True)
 
     def _write_report(self, model: nn.Module) -> None:
         from datetime import datetime
@@ -734,7 +975,7 @@ class Compressor:
         report = {
             "model": self.state.source, "data": cfg.get("data"), "mode": self.mode,
             "method": None if ratio_free else cfg["method"], "parts": rec.get("parts"),
-            "target": cfg["target"], "ratio": None if ratio_free else cfg["ratio"],
+            "target": cfg["target"], "ratio": None if ratio_free else self.run_ratio(),
             "before": before, "after": after, "removed": removed, "layers": layers, "rounds": self.rounds,
             "timings": {k: round(v, 2) for k, v in timings.items()},
             "optimizer_steps": {**rec.get("optimizer_steps", {}),
@@ -748,6 +989,7 @@ class Compressor:
             "settings": {k: v for k, v in self.ldac_cfg.items() if k not in {"mode"}},
             "labels": rec.get("labels"),
             "latency": self._latency_report(after_comp, dense),
+            "budget": self._budget_report(),
             "flops_imgsz": 640, "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         }
         write_report(self.run_dir, report)
