@@ -306,3 +306,45 @@ def test_torchvision_models_refuse_a_budget(tmp_path):
         runner.compress(data=str(tmp_path / "d.yaml"), max_drop=0.01)
     with pytest.raises(LDACError, match="sweep mode is not supported for torchvision"):
         runner.sweep(data=str(tmp_path / "d.yaml"))
+
+
+@pytest.mark.slow
+def test_step_forward_from_a_finished_model_with_room(tiny_data, tmp_path, monkeypatch):
+    """Training recovers 5 points here (a model that went through ``_train`` validates 0.05 higher, and so do
+    the one-step points pruned from it): the search from the base stops where the untrained points leave the
+    budget, the finished model has room, and the step forward searches from it, prunes further, fine-tunes for at
+    most half the run's epochs and keeps the larger ratio; at most 1.5 x the optimizer steps of the run."""
+    from yolo_ldac import YOLOLDAC
+    from yolo_ldac.schedule.compressor import Compressor
+
+    fake_curve(monkeypatch)
+    plain = Compressor.validate
+    orig = Compressor._train
+    trained = []
+
+    def train(self, model, epochs, name, final):
+        out = orig(self, model, epochs, name, final)
+        out._fake_trained = True  # deep copies (the one-step points) keep it
+        trained.append(name)
+        return out
+
+    def validate(self, model):
+        m = plain(self, model)
+        bonus = 0.05 if getattr(model, "_fake_trained", False) else 0.0
+        return {k: round(v + bonus, 6) for k, v in m.items()}
+
+    monkeypatch.setattr(Compressor, "_train", train)
+    monkeypatch.setattr(Compressor, "validate", validate)
+    res = YOLOLDAC(str(TINY)).compress(data=str(tiny_data), max_drop=0.04, rounds=2, epochs_per_round=1,
+                                       finetune_epochs=2, project=str(tmp_path), name="sf", **FAST)
+    b = res.report["budget"]
+    fwd = b["step_forward"]
+    assert b["step_back"] is None and fwd["kept"] == "step_forward" and b["met"] is True
+    assert fwd["from_ratio"] <= b["ratio"] + 0.02 < fwd["reached_ratio"]
+    assert abs(res.removed["flops_pct"] / 100 - fwd["reached_ratio"]) <= 0.01 and res.after["map50_95"] >= 0.46
+    assert trained == ["round2", "finetune", "step_forward"] and fwd["epochs"] == 1
+    steps = b["optimizer_steps"]
+    assert steps["step_forward"] > 0 and steps["x_fixed_run"] <= 1.5
+    assert res.report["rounds"][-1]["step_forward"] is True
+    assert not (res.run_dir / "step_forward" / "weights").exists()
+    assert "Step forward: searched from the finished model" in (res.run_dir / "report.md").read_text()

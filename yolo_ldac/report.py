@@ -24,7 +24,7 @@ key            meaning
                compressed_ms, speedup, flops_speedup, predicted_ms, target_ms, met, round_to}``
 ``budget``     with ``max_drop=`` / ``max_drop_rel=``: ``{max_drop, max_drop_rel, base_map50_95, floor_map50_95,
                grid, search: {points, chosen, bracket, reason}, ratio, finished_map50_95, step_back, met,
-               optimizer_steps: {run, step_back, x_fixed_run}}``
+               optimizer_steps: {run, step_back, step_forward, x_fixed_run}}``
 ``paths``      ``{best, portable, run_dir}``
 ``settings``   dict of the settings used
 =============  ==========================================================================================
@@ -159,6 +159,8 @@ def _headline(report: dict) -> str:
         given = " ".join(f"{k}={budget[k]:g}" for k in ("max_drop", "max_drop_rel") if budget.get(k) is not None)
         parts.append(f"{given}: ratio {budget['ratio']:g} searched"
                      + (", stepped back" if budget.get("step_back") else "")
+                     + (f", stepped forward to {budget['final_ratio']:.3f}" if (budget.get("step_forward") or {}).get(
+                         "kept") == "step_forward" else "")
                      + ("" if budget.get("met", True) else ", budget NOT met"))
     return "; ".join(parts)
 
@@ -209,11 +211,28 @@ def budget_markdown(b: dict | None) -> list[str]:
                    + (f" to mAP50-95 {_fmt(step.get('trained_map50_95'))}" if step.get("trained_map50_95") is not None
                       else "")
                    + f"; kept: the {step.get('kept')} model.", ""]
+    fwd = b.get("step_forward")
+    if fwd:
+        fpts = (fwd.get("search") or {}).get("points") or []
+        tried = ", ".join(f"{_fmt(p.get('ratio'), 3)}: {_fmt(p.get('map50_95'))}" for p in fpts)
+        if fwd.get("ratio") is None:
+            md += [f"Step forward: searched from the finished model (ratio {_fmt(fwd.get('from_ratio'), 3)}; "
+                   f"points {tried}); no larger ratio is within the budget in one step: the finished model is kept.",
+                   ""]
+        else:
+            md += [f"Step forward: searched from the finished model (ratio {_fmt(fwd.get('from_ratio'), 3)}, "
+                   f"mAP50-95 {_fmt(fwd.get('from_map50_95'))}; one-step points {tried}), pruned to "
+                   f"{_fmt(fwd.get('reached_ratio'), 3)} and fine-tuned {fwd.get('epochs')} epoch(s) to mAP50-95 "
+                   f"{_fmt(fwd.get('trained_map50_95'))}; kept: the "
+                   + ("step-forward model" if fwd.get("kept") == "step_forward" else "finished model (the step "
+                                                                                     "forward missed the budget)")
+                   + ".", ""]
     if b.get("message"):
         md += [f"**{b['message']}**", ""]
     steps = b.get("optimizer_steps") or {}
     if steps.get("run"):  # a run that trained (prune trains nothing)
-        md += [f"Optimizer steps: {steps.get('run')} in the run, {steps.get('step_back')} in the step back: "
+        md += [f"Optimizer steps: {steps.get('run')} in the run, {steps.get('step_back')} in the step back, "
+               f"{steps.get('step_forward', 0)} in the step forward: "
                f"{_fmt(steps.get('x_fixed_run'), 2)} x a fixed-ratio run.", ""]
     return md
 

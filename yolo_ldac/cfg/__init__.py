@@ -42,7 +42,7 @@ SHARED_KEYS = frozenset(
 
 # Our keys that must be exactly True or False.
 _BOOL_KEYS = ("fade", "ld_pooled", "val_steps", "portable", "parity", "exist_ok", "plots", "verbose", "half", "int8",
-              "parity_map", "strict_labels", "trusted", "deploy_graph", "fuse_splits")
+              "parity_map", "strict_labels", "trusted", "deploy_graph", "fuse_splits", "step_forward")
 
 _INT_RE = re.compile(r"[-+]?\d[\d_]*")
 _FLOAT_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")

@@ -44,6 +44,7 @@ from yolo_ldac.schedule.state import STATE_FILE, RunState, find_resumable
 
 PHASE_DIR = "phases"
 STEP_BACK = "step_back"  # the training folder of a step back (check_budget)
+STEP_FORWARD = "step_forward"  # the training folder of a step forward (check_budget)
 LOG_FILE = "log.txt"
 
 
@@ -739,7 +740,7 @@ class Compressor:
 
     def _fixed_run_steps(self) -> int:
         rec = self.state.record
-        return int(sum(v for k, v in (rec.get("optimizer_steps") or {}).items() if k != STEP_BACK))
+        return int(sum(v for k, v in (rec.get("optimizer_steps") or {}).items() if k not in (STEP_BACK, STEP_FORWARD)))
 
     def _step_back_candidates(self) -> list[dict]:
         """The phase checkpoints a step back may start from, largest ratio (then latest) first: each round's step
@@ -776,7 +777,7 @@ class Compressor:
         if budget.met(base, after.get("map50_95")):
             b["step_back"] = None
             b["met"] = True
-            return model, False
+            return self._step_forward(model, base)
         LOGGER.warning(f"{budget.describe()}: the finished model misses the budget (mAP50-95 "
                        f"{after.get('map50_95', float('nan')):.4f} < {budget.floor(base):.4f}): stepping back to the "
                        "last phase checkpoint within it")
@@ -829,6 +830,73 @@ class Compressor:
                     f"{step['kept']}: mAP50-95 {metrics['map50_95']:.4f}")
         return kept, True
 
+    def _step_forward(self, model: nn.Module, base: float):
+        """The finished model within the budget: one more search from it (one-step lsq points at the ratios above
+        its own, bisected), a prune step to the largest within the budget and fine-tuning for the epochs a step
+        back would have had (at most half the run's); kept when it is within the budget too, else the finished
+        model is. The search from the base cannot see what training recovers; a search from the trained model
+        can (``step_forward=False`` skips it)."""
+        from ultralytics.utils import LOGGER
+
+        from yolo_ldac.budget import search_ratio
+        from yolo_ldac.sweep import parse_ratios
+
+        cfg, budget, b = self.cfg, self.budget, self.state.record["budget"]
+        epochs = self._step_back_epochs()
+        reached = float(self.rounds[-1]["ratio_reached"]) if self.rounds else self.run_ratio()
+        tol = float(cfg["search_tol"])
+        grid = [r for r in parse_ratios(cfg["ratios"]) if r > reached + tol]
+        if cfg["target"] != "latency":
+            most = float(self.pruner(copy.deepcopy(model)).max_ratio()) - float(cfg["tolerance"])
+            grid = [r for r in grid if r <= most] + ([round(most, 4)] if grid and grid[-1] > most > reached + tol
+                                                      else [])
+        if not cfg.get("step_forward", True) or epochs <= 0 or not grid:
+            b["step_forward"] = None
+            return model, False
+        floor = budget.floor(base)
+        LOGGER.info(f"{budget.describe()}: the finished model (ratio {reached:.3f}) is within the budget; searching "
+                    f"from it for a larger ratio in [{grid[0]:g}, {grid[-1]:g}]")
+
+        def point(ratio: float) -> dict:
+            rec = self.retention_point(ratio, compensate="lsq", model=model)
+            rec.pop("model", None)
+            rec.pop("widths", None)
+            return rec
+
+        t = time.perf_counter()
+        res = search_ratio(point, floor, grid, tol=tol)
+        fwd = {"from_ratio": round(reached, 4), "from_map50_95": (self.state.record.get("after_metrics") or {}).get(
+            "map50_95"), "search": res.as_dict(), "search_s": round(time.perf_counter() - t, 2), "ratio": res.chosen,
+               "epochs": epochs}
+        b["step_forward"] = fwd
+        if res.chosen is None:
+            fwd["kept"] = "finished"
+            LOGGER.info(f"{budget.describe()}: no larger ratio keeps the budget in one step: the finished model kept")
+            return model, False
+        self.state.save()
+        grown = copy.deepcopy(model)
+        pruner = self.pruner(grown)
+        step = pruner.step(res.chosen, self.calibration())
+        trained = self._train(grown, epochs, STEP_FORWARD, final=True)
+        metrics = self.validate(trained)
+        fwd.update(reached_ratio=round(step.reached_ratio, 4), trained_map50_95=metrics["map50_95"],
+                   flops_g=round(step.after.flops_g, 4))
+        if not budget.met(base, metrics["map50_95"]):
+            fwd["kept"] = "finished"
+            LOGGER.info(f"{budget.describe()}: the step forward to {step.reached_ratio:.3f} trained to mAP50-95 "
+                        f"{metrics['map50_95']:.4f}, outside the budget: the finished model kept")
+            return model, False
+        fwd["kept"] = "step_forward"
+        self.state.record["after_metrics"] = metrics
+        b["final_ratio"] = round(step.reached_ratio, 4)
+        self.rounds.append({"round": len(self.rounds) + 1, "step_forward": True,
+                            "target_ratio": round(step.target_ratio, 4), "ratio_reached": round(step.reached_ratio, 4),
+                            "map50_95_after_train": metrics["map50_95"], "flops_g": round(step.after.flops_g, 4),
+                            "params_m": round(step.after.params / 1e6, 4), "groups_pruned": step.groups_pruned})
+        LOGGER.info(f"{budget.describe()}: stepped forward to ratio {step.reached_ratio:.3f}: mAP50-95 "
+                    f"{metrics['map50_95']:.4f} after {epochs} epochs")
+        return trained, True
+
     def _step_back_epochs(self) -> int:
         """Fine-tuning epochs of a step back: ``finetune_epochs``, at most half of the run's training epochs."""
         if self.mode != "compress":
@@ -845,8 +913,10 @@ class Compressor:
         steps = self.state.record.get("optimizer_steps") or {}
         fixed = self._fixed_run_steps()
         out = dict(b)
+        extra = int(steps.get(STEP_BACK, 0)) + int(steps.get(STEP_FORWARD, 0))
         out["optimizer_steps"] = {"run": fixed, "step_back": int(steps.get(STEP_BACK, 0)),
-                                  "x_fixed_run": round((fixed + int(steps.get(STEP_BACK, 0))) / fixed, 3)
+                                  "step_forward": int(steps.get(STEP_FORWARD, 0)),
+                                  "x_fixed_run": round((fixed + extra) / fixed, 3)
                                   if fixed else None}
         return out
 
@@ -948,7 +1018,8 @@ class Compressor:
             if name.endswith(".push") or name == "finetune":
                 shutil.rmtree(self.run_dir / name.split(".")[0] / "weights", ignore_errors=True)
             if name == "check_budget":
-                shutil.rmtree(self.run_dir / STEP_BACK / "weights", ignore_errors=True)
+                for folder in (STEP_BACK, STEP_FORWARD):
+                    shutil.rmtree(self.run_dir / folder / "weights", ignore_errors=True)
 
     def _write_report(self, model: nn.Module) -> None:
         from datetime import datetime
