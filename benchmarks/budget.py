@@ -47,13 +47,18 @@ def main(argv=None) -> int:
     ap.add_argument("--max-drop", type=float, default=0.01)
     ap.add_argument("--method", default="ldac")
     ap.add_argument("--mode", choices=["compress", "prune"], default="compress")
-    ap.add_argument("--grid", default=",".join(f"{r / 100:g}" for r in range(5, 65, 5)))
+    ap.add_argument("--grid", default=",".join(f"{r / 100:g}" for r in range(5, 85, 5)))
     ap.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6", help="the budget search's grid (ratios=)")
     ap.add_argument("--imgsz", type=int, default=160)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--epochs-per-round", type=int, default=1)
     ap.add_argument("--finetune-epochs", type=int, default=10)
+    ap.add_argument("--nbs", type=int, default=None, help="nominal batch (default: --batch: one optimizer step per "
+                                                           "batch, as benchmarks/grid.py)")
+    ap.add_argument("--warmup-epochs", type=float, default=1.0)
+    ap.add_argument("--calib-batches", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fixed", action="store_true", help="also a fixed-ratio run at the chosen ratio")
     ap.add_argument("--retention", default=None, help="a benchmarks/retention.py output folder to compare with")
     ap.add_argument("--variant", default="lsq", help="the retention.py variant to compare with")
@@ -69,7 +74,8 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "budget" / _data_key(data) / base.stem
     out.mkdir(parents=True, exist_ok=True)
     common = dict(data=str(data), method=args.method, imgsz=args.imgsz, batch=args.batch, project=str(out),
-                  exist_ok=True, plots=False)
+                  exist_ok=True, plots=False, nbs=args.nbs or args.batch, warmup_epochs=args.warmup_epochs,
+                  calib_batches=args.calib_batches, seed=args.seed, workers=0)
     schedule = dict(rounds=args.rounds, epochs_per_round=args.epochs_per_round, finetune_epochs=args.finetune_epochs)
     rec: dict = {"base": str(base), "data": str(data), "max_drop": args.max_drop, "method": args.method,
                  "mode": args.mode, "imgsz": args.imgsz, "schedule": schedule}

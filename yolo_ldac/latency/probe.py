@@ -239,6 +239,10 @@ def litert_layer_ms(path: Path, x: np.ndarray, threads: int = 1, runs: int = 20,
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(buf, 0))
     sg = model.subgraphs[0]
     codes = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    for bf in model.buffers or []:  # constants stored after the flatbuffer (offset, size): inlined for the repack
+        if getattr(bf, "offset", 0) and bf.offset > 1:
+            bf.data = np.frombuffer(buf, np.uint8, count=int(bf.size), offset=int(bf.offset)).copy()
+            bf.offset, bf.size = 0, 0
 
     def layer_of(op) -> str:
         for t in op.outputs:
