@@ -63,7 +63,21 @@ def main(argv=None) -> int:
     ap.add_argument("--retention", default=None, help="a benchmarks/retention.py output folder to compare with")
     ap.add_argument("--variant", default="lsq", help="the retention.py variant to compare with")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--trained-grid", default=None,
+                    help="a benchmarks/grid.py results folder of the same base (e.g. results/grid-latency/<data>): the "
+                         "largest ratio whose trained runs (mean over seeds) are within the budget, for comparison")
+    ap.add_argument("--method-id", default="ldac", help="the grid's method id of those runs")
+    ap.add_argument("--report-only", action="store_true", help="rewrite budget.md (and the section) from budget.json")
+    ap.add_argument("--benchmarks-md", action="store_true", help="write the budget-<data> section of BENCHMARKS.md")
     args = ap.parse_args(argv)
+    if args.report_only:
+        base, data = Path(args.base).resolve(), Path(args.data).resolve()
+        out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "budget" / _data_key(data) / base.stem
+        rec = json.loads((out / "budget.json").read_text(encoding="utf-8"))
+        if args.trained_grid:
+            rec["trained_grid"] = trained_grid(Path(args.trained_grid), args.method_id, args.max_drop)
+        (out / "budget.json").write_text(json.dumps(rec, indent=1), encoding="utf-8")
+        return write_outputs(rec, out, args)
 
     import torch
 
@@ -98,6 +112,7 @@ def main(argv=None) -> int:
                            "map50_95": res.after["map50_95"], "drop_points": round(100 * (res.before["map50_95"]
                                                                                           - res.after["map50_95"]), 3),
                            "flops_removed": res.removed["flops_pct"] / 100, "step_back": b.get("step_back"),
+                           "step_forward": b.get("step_forward"), "final_ratio": b.get("final_ratio"),
                            "optimizer_steps": b["optimizer_steps"], "met": b["met"]}
     if args.fixed and args.mode == "compress":
         t = time.perf_counter()
@@ -119,20 +134,75 @@ def main(argv=None) -> int:
                                   "diff_points": round(100 * (p["map50_95"] - r["map50_95"]), 3)})
         rec["vs_retention"] = {"folder": str(folder), "points": diffs,
                                "max_abs_diff_points": max((abs(d["diff_points"]) for d in diffs), default=None)}
+    if args.trained_grid:
+        rec["trained_grid"] = trained_grid(Path(args.trained_grid), args.method_id, args.max_drop)
+    rec["command"] = "python benchmarks/budget.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    from yolo_ldac.utils.env import machine_info
+
+    rec["machine"] = machine_info()
     (out / "budget.json").write_text(json.dumps(rec, indent=1), encoding="utf-8")
-    md = [f"# max_drop={args.max_drop} on {base.name} / {_data_key(data)} ({args.method}, {args.mode})", "",
-          f"- retention curve: base {sw.base['map50_95']:.4f}, largest reduction within the budget (grid "
-          f"{args.grid}): {rec['sweep']['largest_within']}",
-          f"- max_drop run: ratio {b['ratio']}, FLOPs removed {rec['max_drop_run']['flops_removed']:.3f}, drop "
-          f"{rec['max_drop_run']['drop_points']:+.2f} points, met {b['met']}, step back "
-          f"{'yes' if b.get('step_back') else 'no'}, optimizer steps {b['optimizer_steps']}"]
+    return write_outputs(rec, out, args)
+
+
+def trained_grid(folder: Path, method: str, max_drop: float) -> dict:
+    """Per ratio: the mean final mAP50-95 of the grid's trained runs ``<method>__r<ratio>__s<seed>.json`` (the same
+    base: their ``before``), and the largest ratio whose mean is within ``max_drop`` of the base."""
+    import statistics
+
+    by: dict[float, list[dict]] = {}
+    for p in sorted(folder.glob(f"{method}__r*__s*.json")):
+        r = json.loads(p.read_text(encoding="utf-8"))
+        by.setdefault(float(r["ratio"]), []).append(r)
+    rows = []
+    for ratio, rs in sorted(by.items()):
+        base = rs[0]["before"]["map50_95"]
+        mean = statistics.mean(r["after"]["map50_95"] for r in rs)
+        rows.append({"ratio": ratio, "seeds": len(rs), "map50_95": round(mean, 4), "base_map50_95": round(base, 4),
+                     "flops_removed": round(statistics.mean(r["removed"]["flops_pct"] for r in rs) / 100, 4),
+                     "optimizer_steps": rs[0]["optimizer_steps"]["total"],
+                     "within": mean >= base - max_drop - 1e-9})
+    within = [r for r in rows if r["within"]]
+    return {"folder": str(folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder), "method": method,
+            "rows": rows, "largest_within": max((r["flops_removed"] for r in within), default=None)}
+
+
+def write_outputs(rec: dict, out: Path, args) -> int:
+    sw, run = rec["sweep"], rec["max_drop_run"]
+    key = _data_key(Path(rec["data"]))
+    md = [f"### max_drop={rec['max_drop']:g} on {key} ({Path(rec['base']).name}, {rec['method']}, {rec['mode']})", "",
+          f"Written by `benchmarks/budget.py` (`{rec.get('command', '')}`); machine: "
+          f"{(rec.get('machine') or {}).get('cpu', '?')}. Schedule: {rec['schedule']}, one optimizer step per batch.",
+          "",
+          f"- one-step retention curve (`yolo-ldac sweep`, lsq, no training): base {sw['base_map50_95']:.4f}; the "
+          f"largest reduction within the budget: {sw['largest_within']} ({sw['wall_s']:.0f} s)",
+          f"- `max_drop` run: searched ratio {rec['max_drop_run']['chosen_ratio']} ({run['search_points']} points, "
+          f"{run['search_s']:.0f} s), FLOPs removed **{run['flops_removed']:.3f}**, mAP50-95 {run['map50_95']:.4f} "
+          f"({-run['drop_points']:+.2f} points), budget met: {run['met']}, step back: "
+          f"{'yes' if run['step_back'] else 'no'}, step forward: " + (
+              f"to {run['step_forward']['reached_ratio']} ({run['step_forward']['kept']} kept)"
+              if (run.get("step_forward") or {}).get("ratio") is not None else "none")
+          + f"; optimizer steps {run['optimizer_steps']}; wall {run['wall_s']:.0f} s"]
+    tg = rec.get("trained_grid")
+    if tg:
+        cells = ", ".join(f"{r['ratio']:g}: {r['map50_95']:.4f} ({r['seeds']} seeds{', within' if r['within'] else ''})"
+                          for r in tg["rows"])
+        md.append(f"- the trained grid of the same base (`{tg['folder']}`, {tg['rows'][0]['optimizer_steps']} "
+                  f"optimizer steps per run; mean mAP50-95 per ratio: {cells}): the largest FLOPs reduction within "
+                  f"the budget is **{tg['largest_within']}**")
     if "fixed_run" in rec:
         md.append(f"- fixed-ratio run: {rec['fixed_run']['optimizer_steps']} optimizer steps; max_drop / fixed = "
                   f"{rec['fixed_run']['max_drop_steps_x_fixed']}")
     if "vs_retention" in rec:
-        md.append(f"- sweep vs benchmarks/retention.py: max |diff| {rec['vs_retention']['max_abs_diff_points']} points")
+        vr = rec["vs_retention"]
+        md.append(f"- sweep against `benchmarks/retention.py --counter ultralytics` ({len(vr['points'])} common "
+                  f"ratios): largest |difference| {vr['max_abs_diff_points']} points")
     (out / "budget.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     print("\n".join(md))
+    if getattr(args, "benchmarks_md", False):
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from sections import write_section
+
+        write_section(f"budget-{key}", "\n".join(md))
     return 0
 
 
