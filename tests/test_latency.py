@@ -14,7 +14,7 @@ from yolo_ldac.errors import LDACError
 from yolo_ldac.latency.model import LatencyModel, build_table
 from yolo_ldac.latency.probe import conv_shapes
 from yolo_ldac.latency.run import RunLatency
-from yolo_ldac.latency.table import (LatencyTable, LayerGrid, cache_key, grid_widths, normalise_runtime,
+from yolo_ldac.latency.table import (TABLE_VERSION, LatencyTable, LayerGrid, cache_key, grid_widths, normalise_runtime,
                                      staircase_multiple)
 
 
@@ -118,7 +118,7 @@ def test_table_is_measured_once_then_read_from_its_cache(tmp_path):
     with pytest.raises(json.JSONDecodeError):
         json.loads(files[0].read_text())
     _, _, cached = build_table(model, **kw)
-    assert not cached and json.loads(files[0].read_text())["version"] == 1
+    assert not cached and json.loads(files[0].read_text())["version"] == TABLE_VERSION
 
 
 # ---------------------------------------------------------------------------------- target=latency in the engine
@@ -319,3 +319,12 @@ def test_rounds_of_a_measured_target_are_re_aimed_by_the_last_measurement():
     fake.rounds = [{"round": 1, "ratio_reached": 0.4}]  # measured far beyond: no step back below 0.4
     rec["latency_last"] = {"dense_ms": 100.0, "model_ms": 40.0, "speedup": 2.5}
     assert Compressor._ratio_at(fake, 2) == pytest.approx(0.4)
+
+
+def test_a_narrower_point_is_never_predicted_slower():
+    from yolo_ldac.latency.table import narrower_never_slower
+
+    assert narrower_never_slower([[0.25, 0.05, 0.08], [0.06, 0.05, 0.09]]) == [[0.05, 0.05, 0.08], [0.05, 0.05, 0.09]]
+    assert narrower_never_slower([[0.3, 0.2]]) == [[0.2, 0.2]]  # a depthwise row
+    grid = narrower_never_slower([[1.0, 2.0], [3.0, 4.0]])
+    assert grid == [[1.0, 2.0], [3.0, 4.0]]  # already monotone: unchanged

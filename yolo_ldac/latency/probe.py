@@ -24,7 +24,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from yolo_ldac.latency.table import ConvShape, LayerGrid, grid_widths, normalise_runtime  # noqa: F401
+from yolo_ldac.latency.table import (  # noqa: F401
+    ConvShape,
+    LayerGrid,
+    grid_widths,
+    narrower_never_slower,
+    normalise_runtime,
+)
 
 _BRANCH = re.compile(r"/b\.(\d+)/(conv|act)")
 
@@ -301,18 +307,22 @@ def time_shape(shape: ConvShape, runtime: str, precision: str, threads: int, mul
     """The measured grid of one shape class (see the module docstring)."""
     pts = _probe_points(shape, multiple, points)
     cins = sorted({ci for ci, _ in pts})
-    probe = _Probe(shape, pts, cins)
+    # Branch 0 is sacrificial (a copy of the first point, not read): the graph's first node absorbs costs of its
+    # own (OpenVINO int8 timed it 3-5x its neighbours), which would make the narrowest point look the slowest.
+    probe = _Probe(shape, [pts[0], *pts], cins)
     with tempfile.TemporaryDirectory(prefix="yolo-ldac-probe-", dir=workdir) as tmp:
         path = Path(tmp) / "probe.onnx"
         inputs = _export_probe(probe, shape, path)
         if runtime == "onnxruntime":
-            ms = _time_onnxruntime(path, inputs, threads, runs, len(pts))
+            ms = _time_onnxruntime(path, inputs, threads, runs, len(pts) + 1)[1:]
         else:
-            ms = _time_openvino(path, inputs, threads, runs, len(pts), precision)
+            ms = _time_openvino(path, inputs, threads, runs, len(pts) + 1, precision)[1:]
     couts = sorted({co for _, co in pts})
     if shape.depthwise:
-        return LayerGrid(cin=[couts[0]], cout=couts, ms=[[ms[pts.index((c, c))] for c in couts]])
-    return LayerGrid(cin=cins, cout=couts, ms=[[ms[pts.index((ci, co))] for co in couts] for ci in cins])
+        return LayerGrid(cin=[couts[0]], cout=couts,
+                         ms=narrower_never_slower([[ms[pts.index((c, c))] for c in couts]]))
+    return LayerGrid(cin=cins, cout=couts,
+                     ms=narrower_never_slower([[ms[pts.index((ci, co))] for co in couts] for ci in cins]))
 
 
 MULTIPLE_PROBES = (  # (kernel, input side): a 3x3 and a 1x1 pair of convolutions as YOLO's neck has them
