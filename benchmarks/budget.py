@@ -76,6 +76,9 @@ def main(argv=None) -> int:
         rec = json.loads((out / "budget.json").read_text(encoding="utf-8"))
         if args.trained_grid:
             rec["trained_grid"] = trained_grid(Path(args.trained_grid), args.method_id, args.max_drop)
+        if args.retention:
+            rec["vs_retention"] = vs_retention(rec["sweep"]["points"], Path(args.retention),
+                                               rec.get("criterion", rec["method"]), args.variant)
         (out / "budget.json").write_text(json.dumps(rec, indent=1), encoding="utf-8")
         return write_outputs(rec, out, args)
 
@@ -121,19 +124,10 @@ def main(argv=None) -> int:
         rec["fixed_run"] = {"wall_s": round(time.perf_counter() - t, 1), "ratio": b["ratio"],
                             "map50_95": fixed.after["map50_95"], "optimizer_steps": steps,
                             "max_drop_steps_x_fixed": round(res.report["optimizer_steps"]["total"] / max(steps, 1), 3)}
+    rec["criterion"] = res.report["parts"]["criterion"]
     if args.retention:
-        folder = Path(args.retention)
-        crit = res.report["parts"]["criterion"]
-        diffs = []
-        for p in sw.points:
-            path = folder / f"{crit}__{args.variant}__r{p['ratio']:g}.json"
-            if path.is_file():
-                r = json.loads(path.read_text())
-                if r.get("status") == "finished":
-                    diffs.append({"ratio": p["ratio"], "sweep": p["map50_95"], "retention": r["map50_95"],
-                                  "diff_points": round(100 * (p["map50_95"] - r["map50_95"]), 3)})
-        rec["vs_retention"] = {"folder": str(folder), "points": diffs,
-                               "max_abs_diff_points": max((abs(d["diff_points"]) for d in diffs), default=None)}
+        rec["vs_retention"] = vs_retention(rec["sweep"]["points"], Path(args.retention), rec["criterion"],
+                                           args.variant)
     if args.trained_grid:
         rec["trained_grid"] = trained_grid(Path(args.trained_grid), args.method_id, args.max_drop)
     rec["command"] = "python benchmarks/budget.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -142,6 +136,21 @@ def main(argv=None) -> int:
     rec["machine"] = machine_info()
     (out / "budget.json").write_text(json.dumps(rec, indent=1), encoding="utf-8")
     return write_outputs(rec, out, args)
+
+
+def vs_retention(points: list[dict], folder: Path, criterion: str, variant: str) -> dict:
+    """The sweep's points against ``benchmarks/retention.py``'s at the same ratios (its ``--counter ultralytics``
+    points: ``<criterion>__<variant>__r<ratio>.json`` in ``folder``), in mAP50-95 points."""
+    diffs = []
+    for p in points:
+        path = folder / f"{criterion}__{variant}__r{p['ratio']:g}.json"
+        if path.is_file():
+            r = json.loads(path.read_text())
+            if r.get("status") == "finished":
+                diffs.append({"ratio": p["ratio"], "sweep": p["map50_95"], "retention": r["map50_95"],
+                              "diff_points": round(100 * (p["map50_95"] - r["map50_95"]), 3)})
+    return {"folder": str(folder), "points": diffs,
+            "max_abs_diff_points": max((abs(d["diff_points"]) for d in diffs), default=None)}
 
 
 def trained_grid(folder: Path, method: str, max_drop: float) -> dict:
