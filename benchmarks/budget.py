@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     ap.add_argument("--method", default="ldac")
     ap.add_argument("--mode", choices=["compress", "prune"], default="compress")
     ap.add_argument("--grid", default=",".join(f"{r / 100:g}" for r in range(5, 85, 5)))
-    ap.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5,0.6", help="the budget search's grid (ratios=)")
+    ap.add_argument("--ratios", default=None, help="the budget search's grid (ratios=; default: yolo-ldac's)")
     ap.add_argument("--imgsz", type=int, default=160)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=4)
@@ -106,7 +106,8 @@ def main(argv=None) -> int:
     rec["sweep"]["largest_within"] = max((p["reached_ratio"] for p in within), default=None)
 
     t = time.perf_counter()
-    res = getattr(YOLOLDAC(str(base)), args.mode)(max_drop=args.max_drop, ratios=args.ratios, name="max_drop",
+    res = getattr(YOLOLDAC(str(base)), args.mode)(max_drop=args.max_drop, name="max_drop",
+                                                 **({"ratios": args.ratios} if args.ratios else {}),
                                                  **common, **(schedule if args.mode == "compress" else
                                                               {"rounds": args.rounds}))
     b = res.report["budget"]

@@ -120,7 +120,8 @@ def compare(runs: dict, timing: dict, targets: list[str], ratios: list[float]) -
         for r in ratios:
             pts = [(ms[k], v["map50_95"]) for k, v in runs.items() if k.startswith(f"flops r{r:g} ") and k in ms]
             if pts:
-                curve.append({"ratio": r, "ms": statistics.mean(p[0] for p in pts),
+                flops = [v["flops_g"] for k, v in runs.items() if k.startswith(f"flops r{r:g} ") and k in ms]
+                curve.append({"ratio": r, "ms": statistics.mean(p[0] for p in pts), "flops_g": statistics.mean(flops),
                               "map50_95": statistics.mean(p[1] for p in pts), "seeds": len(pts),
                               "map_sd": statistics.stdev(p[1] for p in pts) if len(pts) > 1 else 0.0})
         rows = []
@@ -155,7 +156,8 @@ def markdown(result: dict, data_key: str, command: str, machine: dict) -> str:
                   "| model | FLOPs G (640) | measured ms | speed-up | mAP50-95 | flops curve at that ms | Δ (points) | "
                   "in-run speed-up (met) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         for c in r["curve"]:
-            lines.append(f"| target=flops ratio={c['ratio']:g} | | {c['ms']:.2f} | "
+            flops = c.get("flops_g", float("nan"))
+            lines.append(f"| target=flops ratio={c['ratio']:g} | {flops:.2f} | {c['ms']:.2f} | "
                          f"{r['dense_ms'] / c['ms']:.2f}x | {c['map50_95']:.3f} ± {c['map_sd']:.3f} | | | |")
         for t in r["targets"]:
             ref = "" if t["flops_curve_map50_95"] is None else f"{t['flops_curve_map50_95']:.3f}"
