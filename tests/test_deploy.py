@@ -76,7 +76,9 @@ def test_deploy_form_of_pruned_models_keeps_outputs(cfg):
     assert any(isinstance(b, C2fSplit) for b in model.modules())  # the model itself is not changed
     x = torch.rand(1, 3, 96, 96)
     with torch.no_grad():
-        assert output_rel_diff(_pred(deployed(x)), _pred(model(x))) < 1e-4
+        # fused convolutions sum in another order: 2.2e-4 seen on an Intel Xeon (AVX-512) for YOLOv10n, under the
+        # export's own parity bound of 1e-3
+        assert output_rel_diff(_pred(deployed(x)), _pred(model(x))) < 1e-3
     if cfg == "yolo11n.yaml":
         assert uneven, "the test model should have unevenly pruned split blocks"
 
