@@ -76,6 +76,18 @@ def plan_phases(mode: str, cfg: dict, push_trains_first: bool) -> list[str]:
     return names + ["validate_final"] + (["check_budget"] if budget else []) + ["save"]
 
 
+def _clip_grid(grid: list[float], most: float | None) -> list[float]:
+    """The ratios of ``grid`` up to ``most``, and ``most`` itself when the grid went beyond it (None: all).
+
+    Example:
+        >>> _clip_grid([0.2, 0.4, 0.6], 0.5), _clip_grid([0.2, 0.4], 0.5), _clip_grid([0.2], None)
+        ([0.2, 0.4, 0.5], [0.2, 0.4], [0.2])
+    """
+    if most is None:
+        return list(grid)
+    return [r for r in grid if r <= most] + ([round(most, 4)] if grid and grid[-1] > most else [])
+
+
 def select_device(device: Any) -> torch.device:
     """The torch device of Ultralytics' ``device`` setting (``None``/empty: a GPU when there is one, else CPU)."""
     from ultralytics.utils.torch_utils import select_device as ultra_select
@@ -706,26 +718,15 @@ class Compressor:
         base = self._base_map(model)
         floor = budget.floor(base)
         grid = parse_ratios(cfg["ratios"])
-        reachable = None
-        if cfg["target"] != "latency":  # the latency table's ratio is checked by the step itself
-            reachable = float(self.pruner(copy.deepcopy(model)).max_ratio()) - float(cfg["tolerance"])
-            if grid[0] > reachable:
-                raise LDACError(f"ratios={cfg['ratios']}: the smallest ratio {grid[0]:g} of {cfg['target']} is "
-                                f"unreachable: with floor={cfg['floor']} at most {reachable:.3f} can be removed")
-            grid = [r for r in grid if r <= reachable] + ([round(reachable, 4)] if grid[-1] > reachable else [])
+        reachable = self._reachable(model)
+        if reachable is not None and grid[0] > reachable:
+            raise LDACError(f"ratios={cfg['ratios']}: the smallest ratio {grid[0]:g} of {cfg['target']} is "
+                            f"unreachable: with floor={cfg['floor']} at most {reachable:.3f} can be removed")
+        grid = _clip_grid(grid, reachable)
         LOGGER.info(f"{budget.describe()}: searching the ratio of {cfg['target']} in [{grid[0]:g}, {grid[-1]:g}] "
                     f"with one-step retention points (lsq, no training): {budget.floor_text(base)}")
         t = time.perf_counter()
-
-        def point(ratio: float) -> dict:
-            rec = self.retention_point(ratio, compensate="lsq", model=model)
-            rec.pop("model", None)
-            rec.pop("widths", None)
-            LOGGER.info(f"  search ratio {ratio:g}: reached {rec['reached_ratio']:.3f}, mAP50-95 {rec['map50_95']:.4f}"
-                        f" ({100 * (rec['map50_95'] - base):+.2f} points)")
-            return rec
-
-        res = search_ratio(point, floor, grid, tol=float(cfg["search_tol"]))
+        res = search_ratio(lambda r: self._budget_point(model, r, base), floor, grid, tol=float(cfg["search_tol"]))
         record = {"max_drop": cfg.get("max_drop"), "max_drop_rel": cfg.get("max_drop_rel"), "base_map50_95": base,
                   "floor_map50_95": round(floor, 6), "grid": grid, "reachable": reachable,
                   "search_tol": cfg["search_tol"], "compensate": "lsq", "target": cfg["target"],
@@ -737,6 +738,26 @@ class Compressor:
             raise LDACError(record["message"])
         LOGGER.info(f"{budget.describe()}: ratio {res.chosen:g} chosen: {res.reason}")
         return model, False
+
+    def _reachable(self, model: nn.Module) -> float | None:
+        """The largest ratio of the target the floors leave ``model`` (None with ``target=latency``: the latency
+        table's ratio is checked by the step itself)."""
+        if self.cfg["target"] == "latency":
+            return None
+        return float(self.pruner(copy.deepcopy(model)).max_ratio()) - float(self.cfg["tolerance"])
+
+    def _budget_point(self, model: nn.Module, ratio: float, base: float | None = None) -> dict:
+        """One point of a budget search: ``model`` pruned to ``ratio`` in one step (lsq, no training), without the
+        pruned model and its widths; logged against ``base`` when given."""
+        from ultralytics.utils import LOGGER
+
+        rec = self.retention_point(ratio, compensate="lsq", model=model)
+        rec.pop("model", None)
+        rec.pop("widths", None)
+        if base is not None:
+            LOGGER.info(f"  search ratio {ratio:g}: reached {rec['reached_ratio']:.3f}, mAP50-95 {rec['map50_95']:.4f}"
+                        f" ({100 * (rec['map50_95'] - base):+.2f} points)")
+        return rec
 
     def _fixed_run_steps(self) -> int:
         rec = self.state.record
@@ -846,25 +867,16 @@ class Compressor:
         reached = float(self.rounds[-1]["ratio_reached"]) if self.rounds else self.run_ratio()
         tol = float(cfg["search_tol"])
         grid = [r for r in parse_ratios(cfg["ratios"]) if r > reached + tol]
-        if cfg["target"] != "latency":
-            most = float(self.pruner(copy.deepcopy(model)).max_ratio()) - float(cfg["tolerance"])
-            grid = [r for r in grid if r <= most] + ([round(most, 4)] if grid and grid[-1] > most > reached + tol
-                                                      else [])
+        if cfg.get("step_forward", True) and epochs > 0 and grid:  # the floors checked only when there is a search
+            grid = [r for r in _clip_grid(grid, self._reachable(model)) if r > reached + tol]
         if not cfg.get("step_forward", True) or epochs <= 0 or not grid:
             b["step_forward"] = None
             return model, False
         floor = budget.floor(base)
         LOGGER.info(f"{budget.describe()}: the finished model (ratio {reached:.3f}) is within the budget; searching "
                     f"from it for a larger ratio in [{grid[0]:g}, {grid[-1]:g}]")
-
-        def point(ratio: float) -> dict:
-            rec = self.retention_point(ratio, compensate="lsq", model=model)
-            rec.pop("model", None)
-            rec.pop("widths", None)
-            return rec
-
         t = time.perf_counter()
-        res = search_ratio(point, floor, grid, tol=tol)
+        res = search_ratio(lambda r: self._budget_point(model, r), floor, grid, tol=tol)
         fwd = {"from_ratio": round(reached, 4), "from_map50_95": (self.state.record.get("after_metrics") or {}).get(
             "map50_95"), "search": res.as_dict(), "search_s": round(time.perf_counter() - t, 2), "ratio": res.chosen,
                "epochs": epochs}
