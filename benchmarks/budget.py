@@ -28,16 +28,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "benchmarks"):  # the package, and the scripts' shared module (common.py)
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 os.environ.setdefault("YOLO_CONFIG_DIR", str(ROOT / ".cache" / "ultralytics"))
 from yolo_ldac.utils.env import setup_offline_env  # noqa: E402
 
 setup_offline_env(offline=True)
-
-
-def _data_key(data: Path) -> str:
-    return data.parent.name if data.stem.lower() in {"data", "dataset"} else data.stem
+from common import data_key  # noqa: E402  (benchmarks/common.py)
 
 
 def main(argv=None) -> int:
@@ -72,7 +70,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.report_only:
         base, data = Path(args.base).resolve(), Path(args.data).resolve()
-        out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "budget" / _data_key(data) / base.stem
+        out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "budget" / data_key(data) / base.stem
         rec = json.loads((out / "budget.json").read_text(encoding="utf-8"))
         if args.trained_grid:
             rec["trained_grid"] = trained_grid(Path(args.trained_grid), args.method_id, args.max_drop)
@@ -88,7 +86,7 @@ def main(argv=None) -> int:
     from yolo_ldac import YOLOLDAC
 
     base, data = Path(args.base).resolve(), Path(args.data).resolve()
-    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "budget" / _data_key(data) / base.stem
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "budget" / data_key(data) / base.stem
     out.mkdir(parents=True, exist_ok=True)
     common = dict(data=str(data), method=args.method, imgsz=args.imgsz, batch=args.batch, project=str(out),
                   exist_ok=True, plots=False, nbs=args.nbs or args.batch, warmup_epochs=args.warmup_epochs,
@@ -178,7 +176,7 @@ def trained_grid(folder: Path, method: str, max_drop: float) -> dict:
 
 def write_outputs(rec: dict, out: Path, args) -> int:
     sw, run = rec["sweep"], rec["max_drop_run"]
-    key = _data_key(Path(rec["data"]))
+    key = data_key(Path(rec["data"]))
     md = [f"### max_drop={rec['max_drop']:g} on {key} ({Path(rec['base']).name}, {rec['method']}, {rec['mode']})", "",
           f"Written by `benchmarks/budget.py` (`{rec.get('command', '')}`); machine: "
           f"{(rec.get('machine') or {}).get('cpu', '?')}. Schedule: {rec['schedule']}, one optimizer step per batch.",
@@ -209,7 +207,6 @@ def write_outputs(rec: dict, out: Path, args) -> int:
     (out / "budget.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     print("\n".join(md))
     if getattr(args, "benchmarks_md", False):
-        sys.path.insert(0, str(ROOT / "benchmarks"))
         from sections import write_section
 
         write_section(f"budget-{key}", "\n".join(md))

@@ -1,5 +1,5 @@
-"""Pieces the benchmark scripts share (``compare.py``, ``grid.py``): ONNX Runtime CPU latency of a checkpoint and
-the train image count of a dataset.
+"""Pieces the benchmark scripts share (``compare.py``, ``grid.py``, ``retention.py``, ...): ONNX Runtime CPU latency
+of a checkpoint, the train image count of a dataset and its short name.
 
 Latency is measured the same way in every script: the checkpoint is exported to ONNX with the project's export
 (:func:`yolo_ldac.export.export_model`, parity against PyTorch on), then timed in ONNX Runtime on the CPU at batch 1
@@ -85,3 +85,14 @@ def count_images(data: str | Path, split: str = "train") -> int | None:
     from yolo_ldac.data._common import split_image_files
 
     return len(split_image_files(info.get(split)))
+
+
+def data_key(data: str | Path) -> str:
+    """Short dataset name: the yaml's stem, or its folder's name for the generic ``data.yaml``.
+
+    Example:
+        >>> data_key("datasets/composite-400x160/data.yaml"), data_key("kitti.yaml")
+        ('composite-400x160', 'kitti')
+    """
+    data = Path(data)
+    return data.parent.name if data.stem.lower() in {"data", "dataset"} else data.stem

@@ -52,7 +52,7 @@ from yolo_ldac.utils.env import setup_offline_env, shared_weights_dir  # noqa: E
 
 setup_offline_env(offline=True)
 from yolo_ldac.utils.io import atomic_write_json, read_json  # noqa: E402
-from common import count_images, onnx_latency  # noqa: E402  (benchmarks/common.py)
+from common import count_images, data_key, onnx_latency  # noqa: E402  (benchmarks/common.py)
 
 SCRIPT = "benchmarks/compare.py"
 WEIGHTS = shared_weights_dir()
@@ -85,12 +85,6 @@ def model_key(model: str) -> tuple[str, Path]:
     if model in MODELS:
         return model, MODELS[model]
     return Path(model).stem, Path(model)
-
-
-def data_key(data: Path) -> str:
-    """Short dataset name: the yaml's stem, or its folder's name for the generic ``data.yaml``."""
-    data = Path(data)
-    return data.parent.name if data.stem.lower() in {"data", "dataset"} else data.stem
 
 
 def fmt_ratio(r: float) -> str:

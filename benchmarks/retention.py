@@ -48,13 +48,15 @@ from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "benchmarks"):  # the package, and the scripts' shared module (common.py)
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 os.environ.setdefault("YOLO_CONFIG_DIR", str(ROOT / ".cache" / "ultralytics"))
 from yolo_ldac.utils.env import setup_offline_env  # noqa: E402
 
 setup_offline_env(offline=True)
 from yolo_ldac.utils.io import atomic_write_json, read_json  # noqa: E402
+from common import data_key  # noqa: E402  (benchmarks/common.py)
 
 SCRIPT = "benchmarks/retention.py"
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
@@ -85,11 +87,6 @@ def parse_variant(variant: str) -> dict:
         else:
             raise ValueError(f"unknown variant token {tok!r} in {variant!r}")
     return out
-
-
-def data_key(data: Path) -> str:
-    data = Path(data)
-    return data.parent.name if data.stem.lower() in {"data", "dataset"} else data.stem
 
 
 def point_name(criterion: str, variant: str, ratio: float) -> str:

@@ -26,17 +26,14 @@ from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _p in (ROOT, ROOT / "benchmarks"):  # the package, and the scripts' shared module (common.py)
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 os.environ.setdefault("YOLO_CONFIG_DIR", str(ROOT / ".cache" / "ultralytics"))
 from yolo_ldac.utils.env import setup_offline_env, shared_weights_dir  # noqa: E402
 
 setup_offline_env(offline=True)
-
-
-def data_key(data: Path) -> str:
-    data = Path(data)
-    return data.parent.name if data.stem.lower() in {"data", "dataset"} else data.stem
+from common import data_key  # noqa: E402  (benchmarks/common.py)
 
 
 def read_results_csv(path: Path) -> list[dict]:
