@@ -197,6 +197,8 @@ class YOLOLDAC:
     def export(self, format: str | None = None, **kwargs: Any) -> Path:
         """Export to ``format`` (onnx, litert/tflite, openvino, ncnn, ... ; ``half=True`` / ``int8=True data=...``) and check
         the file against PyTorch in its own runtime (raw outputs; with ``data`` also mAP). See :mod:`yolo_ldac.export`.
+        Without ``imgsz`` the file is exported at the checkpoint's training size (``train_args``), as ``yolo export``
+        does.
 
         Example:
             >>> YOLOLDAC("best.pt").export(format="litert", int8=True, data="kitti.yaml")  # doctest: +SKIP
