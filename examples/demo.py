@@ -16,8 +16,10 @@
    baseline=base)``: each export parity-checked, ``--latency-runs`` timed runs, 1 thread and all threads,
    interleaved).
 
-Measured after ``make install``, pinned to one core of this 2-core machine while the other core trained: 111 s with
-the data to build and the base to train, 56 s with both cached (slower when the core is shared). A smoke test of the
+Measured after ``make install`` (about 4 min the first time), pinned to one core of a 2-core machine
+(``taskset -c 0``): 121 s with every cache empty (the data to build, its photos to segment, the widths to measure, the
+base to train), 49 s with all of them cached; the speed-up line read 1.34x, 1.34x and 1.33x in three runs (slower
+when the core is shared). A smoke test of the
 flow, not a benchmark: 64 images and a few epochs say that the pipeline works, not how well a criterion preserves
 accuracy; comparisons at equal FLOPs and optimizer steps live in ``benchmarks/grid.py``.
 """

@@ -337,10 +337,11 @@ def format_markdown(report: dict) -> str:
     if rounds:
         md += ["## Rounds", ""]
         header = ["round", "ratio reached", "mAP50-95 before step", "mAP50-95 after step", "mAP50-95 after train",
-                  "FLOPs (G)", "params (M)"]
+                  _flops_label(report), "params (M)"]
         timed = any(r.get("latency_ms") is not None for r in rounds)
         if timed:
-            header += ["latency (ms)", "speed-up"]
+            at = f", {lat['imgsz']} px" if lat and lat.get("imgsz") else ""
+            header += [f"latency (ms{at})", "speed-up"]
         rows = [
             [
                 _int_or_dash(r.get("round")),
