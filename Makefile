@@ -16,6 +16,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 RUN_ENV := OMP_NUM_THREADS=1 YOLO_OFFLINE=1 YOLO_AUTOINSTALL=False YOLO_CONFIG_DIR="$(CURDIR)/.cache/ultralytics"
 
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: install test demo bench-data clean distclean
 
@@ -36,7 +37,7 @@ test: install
 
 demo: install
 	@mkdir -p .cache/ultralytics
-	$(RUN_ENV) $(PY) examples/demo.py
+	$(RUN_ENV) $(PY) examples/demo.py $(DEMO_ARGS)
 
 # Real photos for the composite benchmark set: Debian's opencv-doc ships ~100 stills and vtest.avi (needs root).
 bench-data:

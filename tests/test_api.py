@@ -91,6 +91,22 @@ def test_report_json_content(report, compressed):
     assert report["rounds"][1]["ratio_reached"] == pytest.approx(0.5, abs=0.011)
     assert isinstance(report["timings"], dict) and report["timings"]["total"] > 0
     assert report["timings"]["train"] > 0 and report["timings"]["prune"] > 0
+    # push=none: the rounds' training is called what it is, and nothing is listed as a push
+    assert "push" not in report["timings"] and report["timings"]["train_between_steps"] > 0
+    assert set(report["timings_within"]) == {"train", "validate", "calibration_data"} & set(report["timings"])
+
+
+def test_report_wall_time_shares_add_up(compressed):
+    """The phases of report.md's wall-time table are disjoint: their shares add up to the total's 100 %; training
+    and validation, which happen inside them, are listed apart."""
+    md = (compressed[1].run_dir / "report.md").read_text(encoding="utf-8")
+    section = md.split("## Wall time")[1].split("## Settings")[0]
+    phases, inside = section.split("Inside those phases")
+    shares = [float(line.split("|")[4]) for line in phases.splitlines()
+              if line.startswith("| ") and "**total**" not in line and "share %" not in line and "---" not in line]
+    assert sum(shares) == pytest.approx(100.0, abs=0.5), shares
+    assert "| push |" not in section and "| train_between_steps |" in phases
+    assert "training (" in inside and "validation (" in inside
 
 
 def test_finetune_results_csv(compressed):
@@ -219,9 +235,20 @@ def test_compress_c2f_random(shapes_data, tmp_path):
     assert len(result.rounds) == 1
 
 
-def test_prune_mode_does_not_train(shapes_data, tmp_path):
+def test_prune_mode_does_not_train(shapes_data, tmp_path, capsys):
     result = YOLOLDAC("yolo11n.yaml").prune(data=str(shapes_data), ratio=0.4, method="l1", rounds=2, val_steps=False,
                                             project=str(tmp_path), name="p", **FAST)
+    # it ends on a before/after summary with the model's path, not on a progress bar
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-5] == "yolo-ldac prune: before -> after", out[-5:]
+    params, flops, mean_ap = (line.split() for line in out[-4:-1])
+    assert params[:2] == ["params", "(M)"] and float(params[2]) == pytest.approx(result.before["params_m"], abs=1e-3)
+    assert flops[:3] == ["GFLOPs", f"({IMGSZ}", "px)"]  # at the run's input size, not the report's 640 px
+    assert float(flops[3]) == pytest.approx(result.before["flops_g"] * (IMGSZ / 640) ** 2, abs=1e-3)
+    assert float(flops[5]) == pytest.approx(result.after["flops_g"] * (IMGSZ / 640) ** 2, abs=1e-3)
+    assert mean_ap[0] == "mAP50-95" and float(mean_ap[3]) == pytest.approx(result.after["map50_95"], abs=1e-4)
+    assert out[-1].startswith(f"Results saved to {result.run_dir} (model: {result.best},")
+    assert out[-1] in (result.run_dir / "log.txt").read_text(encoding="utf-8")
     assert abs(result.removed["flops_pct"] - 40) <= 1, result.removed
     assert not list(result.run_dir.rglob("results.csv"))
     assert result.best.is_file() and (result.run_dir / "report.json").is_file()

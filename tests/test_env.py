@@ -52,3 +52,26 @@ def test_shared_weights_dir_follows_the_environment(monkeypatch, tmp_path):
     assert shared_weights_dir() == tmp_path
     monkeypatch.delenv("YOLO_LDAC_SHARED_WEIGHTS")
     assert shared_weights_dir().parts[-2:] == ("shared", "weights")
+
+
+def test_plain_ultralytics_loads_a_yolo_ldac_checkpoint_quietly(tmp_path):
+    """`YOLO("best.pt")` in a process of its own imports yolo_ldac while unpickling; that prints no warning of ours
+    and leaves Ultralytics' environment as the user set it."""
+    import subprocess
+    import sys
+
+    from helpers import tiny_pruned_model
+
+    from yolo_ldac.checkpoint import save_ultralytics_checkpoint
+
+    best = save_ultralytics_checkpoint(tiny_pruned_model(), tmp_path / "best.pt", {"imgsz": 64}, half=False)
+    script = ("import os, sys\nfrom ultralytics import YOLO\nYOLO(sys.argv[1])\n"
+              "print('imported' if 'yolo_ldac' in sys.modules else 'not imported', os.environ.get('YOLO_CONFIG_DIR'))")
+    env = {k: v for k, v in os.environ.items() if k not in {"YOLO_CONFIG_DIR", "YOLO_LDAC_HOME"}}
+    env["HOME"] = str(tmp_path / "home")
+    out = subprocess.run([sys.executable, "-c", script, str(best)], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-2:] == ["imported", "None"], out.stdout  # loaded through yolo_ldac, env untouched
+    assert "setup_offline_env" not in out.stdout + out.stderr
+    assert "WARNING" not in out.stdout + out.stderr, out.stdout + out.stderr

@@ -112,3 +112,46 @@ def test_parity_metrics_measure_scores_apart_from_boxes():
     assert whole["max_rel_diff"] < 1e-3 < split["max_rel_diff"]
     assert split["max_abs_diff"] == pytest.approx(0.4)
     assert split["max_elem_rel_diff"] == pytest.approx(0.4 / (0.5 + 1e-3 * 0.5))
+
+
+@pytest.fixture(scope="module")
+def trained_at_64(pruned, tmp_path_factory):
+    """A run's best.pt of a model trained at 64 px (its train_args say so, as Ultralytics' trainer writes them)."""
+    from yolo_ldac.checkpoint import save_ultralytics_checkpoint as save_run_checkpoint
+
+    return save_run_checkpoint(pruned, tmp_path_factory.mktemp("small") / "best.pt", {"imgsz": 64}, half=False)
+
+
+def test_export_defaults_to_the_checkpoints_imgsz(trained_at_64, monkeypatch):
+    """As `yolo export` does: no imgsz given -> the size the checkpoint was trained at; a given one wins."""
+    import yolo_ldac.export
+
+    from yolo_ldac import YOLOLDAC
+    from yolo_ldac.api import trained_imgsz
+
+    seen = []
+
+    def fake(path, **kw):
+        seen.append(kw["imgsz"])
+        return export_mod.ExportResult(path=path, format="onnx", precision="fp32", imgsz=kw["imgsz"], size_mb=0.0,
+                                       seconds=0.0, parity=None, accuracy=None, notes=[], failure=None)
+
+    monkeypatch.setattr(yolo_ldac.export, "export_checked", fake)
+    runner = YOLOLDAC(str(trained_at_64))
+    assert trained_imgsz(runner.model) == 64
+    runner.export(format="onnx", verbose=False)
+    runner.export(format="onnx", imgsz=96, verbose=False)
+    assert seen == [64, 96]
+
+
+@pytest.mark.slow
+def test_export_at_checkpoint_imgsz_passes_fp16_parity(trained_at_64):
+    """The 64-px model exported without imgsz= is a 64x64 graph, and fp16 passes its parity check."""
+    import onnx
+
+    from yolo_ldac import YOLOLDAC
+
+    runner = YOLOLDAC(str(trained_at_64))
+    out = runner.export(format="onnx", half=True, verbose=False)
+    dims = [d.dim_value for d in onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims[-2:] == [64, 64] and runner.last_export.parity["ok"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
-from yolo_ldac.report import format_markdown, format_table, write_report
+import pytest
+
+from yolo_ldac.report import format_markdown, format_summary, format_table, write_report
 
 
 def _report():
@@ -91,3 +93,31 @@ def test_format_table_fixed_width():
 def test_markdown_escapes_pipes():
     md = format_markdown({"model": "a|b", "settings": {"note": "x|y"}})
     assert "x\\|y" in md and "a\\|b" in md
+
+
+def test_wall_time_phases_add_up_and_inside_time_is_apart():
+    """Phases are disjoint (shares add to 100 %); what happens inside them (training, validation) is a second
+    table, not more phases."""
+    timings = {"prepare": 1.0, "validate_base": 2.0, "prune": 3.0, "train_between_steps": 10.0, "finetune": 20.0,
+               "validate_final": 2.0, "train": 28.0, "validate": 5.0, "total": 40.0}
+    md = format_markdown({"timings": timings, "timings_within": ["train", "validate"]})
+    phases, inside = md.split("## Wall time")[1].split("Inside those phases")
+    shares = [float(line.split("|")[4]) for line in phases.splitlines()
+              if line.startswith("| ") and "share %" not in line and "**total**" not in line and "---" not in line]
+    assert sum(shares) == pytest.approx(100.0, abs=0.2)
+    assert "| other (between phases) | 2.0 |" in phases  # 40 s total, 38 s of phases
+    assert "| train |" not in phases and "| training (push, train between steps, fine-tune) | 28.0 |" in inside
+    assert "| validation (base, after each step, final) | 5.0 |" in inside
+
+
+def test_format_summary_labels_flops_at_the_run_size():
+    report = {"mode": "compress", "before": {"map50_95": 0.5, "flops_g": 6.4, "params_m": 2.6},
+              "after": {"map50_95": 0.48, "flops_g": 3.2, "params_m": 1.3}, "flops_imgsz": 640,
+              "paths": {"run_dir": "runs/ldac/exp", "best": "runs/ldac/exp/weights/best.pt"}}
+    lines = format_summary(report, imgsz=160).splitlines()
+    assert lines[0] == "yolo-ldac compress: before -> after"
+    assert lines[2].split()[:6] == ["GFLOPs", "(160", "px)", "0.400", "->", "0.200"]  # 6.4 G at 640 px = 0.4 at 160
+    assert lines[3].split()[:4] == ["mAP50-95", "0.5000", "->", "0.4800"] and "-2.00 pts" in lines[3]
+    assert lines[-1] == ("Results saved to runs/ldac/exp (model: runs/ldac/exp/weights/best.pt, report: "
+                         "runs/ldac/exp/report.md)")
+    assert format_markdown(report).count("GFLOPs (640 px)") == 1  # report.md's table says where it counted

@@ -7,9 +7,15 @@ Example:
 
 __version__ = "0.1.0"
 
+import sys as _sys
+
 from yolo_ldac.utils.env import setup_offline_env as _setup_env
 
-_setup_env()  # private Ultralytics config dir and a local font, before Ultralytics is imported anywhere
+# A private Ultralytics config dir and a local font, before Ultralytics is imported anywhere. When Ultralytics is
+# imported already (plain `YOLO("best.pt")` unpickling a yolo-ldac checkpoint imports this package), its settings
+# are chosen and none of ours would apply: the user's Ultralytics is left alone, without a word.
+if "ultralytics.utils" not in _sys.modules:
+    _setup_env()
 
 
 def __getattr__(name: str):

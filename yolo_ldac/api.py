@@ -173,7 +173,15 @@ class YOLOLDAC:
 
     @_under_policy
     def val(self, data: str | None = None, **kwargs: Any) -> dict:
-        """Validate the model on ``data``; returns ``{"map50_95", "map50", "flops_g", "params_m"}``."""
+        """Validate the model on ``data``; returns ``{"map50_95", "map50", "flops_g", "params_m"}``: the mAP
+        ``yolo val`` prints for the same weights, ``imgsz`` and ``batch`` (rect batches, as Ultralytics validates).
+        Without ``imgsz`` the checkpoint's training size is used, as ``yolo val`` does.
+
+        Example:
+            >>> YOLOLDAC("runs/ldac/exp/weights/best.pt").val(data="coco8.yaml")["map50_95"]  # doctest: +SKIP
+            0.412
+        """
+        kwargs = _with_trained_imgsz(kwargs, self.model)
         cfg = get_cfg({k: v for k, v in dict(kwargs, data=data).items() if v is not None}, mode="val")
         data_dict = check_data(cfg["data"])
         from yolo_ldac.data.check import audit_dataset
@@ -189,6 +197,8 @@ class YOLOLDAC:
     def export(self, format: str | None = None, **kwargs: Any) -> Path:
         """Export to ``format`` (onnx, litert/tflite, openvino, ncnn, ... ; ``half=True`` / ``int8=True data=...``) and check
         the file against PyTorch in its own runtime (raw outputs; with ``data`` also mAP). See :mod:`yolo_ldac.export`.
+        Without ``imgsz`` the file is exported at the checkpoint's training size (``train_args``), as ``yolo export``
+        does.
 
         Example:
             >>> YOLOLDAC("best.pt").export(format="litert", int8=True, data="kitti.yaml")  # doctest: +SKIP
@@ -196,6 +206,7 @@ class YOLOLDAC:
         """
         from yolo_ldac.export import export_checked
 
+        kwargs = _with_trained_imgsz(kwargs, self.model)  # as Ultralytics exports: at the checkpoint's size
         cfg = get_cfg({k: v for k, v in dict(kwargs, format=format).items() if v is not None}, mode="export")
         if not isinstance(self.source, (str, Path)) or Path(self.source).suffix not in {".pt", ".json", ".safetensors"}:
             raise LDACError("export needs a checkpoint file: pass model=path/to/best.pt")
@@ -266,8 +277,12 @@ class YOLOLDAC:
         with lock:  # one benchmark at a time writes a folder
             result = run_benchmark(models, formats=formats, precisions=precisions, imgsz=imgsz, data=cfg["data"],
                                    runs=cfg["runs"], warmup=cfg["warmup"], threads=threads, out_dir=out_dir,
-                                   plots=cfg["plots"], deploy_graph=cfg["deploy_graph"])
+                                   plots=cfg["plots"], deploy_graph=cfg["deploy_graph"], batch=int(cfg["batch"]))
         print(result.table)
+        if cfg["data"]:
+            from yolo_ldac.deploy.benchmark import MAP_NOTE
+
+            print(MAP_NOTE.format(batch=int(cfg["batch"])))
         print(f"Results saved to {out_dir}")
         if result.failed:
             print(f"WARNING: {len(result.failed)} export(s) failed their checks: see the status column")
@@ -424,6 +439,30 @@ def _warn_unfinished(sources) -> None:
             notice = unfinished_notice(source)
             if notice:
                 LOGGER.warning(notice)
+
+
+def trained_imgsz(model: nn.Module) -> int | None:
+    """The input size ``model`` was trained at, read as Ultralytics reads it: ``ckpt["train_args"]["imgsz"]``,
+    which its ``load_checkpoint`` puts in ``model.args`` (``yolo val`` and ``yolo export`` default to it); None for
+    a model without training arguments (built from a yaml).
+
+    Example:
+        >>> trained_imgsz(YOLOLDAC("runs/ldac/exp/weights/best.pt").model)  # doctest: +SKIP
+        160
+    """
+    args = getattr(model, "args", None)
+    if args is not None and not isinstance(args, dict):
+        args = vars(args) if hasattr(args, "__dict__") else None
+    imgsz = (args or {}).get("imgsz")
+    return imgsz if isinstance(imgsz, int) and not isinstance(imgsz, bool) and imgsz > 0 else None
+
+
+def _with_trained_imgsz(kwargs: dict, model: nn.Module) -> dict:
+    """``kwargs`` with ``imgsz`` set to the model's training size when the caller gave none."""
+    if kwargs.get("imgsz") is not None:
+        return kwargs
+    imgsz = trained_imgsz(model)
+    return kwargs if imgsz is None else {**kwargs, "imgsz": imgsz}
 
 
 def validate(model: nn.Module, cfg: dict, ultra: dict) -> dict:

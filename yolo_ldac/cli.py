@@ -24,7 +24,7 @@ from yolo_ldac.errors import LDACError
 
 MODE_HELP = {
     "compress": "prune in `rounds` steps with training in between, then fine-tune and validate",
-    "prune": "prune once to the target ratio, without training; save the pruned model",
+    "prune": "prune in `rounds` steps to the target ratio, without training; save weights/best.pt",
     "finetune": "train a (pruned) model for `epochs` epochs (default: finetune_epochs)",
     "sweep": "one-step retention point per ratio in `ratios` (with `epochs`, also trained): table, JSON, plot",
     "val": "validate a model on `data`",
@@ -65,7 +65,7 @@ Examples:
     yolo-ldac compress model=yolo11n.pt data=coco8.yaml max_drop=0.01   # the most FLOPs within 1 point of mAP
     yolo-ldac sweep model=yolo11n.pt data=coco8.yaml ratios=0.1,0.2,0.3,0.4 method=ldac
     yolo-ldac compress resume=runs/ldac/exp      # continue a stopped run with its own settings
-    yolo-ldac finetune model=runs/ldac/exp/weights/pruned.pt data=coco8.yaml epochs=20 lr0=0.002
+    yolo-ldac finetune model=runs/ldac/exp/weights/best.pt data=coco8.yaml epochs=20 lr0=0.002
     yolo-ldac val model=runs/ldac/exp/weights/best.pt data=coco8.yaml
     yolo-ldac export model=runs/ldac/exp/weights/best.pt format=onnx imgsz=640
     yolo-ldac export model=runs/ldac/exp/weights/best.pt format=litert int8=True data=coco8.yaml

@@ -10,8 +10,9 @@ key             registry                                what a part does
 ``compensate=`` :data:`yolo_ldac.pruning.compensate.COMPENSATIONS`  what is done for removed channels' consumers
 ==============  ======================================  =====================================================
 
-``method=NAME`` is a named preset of the three (:func:`presets`): ``method=ldac`` is LDAC's criterion, push and
-compensation; ``method=<any other criterion>`` is that criterion with ``push=none`` and ``compensate=mean``.
+``method=NAME`` is a named preset of the three (:func:`presets`): ``method=ldac`` is LDAC's criterion and
+compensation with plain training between the steps (``criterion=ldac push=none compensate=lsq``);
+``method=<any other criterion>`` is that criterion with ``push=none`` and ``compensate=mean``.
 Explicit keys override the preset: ``method=ldac criterion=group_fisher`` is LDAC's compensation with Group
 Fisher's scores; ``method=ldac push=ldac`` adds LDAC's push.
 

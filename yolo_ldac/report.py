@@ -18,7 +18,12 @@ key            meaning
 ``layers``     list of ``{name, before, after}``: output channels per prunable layer
 ``rounds``     list of ``{round, ratio_reached, map50_95_before_step, map50_95_after_step,
                map50_95_after_train, flops_g, params_m}`` (iterative pruning only)
-``timings``    ``{phase: wall seconds}``; an entry ``total`` is the run's wall time (else the sum)
+``timings``    ``{phase: wall seconds}``; an entry ``total`` is the run's wall time (else the sum). The
+               phases (``prepare``, ``validate_base``, ``prune``: the steps, ``push`` or
+               ``train_between_steps``: the rounds' training, ``finetune``, ``validate_final``, ...) are
+               disjoint; the entries named in ``timings_within`` (the compressor's ``train``, ``validate``,
+               ``calibration_data``) are time spent inside them, listed apart
+``timings_within``  the ``timings`` keys that are time inside the phases, not phases (not added to the total)
 ``latency``    measured latency (only when the run measured it: ``target=latency``, ``speedup=``,
                ``latency_ms=``, ``round_to=auto``): ``{runtime, precision, threads, imgsz, dense_ms,
                compressed_ms, speedup, flops_speedup, predicted_ms, target_ms, met, round_to}``
@@ -52,6 +57,10 @@ METRIC_ROWS = (  # (key, label, kind)
     ("params_m", "params (M)", "size"),
 )
 REMOVED_KEYS = {"flops_g": "flops_pct", "params_m": "params_pct"}
+# labels of the timings entries a run may name in ``timings_within``: time inside the phases, not phases
+ACROSS_PHASES = {"train": "training (push, train between steps, fine-tune)",
+                 "validate": "validation (base, after each step, final)",
+                 "calibration_data": "calibration images (loaded once)"}
 DASH = "-"
 
 
@@ -98,7 +107,8 @@ def _change(report: dict, key: str, kind: str) -> str:
 def _rows(report: dict) -> list[tuple[str, str, str, str]]:
     before, after = report.get("before") or {}, report.get("after") or {}
     return [
-        (label, _fmt(before.get(key), _digits(kind)), _fmt(after.get(key), _digits(kind)), _change(report, key, kind))
+        (_flops_label(report) if key == "flops_g" else label, _fmt(before.get(key), _digits(kind)),
+         _fmt(after.get(key), _digits(kind)), _change(report, key, kind))
         for key, label, kind in METRIC_ROWS
     ]
 
@@ -112,6 +122,52 @@ def format_table(report: dict) -> str:
     """
     lines = [f"{'metric':<14}{'before':>12}{'after':>12}{'change':>17}"]
     lines += [f"{label:<14}{b:>12}{a:>12}{c:>17}" for label, b, a, c in _rows(report)]
+    return "\n".join(lines)
+
+
+def _flops_label(report: dict) -> str:
+    """The FLOPs row's label, with the input size the count is at when the report records it."""
+    size = _num(report.get("flops_imgsz"))
+    return "FLOPs (G)" if size is None else f"GFLOPs ({int(size)} px)"
+
+
+def format_summary(report: dict, imgsz: int | None = None) -> str:
+    """The lines a finished compress / prune / finetune run ends with on the terminal: parameters, GFLOPs at the
+    run's input size (``imgsz``; Ultralytics' count scales with the input area, as ``yolo val`` prints it), mAP50-95
+    before -> after, and where the model is (``Results saved to ...``, Ultralytics' wording).
+
+    Example:
+        >>> print(format_summary({"mode": "prune", "before": {"map50_95": 0.45, "flops_g": 6.5, "params_m": 2.6},
+        ...     "after": {"map50_95": 0.44, "flops_g": 3.25, "params_m": 1.4}, "flops_imgsz": 640,
+        ...     "paths": {"run_dir": "runs/ldac/exp", "best": "runs/ldac/exp/weights/best.pt"}}, imgsz=320))
+        yolo-ldac prune: before -> after
+          params (M)         2.600 ->     1.400  (46.2% removed)
+          GFLOPs (320 px)    1.625 ->     0.812  (50.0% removed)
+          mAP50-95          0.4500 ->    0.4400  (-1.00 pts)
+        Results saved to runs/ldac/exp (model: runs/ldac/exp/weights/best.pt, report: runs/ldac/exp/report.md)
+    """
+    before, after = report.get("before") or {}, report.get("after") or {}
+    counted = _num(report.get("flops_imgsz"))
+    size = int(imgsz) if imgsz else (int(counted) if counted else None)
+    scale = (size / counted) ** 2 if size and counted else 1.0
+
+    def flops(v: Any) -> float | None:
+        f = _num(v)
+        return None if f is None else f * scale
+
+    flops_label = f"GFLOPs ({size} px)" if size else "FLOPs (G)"
+    rows = [("params (M)", _fmt(before.get("params_m"), 3), _fmt(after.get("params_m"), 3),
+             _change(report, "params_m", "size")),
+            (flops_label, _fmt(flops(before.get("flops_g")), 3), _fmt(flops(after.get("flops_g")), 3),
+             _change(report, "flops_g", "size")),
+            ("mAP50-95", _fmt(before.get("map50_95")), _fmt(after.get("map50_95")),
+             _change(report, "map50_95", "map"))]
+    lines = [f"yolo-ldac {report.get('mode') or 'run'}: before -> after"]
+    lines += [f"  {label:<16}{b:>8} -> {a:>9}  ({c})" for label, b, a, c in rows]
+    paths = report.get("paths") or {}
+    run_dir = paths.get("run_dir")
+    if run_dir:
+        lines.append(f"Results saved to {run_dir} (model: {paths.get('best')}, report: {Path(run_dir) / 'report.md'})")
     return "\n".join(lines)
 
 
@@ -281,10 +337,11 @@ def format_markdown(report: dict) -> str:
     if rounds:
         md += ["## Rounds", ""]
         header = ["round", "ratio reached", "mAP50-95 before step", "mAP50-95 after step", "mAP50-95 after train",
-                  "FLOPs (G)", "params (M)"]
+                  _flops_label(report), "params (M)"]
         timed = any(r.get("latency_ms") is not None for r in rounds)
         if timed:
-            header += ["latency (ms)", "speed-up"]
+            at = f", {lat['imgsz']} px" if lat and lat.get("imgsz") else ""
+            header += [f"latency (ms{at})", "speed-up"]
         rows = [
             [
                 _int_or_dash(r.get("round")),
@@ -315,17 +372,29 @@ def format_markdown(report: dict) -> str:
     timings = report.get("timings") or {}
     if timings:
         md += ["## Wall time", ""]
-        # a "total" entry (the run's own wall time, including untimed gaps) is the total row, not a phase
-        phases = {k: v for k, v in timings.items() if k != "total"}
+        # a "total" entry (the run's own wall time, including untimed gaps) is the total row, not a phase; the
+        # phases are disjoint, so their shares add up to 100 %; time spent across phases is listed apart
+        within = set(report.get("timings_within") or ())
+        phases = {k: v for k, v in timings.items() if k != "total" and k not in within}
+        across = {k: v for k, v in timings.items() if k in within}
         total = _num(timings.get("total"))
         total = sum(_num(v) or 0.0 for v in phases.values()) if total is None else total
-        rows = []
-        for phase, sec in phases.items():
+
+        def row(name: str, sec: Any) -> list[str]:
             s = _num(sec)
             share = DASH if s is None or total <= 0 else f"{100 * s / total:.1f}"
-            rows.append([phase, _fmt(s, 1), DASH if s is None else _hms(s), share])
+            return [name, _fmt(s, 1), DASH if s is None else _hms(s), share]
+
+        rows = [row(phase, sec) for phase, sec in phases.items()]
+        rest = total - sum(_num(v) or 0.0 for v in phases.values())
+        if rest > 0.005 * total and rest > 0.05:
+            rows.append(row("other (between phases)", rest))
         rows.append(["**total**", _fmt(total, 1), _hms(total), "100.0" if total > 0 else DASH])
         md += _md_table(["phase", "seconds", "h:mm:ss", "share %"], rows) + [""]
+        if across:
+            md += ["Inside those phases (included in them, not added to the total):", ""]
+            md += _md_table(["activity", "seconds", "h:mm:ss", "share %"],
+                            [row(ACROSS_PHASES.get(k, k), v) for k, v in across.items()]) + [""]
 
     md += ["## Settings", ""]
     settings = {k: report.get(k) for k in ("model", "data", "method", "target", "ratio")}

@@ -181,6 +181,7 @@ def run_benchmark(
     rounds: int = 5,
     deploy_graph: bool = True,
     calib_images: int | None = None,
+    batch: int = 16,
 ) -> BenchmarkResult:
     """Export, check and time every model in every format x precision (module docstring).
 
@@ -203,6 +204,7 @@ def run_benchmark(
         deploy_graph: export every model in the graph the runtimes are fast on (:mod:`yolo_ldac.nn.deploy`), the
             dense baseline too, so both are timed as the user would ship them.
         calib_images: int8 calibration images (default: the exporter's, 300).
+        batch: validation batch of the PyTorch rows' mAP (:data:`MAP_NOTE`).
 
     Returns:
         :class:`BenchmarkResult` with one :class:`BenchRow` per model x runtime x precision.
@@ -243,8 +245,10 @@ def run_benchmark(
             if fmt == "pytorch":
                 row.file, row.size_mb = str(local[label]), local[label].stat().st_size / 1e6
                 if data is not None and accuracy:
+                    # the parity reference: the .pt at the exports' fixed input shape (batch 1, no rect batches)
                     refs[label] = validate_map(local[label], data, imgsz)
-                    row.map50_95, row.map50 = refs[label]["map50_95"], refs[label]["map50"]
+                    mine = pytorch_map(local[label], data, imgsz, batch)  # what `yolo val` prints for the .pt
+                    row.map50_95, row.map50 = mine["map50_95"], mine["map50"]
                 continue
             if prec == "int8" and data is None:
                 row.status = "skipped: int8 needs data= for calibration"
@@ -285,9 +289,29 @@ def run_benchmark(
             except LDACError as e2:
                 rows[i].status = f"failed: {e2}"
     table = format_table(rows, threads)
-    files = write_results(rows, table, threads, out_dir, imgsz=imgsz, data=data, runs=runs, warmup=warmup,
+    files = write_results(rows, table, threads, out_dir, imgsz=imgsz, data=data, batch=batch, runs=runs, warmup=warmup,
                           rounds=rounds, accuracy=accuracy, models={k: str(v) for k, v in models.items()}, plots=plots)
     return BenchmarkResult(rows=rows, table=table, out_dir=out_dir, files=files)
+
+
+MAP_NOTE = ("mAP: what `yolo val` prints for each file: the .pt with rect batches at batch {batch}, each export at "
+            "its fixed input shape (batch 1, no rect batches); each export's parity check compares it with the .pt "
+            "at that same fixed shape.")
+
+
+def pytorch_map(path: str | Path, data: str | Path, imgsz: int, batch: int = 16) -> dict[str, float]:
+    """mAP50-95 and mAP50 of the ``.pt`` at ``path`` as ``yolo val model=path data=data imgsz=imgsz batch=batch``
+    prints them (CPU, rect batches).
+
+    Example:
+        >>> pytorch_map("best.pt", "coco8.yaml", 640)  # doctest: +SKIP
+        {'map50_95': 0.61, 'map50': 0.8}
+    """
+    from yolo_ldac.engine.validator import validate_model
+    from yolo_ldac.safe_load import load_model
+
+    return validate_model(load_model(path, device="cpu"), str(data), {"imgsz": imgsz, "batch": int(batch),
+                                                                     "device": "cpu"})
 
 
 def check_inputs(models: dict[str, str | Path], formats: Sequence[str], precisions: Sequence[str]) -> list[str]:
@@ -365,7 +389,9 @@ def write_results(rows: list[BenchRow], table: str, threads: Sequence[int], out_
             w.writerow([r.model, r.format, r.precision, r.status, r.size_mb, r.flops_g, r.params_m, r.map50_95,
                         r.map50, *[r.latency.get(str(n), {}).get("median_ms") for n in threads],
                         *[r.latency.get(str(n), {}).get("p90_ms") for n in threads], r.file])
-    atomic_write_text(files["md"], table + "\n")
+    note = ("\n\n" + MAP_NOTE.format(batch=settings.get("batch", 16))) if any(r.map50_95 is not None for r in rows) \
+        else ""
+    atomic_write_text(files["md"], table + note + "\n")
     if plots:
         files["png"] = plot_benchmark(rows, threads, out_dir / "benchmark.png")
     return files

@@ -1,4 +1,15 @@
-"""One way to run Ultralytics' detection validator on a model in memory and read its mAP."""
+"""One way to run Ultralytics' detection validator on a model in memory and read its mAP.
+
+Every mAP yolo-ldac prints for a PyTorch model (the report, ``val``, the budget search, the sweep, the benchmark's
+PyTorch row) comes from :func:`validate_model`, with the settings ``yolo val`` uses: ``YOLO(path).val(data=...,
+imgsz=..., batch=...)`` validates with rectangular batches (``rect=True``, Ultralytics' ``Model.val`` default), and
+so does this. Rect batching changes the input even for square images: the validator pads each batch's shape by half
+a stride before rounding up (``ceil(imgsz / stride + 0.5) * stride``: 160 px images are letterboxed to 192 x 192),
+and for mixed aspect ratios the batch size decides each batch's shape; so the mAP depends on ``batch`` too.
+
+Exported files have a fixed input shape, and Ultralytics validates them with ``rect=False`` at batch 1: the export
+parity checks (:mod:`yolo_ldac.deploy.parity`) do the same for both sides of the comparison.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +26,7 @@ def detection_map(model: nn.Module, **args: Any) -> dict[str, float]:
     The validator fuses Conv+BN in place and copies its model: pass a copy when the caller keeps using ``model``.
 
     Example:
-        >>> detection_map(model, data="coco8.yaml", imgsz=640, batch=1, rect=False)  # doctest: +SKIP
+        >>> detection_map(model, data="coco8.yaml", imgsz=640, batch=16, rect=True)  # doctest: +SKIP
         {'map50_95': 0.61, 'map50': 0.8}
     """
     from ultralytics.models.yolo.detect import DetectionValidator
@@ -34,6 +45,9 @@ def validate_model(model: nn.Module, data: str, ultra: dict, device=None) -> dic
     """mAP50-95 and mAP50 of ``model`` on the val split of ``data`` with the validation keys of ``ultra``
     (Ultralytics' settings of the run); validates a copy (the validator fuses Conv+BN in place).
 
+    ``rect`` defaults to True, as in ``YOLO(path).val()``: with the same ``imgsz`` and ``batch`` the result is the
+    mAP50-95 ``yolo val`` prints for the same weights (tested to 1e-3 in ``tests/test_val_agreement.py``).
+
     Example:
         >>> validate_model(model, "coco8.yaml", {"imgsz": 160, "batch": 8})  # doctest: +SKIP
         {'map50_95': 0.41, 'map50': 0.6}
@@ -41,7 +55,7 @@ def validate_model(model: nn.Module, data: str, ultra: dict, device=None) -> dic
     import copy
 
     args = {k: v for k, v in ultra.items() if k in VAL_KEYS}
-    args.setdefault("rect", False)
+    args.setdefault("rect", True)  # Ultralytics' Model.val default: the mAP `yolo val` prints
     if device is not None:
         args["device"] = str(device)
     return detection_map(copy.deepcopy(model).float(), **args, data=data)

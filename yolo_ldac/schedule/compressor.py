@@ -343,6 +343,15 @@ class Compressor:
         timings = self.state.record.setdefault("timings", {}) if self.state else {}
         timings[key] = round(timings.get(key, 0.0) + seconds, 3)
 
+    def _timing_key(self, kind: str) -> str:
+        """The ``timings`` key of a phase kind: ``step`` -> ``prune``; a round's training before its step is ``push``
+        only when a push runs there (``push=none``: plain training, ``train_between_steps``)."""
+        if kind == "step":
+            return "prune"
+        if kind == "push":
+            return "push" if self.parts.get("push", "none") != "none" else "train_between_steps"
+        return kind
+
     def validate(self, model: nn.Module) -> dict:
         from yolo_ldac.engine.validator import validate_model
 
@@ -559,7 +568,23 @@ class Compressor:
             finally:
                 bar.close()
             self.callbacks.run("on_run_end", self)
+        if state.status == "finished":
+            self._print_summary()
         return self.result if state.status == "finished" else None
+
+    def _print_summary(self) -> None:
+        """End on what the run did: params, GFLOPs at the run's imgsz and mAP50-95 before -> after, and where
+        ``best.pt`` is (on the terminal and at the end of ``log.txt``)."""
+        from yolo_ldac.report import format_summary
+
+        rep = getattr(self, "report", None) or self.result.report
+        text = format_summary(rep, imgsz=int(self.cfg["imgsz"]))
+        print(text, flush=True)
+        try:
+            with open(self.run_dir / LOG_FILE, "a", encoding="utf-8") as f:
+                f.write(text + "\n")
+        except OSError:  # the summary is on the terminal; a log that cannot take it is no reason to fail the run
+            pass
 
     def _fail(self, e: BaseException) -> None:
         """A run that did not finish: state.json says where it stopped, and nothing is named like a finished model."""
@@ -590,7 +615,7 @@ class Compressor:
         model, changed = getattr(self, f"_phase_{kind}")(self.model_for_phase, rnd)
         self.model_for_phase = model
         ckpt = self._save_phase_checkpoint(name, model) if changed else None
-        self._time({"step": "prune", "push": "push"}.get(kind, kind), time.perf_counter() - t)
+        self._time(self._timing_key(kind), time.perf_counter() - t)
         state.mark_done(name, ckpt, time.perf_counter() - t)
         self.callbacks.run("on_phase_end", self)
         if kind == "step" and (rnd == int(self.cfg["rounds"])
@@ -1061,6 +1086,7 @@ class Compressor:
             "target": cfg["target"], "ratio": None if ratio_free else self.run_ratio(),
             "before": before, "after": after, "removed": removed, "layers": layers, "rounds": self.rounds,
             "timings": {k: round(v, 2) for k, v in timings.items()},
+            "timings_within": [k for k in ("train", "validate", "calibration_data") if k in timings],
             "optimizer_steps": {**rec.get("optimizer_steps", {}),
                                 "total": int(sum(rec.get("optimizer_steps", {}).values()))},
             "train_schedule": rec.get("train_schedule", {}),

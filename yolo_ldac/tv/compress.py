@@ -269,5 +269,8 @@ def _compress(cfg: dict, source: Any, mode: str | None, locks: list):
         "flops_imgsz": imgsz, "date": datetime.now().astimezone().isoformat(timespec="seconds"),
     }
     write_report(run_dir, report)
+    from yolo_ldac.report import format_summary
+
+    print(format_summary(report, imgsz=imgsz), flush=True)  # as the YOLO path ends: before -> after, where best.pt is
     return CompressResult(run_dir, best, best.with_suffix(".safetensors"), report["before"], report["after"],
                           report["removed"], report["layers"], rounds, timings, report)
