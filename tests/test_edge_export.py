@@ -15,6 +15,7 @@ from helpers import tiny_pruned_model
 
 import yolo_ldac.export as export_mod
 from yolo_ldac.deploy import parity as parity_mod
+from yolo_ldac.deploy.litert_int8 import float_rules, operator_dtypes
 from yolo_ldac.deploy.benchmark import BenchRow, format_table, parse_list, parse_threads, run_benchmark, time_runtime
 from yolo_ldac.deploy.parity import TOLERANCES, check_map_parity, check_raw_parity
 from yolo_ldac.deploy.runtimes import check_runtime, format_of, load_runtime
@@ -76,6 +77,28 @@ def test_export_names_and_formats():
     with pytest.raises(LDACError, match="cannot tell the format"):
         format_of("model.bin")
     assert export_mod.normalise_format("TFLite") == "litert"
+
+
+def test_int8_float_choices():
+    assert [op for _, op in float_rules("auto")] == ["BATCH_MATMUL", "SOFTMAX", "ALL_SUPPORTED"]
+    assert float_rules("none") == ()
+    with pytest.raises(LDACError, match="int8_float='fp16' is not one of auto, none"):
+        float_rules("fp16")
+
+
+def test_stem_rule_names_layer_0_only():
+    """The first-convolution rule matches the tensors of the model's layer 0 and of no other layer (litert-torch
+    names tensors by module path)."""
+    import re
+
+    stem = re.compile(float_rules("auto")[2][0])
+    root = "ultralytics.utils.export.engine._NormalizeCoords/ultralytics.nn.tasks.DetectionModel_model/"
+    assert stem.fullmatch(root + "ultralytics.nn.modules.conv.Conv_0/torch.nn.modules.conv.Conv2d_conv;2")
+    for other in ("ultralytics.nn.modules.conv.Conv_10/torch.nn.modules.conv.Conv2d_conv;2",
+                  "ultralytics.nn.modules.conv.Conv_20/torch.nn.modules.activation.SiLU_act;",
+                  "ultralytics.nn.modules.block.C3k2_2/ultralytics.nn.modules.conv.Conv_0/x;1",
+                  "ultralytics.nn.modules.head.Detect_23/torch.nn.modules.container.Sequential_0/x;3"):
+        assert not stem.fullmatch(root + other), other
 
 
 def test_tolerances_are_ordered():
@@ -225,6 +248,17 @@ def test_litert_fp16_and_int8(coco):
                           map_check=False)
     assert int8.path.name == "coco_int8.tflite" and int8.parity["ok"] and int8.accuracy is None
     assert int8.parity["mean_rel_diff"] <= TOLERANCES["int8"].mean_rel and int8.size_mb < 3.5
+    # int8_float=auto (the default): the attention's matmuls and softmax and the first convolution stay in float,
+    # every other convolution is int8; int8_float=none quantises them too, as Ultralytics does
+    ops = operator_dtypes(int8.path)
+    convs = [dtype for op, dtype in ops if op == "CONV_2D"]
+    assert convs[0] == "FLOAT32" and set(convs[1:]) == {"INT8"}
+    assert {dtype for op, dtype in ops if op in ("BATCH_MATMUL", "SOFTMAX")} == {"FLOAT32"}
+    assert sum(op == "BATCH_MATMUL" for op, _ in ops) == 2  # the one attention block of YOLO11n
+    full = export_checked(model, format="litert", imgsz=COCO_IMGSZ, int8=True, data=str(data), calib_images=4,
+                          map_check=False, int8_float="none")
+    assert full.parity["ok"]
+    assert {dtype for op, dtype in operator_dtypes(full.path) if op in ("CONV_2D", "BATCH_MATMUL", "SOFTMAX")} == {"INT8"}
 
 
 # ------------------------------------------------------------------------------------------------ OpenVINO

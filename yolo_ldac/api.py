@@ -223,7 +223,8 @@ class YOLOLDAC:
         result = export_checked(self.source, format=cfg["format"], imgsz=imgsz, half=cfg["half"],
                                 int8=cfg["int8"], data=cfg.get("data"), parity=cfg["parity"], rtol=cfg["parity_rtol"],
                                 calib_images=cfg["calib_images"], map_check=cfg["parity_map"],
-                                deploy_graph=cfg["deploy_graph"], fuse_splits=cfg["fuse_splits"], **extra)
+                                deploy_graph=cfg["deploy_graph"], fuse_splits=cfg["fuse_splits"],
+                                int8_float=cfg["int8_float"], **extra)
         self.last_export = result
         if cfg["verbose"]:
             print(result.summary())
@@ -277,7 +278,8 @@ class YOLOLDAC:
         with lock:  # one benchmark at a time writes a folder
             result = run_benchmark(models, formats=formats, precisions=precisions, imgsz=imgsz, data=cfg["data"],
                                    runs=cfg["runs"], warmup=cfg["warmup"], threads=threads, out_dir=out_dir,
-                                   plots=cfg["plots"], deploy_graph=cfg["deploy_graph"], batch=int(cfg["batch"]))
+                                   plots=cfg["plots"], deploy_graph=cfg["deploy_graph"], batch=int(cfg["batch"]),
+                                   int8_float=cfg["int8_float"])
         print(result.table)
         if cfg["data"]:
             from yolo_ldac.deploy.benchmark import MAP_NOTE

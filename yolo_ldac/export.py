@@ -53,6 +53,7 @@ from yolo_ldac.deploy.parity import (  # noqa: F401  (parity_metrics, preprocess
     val_images,
     validate_map,
 )
+from yolo_ldac.deploy.litert_int8 import calibration_images, copy_metadata, quantize_litert_int8
 from yolo_ldac.deploy.parity import preprocess_image as _preprocess
 from yolo_ldac.errors import LDACError, first_line
 
@@ -317,14 +318,7 @@ def litert_fp16(src: Path, dst: Path) -> Path:
     q = quantizer.Quantizer(str(src))
     q.load_quantization_recipe(manager.get_quantization_recipe())
     q.quantize().export_model(str(dst), overwrite=True)
-    try:
-        with zipfile.ZipFile(src) as zf:
-            meta = zf.read("metadata.json")
-    except (zipfile.BadZipFile, KeyError):
-        meta = None
-    if meta is not None:
-        with zipfile.ZipFile(dst, "a", zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr("metadata.json", meta)
+    copy_metadata(src, dst)
     return dst
 
 
@@ -368,6 +362,7 @@ def export_checked(
     strict: bool = True,
     deploy_graph: bool = True,
     fuse_splits: bool = False,
+    int8_float: str = "auto",
     **kwargs: Any,
 ) -> ExportResult:
     """Export ``model_path`` and check it (module docstring); return the file and the checks' figures.
@@ -392,6 +387,9 @@ def export_checked(
             Softmax), checked against the checkpoint as it is; only for the checked formats.
         fuse_splits: with ``deploy_graph``, also fuse each split block's two first convolutions back into one and
             a split (the dense graph's shape; measured slower for pruned models, so off by default).
+        int8_float: LiteRT int8 only: ``auto`` keeps in float the operators that XNNPACK runs slower in int8 (the
+            attention's matmuls and softmax, the first convolution; :mod:`yolo_ldac.deploy.litert_int8`),
+            ``none`` quantises everything as Ultralytics does (for int8-only accelerators).
         **kwargs: passed to ``YOLO.export`` (``opset``, ``dynamic``, ``batch``, ``simplify``, ``quantize``, ...).
 
     Raises:
@@ -421,15 +419,21 @@ def export_checked(
 
         check_runtime(fmt)
 
-    args: dict[str, Any] = {"format": fmt, "imgsz": imgsz, **_precision_args(precision, fmt), **kwargs}
+    from yolo_ldac.deploy.litert_int8 import float_rules
+
+    float_rules(int8_float)  # a bad value is refused before anything is exported
+    own_int8 = fmt == "litert" and precision == "int8" and int8_float != "none"  # quantised here, not by Ultralytics
+    args: dict[str, Any] = {"format": fmt, "imgsz": imgsz, **({} if own_int8 else _precision_args(precision, fmt)),
+                            **kwargs}
     if fmt in CHECKED_FORMATS:
         args.setdefault("device", "cpu")  # these runtimes are checked and timed on the CPU
     if data is not None and precision == "int8":
         n_train = len(split_images(data, "train"))
         if n_train == 0:
             raise LDACError(f"int8 calibration found no training images in '{data}'")
-        args.update(data=str(data), split="train")
-        args.setdefault("fraction", min(1.0, calib_images / n_train))
+        if not own_int8:
+            args.update(data=str(data), split="train")
+            args.setdefault("fraction", min(1.0, calib_images / n_train))
     if fmt == "onnx":
         args.setdefault("simplify", True)
         if args["simplify"] and not _onnxslim_available():
@@ -449,6 +453,11 @@ def export_checked(
                 notes.append("export graph: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in rewritten.items() if v)
                              + " rewritten")
         out = _export_in(export_pt, fmt, args)
+        if own_int8:
+            out = quantize_litert_int8(out, out.with_name(export_name(pt_path.stem, fmt, "int8")),
+                                       calibration_images(data, imgsz, calib_images), int8_float)
+            notes.append("int8, with the attention's matmuls and softmax and the first convolution in float "
+                         "(int8_float=auto; int8_float=none quantises them too)")
         if fmt == "litert" and precision == "fp16":
             out = litert_fp16(out, out.with_name(export_name(pt_path.stem, fmt, "fp16")))
             notes.append("fp16 weights, fp32 compute on CPU (float16 on GPU delegates)")

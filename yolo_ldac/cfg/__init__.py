@@ -482,6 +482,10 @@ def _validate(cfg: dict, explicit: dict) -> None:
             raise LDACError(f"{key} must be True or False, got {cfg[key]!r}")
     if not isinstance(cfg["format"], str) or not cfg["format"]:
         raise LDACError(f"format must be an export format name such as 'onnx', got {cfg['format']!r}")
+    from yolo_ldac.deploy.litert_int8 import INT8_FLOAT_CHOICES
+
+    if cfg["int8_float"] not in INT8_FLOAT_CHOICES:
+        raise LDACError(f"int8_float must be one of {', '.join(INT8_FLOAT_CHOICES)}, got {cfg['int8_float']!r}")
     resume = cfg.get("resume")
     if not isinstance(resume, (bool, str)) or resume == "":
         raise LDACError(f"resume must be True, False or a run directory, got {resume!r}")

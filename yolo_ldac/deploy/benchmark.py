@@ -182,6 +182,7 @@ def run_benchmark(
     deploy_graph: bool = True,
     calib_images: int | None = None,
     batch: int = 16,
+    int8_float: str = "auto",
 ) -> BenchmarkResult:
     """Export, check and time every model in every format x precision (module docstring).
 
@@ -205,6 +206,7 @@ def run_benchmark(
             dense baseline too, so both are timed as the user would ship them.
         calib_images: int8 calibration images (default: the exporter's, 300).
         batch: validation batch of the PyTorch rows' mAP (:data:`MAP_NOTE`).
+        int8_float: what LiteRT int8 exports keep in float (:mod:`yolo_ldac.deploy.litert_int8`).
 
     Returns:
         :class:`BenchmarkResult` with one :class:`BenchRow` per model x runtime x precision.
@@ -263,7 +265,7 @@ def run_benchmark(
                 continue
             res = export_checked(local[label], format=fmt, imgsz=imgsz, half=prec == "fp16", int8=prec == "int8",
                                  data=data, reference_map=refs.get(label), map_check=accuracy, strict=False,
-                                 deploy_graph=deploy_graph,
+                                 deploy_graph=deploy_graph, int8_float=int8_float,
                                  **({"calib_images": calib_images} if calib_images else {}))
             if not res.path.exists():
                 raise LDACError(f"export '{res.path}' vanished")
