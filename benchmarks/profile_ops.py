@@ -11,7 +11,11 @@ as two convolutions and the DFL's Softmax) and profiled at ``--imgsz`` with one 
 - NCNN fp32: each layer run on its own by its extractor (:func:`yolo_ldac.latency.probe.ncnn_node_ms`), summed per
   layer type;
 - LiteRT fp32 and int8 (XNNPACK): prefix graphs cut after each layer, timed interleaved, the differences per layer
-  (:func:`yolo_ldac.latency.probe.litert_layer_ms`): per layer ``model.N``, not per operator type.
+  (:func:`yolo_ldac.latency.probe.litert_layer_ms`): per layer ``model.N``, not per operator type;
+- ``litert-ops`` (fp32, int8): every operator timed in pieces of its layer (:func:`yolo_ldac.latency.probe.litert_op_ms`),
+  summed per operator type (``/f``: computed in float) and per layer; ``litert-ref`` the same with LiteRT's own
+  kernels instead of XNNPACK (which operators XNNPACK runs slower). ``--int8-float`` sets what the int8 export keeps
+  in float (:mod:`yolo_ldac.deploy.litert_int8`).
 
 The median over ``--runs`` runs of every node is taken. Writes ``benchmarks/results/profile/<name>.json`` and
 ``.md`` (per operator type: ms per model and the ratio to the reference); docs/deployment.md quotes them.
@@ -75,7 +79,20 @@ def litert_profile(path: Path, x: np.ndarray, runs: int) -> dict[str, float]:
     return _by_type({(kinds, layer): ms for (layer, kinds), ms in nodes.items()})
 
 
-PROFILERS = {"onnx": ort_profile, "openvino": ov_profile, "ncnn": ncnn_profile, "litert": litert_profile}
+def litert_ops_profile(path: Path, x: np.ndarray, runs: int, xnnpack: bool = True) -> dict[str, float]:
+    """Per operator type (``/f``: in float) and, under ``layer model.N`` keys, per layer."""
+    from yolo_ldac.latency.probe import litert_op_ms
+
+    ops = litert_op_ms(path, threads=1, runs=runs, xnnpack=xnnpack)
+    out = _by_type({(layer, op): ms for (_, layer, op), ms in ops.items()})
+    for (_, layer, _), ms in ops.items():
+        out[f"layer {layer}"] = out.get(f"layer {layer}", 0.0) + ms
+    return out
+
+
+PROFILERS = {"onnx": ort_profile, "openvino": ov_profile, "ncnn": ncnn_profile, "litert": litert_profile,
+             "litert-ops": litert_ops_profile,
+             "litert-ref": lambda path, x, runs: litert_ops_profile(path, x, runs, xnnpack=False)}
 
 
 def _partial_deploy(pt: Path, graph: str) -> Path:
@@ -96,11 +113,14 @@ def _by_type(nodes: dict[tuple[str, str], float]) -> dict[str, float]:
     return dict(out)
 
 
-def table(results: dict[str, dict[str, float]], top: int = 12) -> str:
+def table(results: dict[str, dict[str, float]], top: int = 12, layers: bool = False) -> str:
+    """Markdown table of the profiles: operator types (or, with ``layers``, the ``layer model.N`` entries), the
+    reference's ``top`` largest first, the rest summed as ``other``."""
     labels = list(results)
     ref = results[labels[0]]
-    ops = sorted((k for k in ref if k not in ("total", "nodes")), key=lambda k: -ref[k])[:top]
-    rest = sorted({k for r in results.values() for k in r} - set(ops) - {"total", "nodes"})
+    mine = [k for k in {k for r in results.values() for k in r} - {"total", "nodes"} if k.startswith("layer ") == layers]
+    ops = sorted((k for k in mine if k in ref), key=lambda k: -ref[k])[:top]
+    rest = sorted(set(mine) - set(ops))
     head = "| operator | " + " | ".join(f"{l} (ms)" for l in labels) + " | " + " | ".join(
         f"{labels[0]} / {l}" for l in labels[1:]) + " |"
     lines = [head, "| --- |" + " ---: |" * (2 * len(labels) - 1)]
@@ -123,6 +143,7 @@ def main() -> None:
     ap.add_argument("--graph", choices=("deploy", "plain"), default="deploy")
     ap.add_argument("--settings", default="onnx:fp32,openvino:fp32,openvino:int8",
                     help="format:precision,...: onnx:fp32, openvino:fp32|int8, ncnn:fp32, litert:fp32|int8")
+    ap.add_argument("--int8-float", default="auto", help="what LiteRT int8 exports keep in float: auto or none")
     ap.add_argument("--data", type=Path, default=ROOT / "datasets" / "composite-400x160" / "data.yaml")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "profile")
     args = ap.parse_args()
@@ -152,8 +173,10 @@ def main() -> None:
                 shutil.copy2(pt, local)
                 if graph in ("splits", "dfl"):
                     local = _partial_deploy(local, graph)
-                e = export_checked(local, format=fmt, imgsz=args.imgsz, int8=prec == "int8", data=args.data,
-                                   parity=False, calib_images=64, deploy_graph=graph == "deploy")
+                fmt_export = "litert" if fmt.startswith("litert") else fmt
+                e = export_checked(local, format=fmt_export, imgsz=args.imgsz, int8=prec == "int8", data=args.data,
+                                   parity=False, calib_images=64, deploy_graph=graph == "deploy",
+                                   int8_float=args.int8_float)
                 path = next(e.path.glob("*.xml")) if fmt == "openvino" else e.path
                 res[label] = PROFILERS[fmt](path, x, args.runs)
                 print(setting, label, f"{res[label]['total']:.2f} ms", flush=True)
@@ -161,6 +184,8 @@ def main() -> None:
             per = "layer (model.N; the graph cut after each layer, differences of prefix medians)" \
                 if fmt == "litert" else "operator type"
             md += [f"### {fmt} {prec}", "", f"Per {per}.", "", table(res, top=30 if fmt == "litert" else 12), ""]
+            if fmt in ("litert-ops", "litert-ref"):
+                md += ["Per layer (the same operators summed by their layer).", "", table(res, top=12, layers=True), ""]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(out, indent=1))
     (args.out / f"{args.name}.md").write_text("\n".join(md))

@@ -222,6 +222,30 @@ def test_litert_fp32_parity_and_broken_file(pruned, pt, tmp_path):
     layers = litert_layer_ms(res.path, np.zeros((1, 3, IMGSZ, IMGSZ), np.float32), runs=2, warmup=1, rounds=1)
     assert [k[0] for k in layers] == [f"model.{i}" for i in range(len(pruned.model))]
     assert "CONV_2D" in next(iter(layers))[1]
+    # per operator: every operator once, in graph order, its layer among the model's; a piece of the graph written
+    # as a model computes what the whole model computes at that tensor
+    from yolo_ldac.latency.probe import _TFLGraph, _tfl_runner, litert_op_ms
+
+    ops = litert_op_ms(res.path, runs=1, warmup=0, rounds=1)
+    graph = _TFLGraph(res.path)
+    assert [k[0] for k in ops] == list(range(len(graph.ops)))
+    assert {k[1] for k in ops} == {f"model.{i}" for i in range(len(pruned.model))}
+    assert ops.keys() == litert_op_ms(res.path, runs=1, warmup=0, rounds=1, xnnpack=False).keys()
+    from ai_edge_litert.interpreter import Interpreter
+
+    x = np.random.default_rng(0).random((1, 3, IMGSZ, IMGSZ), dtype=np.float32)
+    whole = Interpreter(model_path=str(res.path), experimental_preserve_all_tensors=True)
+    whole.allocate_tensors()
+    whole.set_tensor(whole.get_input_details()[0]["index"], x)
+    whole.invoke()
+    k = len(graph.ops) // 2
+    content, ins = graph.piece(0, k)
+    part = Interpreter(model_content=content)
+    part.allocate_tensors()
+    part.set_tensor(part.get_input_details()[0]["index"], x)
+    part.invoke()
+    np.testing.assert_allclose(part.get_tensor(part.get_output_details()[0]["index"]),
+                               whole.get_tensor(graph.ops[k - 1].outputs[0]), rtol=1e-5, atol=1e-5)
 
     bad_pt = _save(_perturbed(pruned), tmp_path / "bad.pt")
     bad = export_checked(bad_pt, format="litert", imgsz=IMGSZ, parity=False).path

@@ -223,6 +223,90 @@ def ncnn_node_ms(param: Path, x: np.ndarray, threads: int = 1, runs: int = 20,
 _TFL_LAYER = re.compile(r"(?:DetectionModel|Model)_model/[\w.]+?_(\d+)(?:/|;|$)")
 
 
+class _TFLGraph:
+    """A ``.tflite`` file as the flatbuffer schema's object tree, with its constants inlined, so that pieces of its
+    graph can be written out as models of their own (:meth:`piece`)."""
+
+    def __init__(self, path: Path):
+        from ai_edge_litert import schema_py_generated as schema
+
+        self.schema = schema
+        self.buf = Path(path).read_bytes()
+        self.model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(self.buf, 0))
+        self.sg = self.model.subgraphs[0]
+        for bf in self.model.buffers or []:  # constants stored after the flatbuffer (offset, size): inlined
+            if getattr(bf, "offset", 0) and bf.offset > 1:
+                bf.data = np.frombuffer(self.buf, np.uint8, count=int(bf.size), offset=int(bf.offset)).copy()
+                bf.offset, bf.size = 0, 0
+        self.ops = list(self.sg.operators)
+        self._codes = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+        layer = [self._layer_of(o) for o in self.ops]
+        for i in range(1, len(layer)):  # an op without a name of its own belongs to the layer before it
+            if layer[i] == "?":
+                layer[i] = layer[i - 1]
+        self.layers = layer
+
+    def _layer_of(self, op) -> str:
+        for t in op.outputs:
+            m = _TFL_LAYER.search(self.sg.tensors[t].name.decode(errors="replace"))
+            if m:
+                return f"model.{m.group(1)}"
+        return "?"
+
+    def op_type(self, op) -> str:
+        """The operator's name, with ``/f`` when its output is float32 (in an int8 model: kept in float)."""
+        oc = self.model.operatorCodes[op.opcodeIndex]
+        name = self._codes.get(max(oc.builtinCode, oc.deprecatedBuiltinCode), "?")
+        return name + ("/f" if self.sg.tensors[op.outputs[0]].type == self.schema.TensorType.FLOAT32 else "")
+
+    def piece(self, start: int, stop: int) -> tuple[bytes, list[int]]:
+        """Operators ``start:stop`` as a model of their own (its inputs: every tensor they read that is neither a
+        constant nor made by one of them; its output: the last operator's) and those input tensors."""
+        import flatbuffers
+
+        sg, ops = self.sg, self.ops[start:stop]
+        made: set[int] = set()
+        ins: list[int] = []
+        for op in ops:
+            for t in op.inputs:
+                buf = self.model.buffers[sg.tensors[t].buffer] if t >= 0 and sg.tensors[t].buffer else None
+                const = buf is not None and buf.data is not None and len(buf.data) > 0
+                if t >= 0 and t not in made and not const and t not in ins:
+                    ins.append(t)
+            made.update(op.outputs)
+        keep = (sg.operators, sg.inputs, sg.outputs)
+        sg.operators, sg.inputs, sg.outputs = ops, ins, list(ops[-1].outputs)
+        b = flatbuffers.Builder(len(self.buf) + (1 << 20))
+        b.Finish(self.model.Pack(b), file_identifier=b"TFL3")
+        sg.operators, sg.inputs, sg.outputs = keep
+        return bytes(b.Output()), ins
+
+
+def _tfl_runner(content: bytes, threads: int, xnnpack: bool = True, x: np.ndarray | None = None, seed: int = 0):
+    """A call that runs ``content`` once: fed ``x`` when given, else random inputs of each input's type."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    it = Interpreter(model_content=content, num_threads=threads, experimental_op_resolver_type=resolver)
+    it.allocate_tensors()
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for d in it.get_input_details():
+        if x is not None:
+            v = x
+        elif np.issubdtype(d["dtype"], np.floating):
+            v = rng.random(tuple(d["shape"]), dtype=np.float32).astype(d["dtype"])
+        else:
+            v = rng.integers(-100, 100, size=tuple(d["shape"])).astype(d["dtype"])
+        feeds.append((d["index"], v))
+
+    def run(_x=None):
+        for i, v in feeds:
+            it.set_tensor(i, v)
+        it.invoke()
+    return run
+
+
 def litert_layer_ms(path: Path, x: np.ndarray, threads: int = 1, runs: int = 20, warmup: int = 3,
                     rounds: int = 4) -> dict[tuple[str, str], float]:
     """Milliseconds of every layer (``model.N``) of a LiteRT model, keyed ``(layer, its operator types)``, for the
@@ -233,61 +317,64 @@ def litert_layer_ms(path: Path, x: np.ndarray, threads: int = 1, runs: int = 20,
     order, the layer read from the operator's output tensor name) are written with the flatbuffer schema, timed
     interleaved (``rounds`` blocks of ``runs``; medians), and each layer gets the difference between its prefix and
     the one before. Differences of medians are noisy where a layer is short (hundredths of a ms): read them summed
-    over groups of layers, not one by one.
+    over groups of layers, not one by one. :func:`litert_op_ms` times each operator instead.
     """
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.interpreter import Interpreter
-
     from yolo_ldac.deploy.benchmark import _time_blocks
 
-    buf = Path(path).read_bytes()
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(buf, 0))
-    sg = model.subgraphs[0]
-    codes = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    for bf in model.buffers or []:  # constants stored after the flatbuffer (offset, size): inlined for the repack
-        if getattr(bf, "offset", 0) and bf.offset > 1:
-            bf.data = np.frombuffer(buf, np.uint8, count=int(bf.size), offset=int(bf.offset)).copy()
-            bf.offset, bf.size = 0, 0
-
-    def layer_of(op) -> str:
-        for t in op.outputs:
-            m = _TFL_LAYER.search(sg.tensors[t].name.decode(errors="replace"))
-            if m:
-                return f"model.{m.group(1)}"
-        return "?"
-
-    def op_type(op) -> str:
-        oc = model.operatorCodes[op.opcodeIndex]
-        return codes.get(max(oc.builtinCode, oc.deprecatedBuiltinCode), "?")
-
-    ops = list(sg.operators)
-    layer = [layer_of(o) for o in ops]
-    for i in range(1, len(layer)):  # an op without a name of its own belongs to the layer before it
-        if layer[i] == "?":
-            layer[i] = layer[i - 1]
+    g = _TFLGraph(path)
+    layer, ops = g.layers, g.ops
     cuts = [i + 1 for i in range(len(ops)) if i + 1 == len(ops) or layer[i + 1] != layer[i]]
-    outputs, ins = list(sg.outputs), list(sg.inputs)
     runners = {}
     for k in cuts:
-        sg.operators = ops[:k]
-        sg.outputs = outputs if k == len(ops) else list(ops[k - 1].outputs)
-        b = flatbuffers.Builder(len(buf) + (1 << 20))
-        b.Finish(model.Pack(b), file_identifier=b"TFL3")
-        it = Interpreter(model_content=bytes(b.Output()), num_threads=threads)
-        it.allocate_tensors()
-        idx = it.get_input_details()[0]["index"]
-        runners[k] = lambda x, it=it, idx=idx: (it.set_tensor(idx, x), it.invoke())
-    sg.operators, sg.outputs, sg.inputs = ops, outputs, ins
+        content, _ = g.piece(0, k)
+        runners[k] = _tfl_runner(content, threads, x=x)
     stats = _time_blocks(runners, x, runs * rounds, warmup=warmup, rounds=rounds)
     out: dict[tuple[str, str], float] = {}
     prev, start = 0.0, 0
     for k in cuts:
         ms = float(stats[k]["median_ms"])
-        kinds = "+".join(dict.fromkeys(op_type(o) for o in ops[start:k]))
+        kinds = "+".join(dict.fromkeys(g.op_type(o).removesuffix("/f") for o in ops[start:k]))
         key = (layer[k - 1], kinds)
         out[key] = out.get(key, 0.0) + ms - prev
         prev, start = ms, k
+    return out
+
+
+def litert_op_ms(path: Path, threads: int = 1, runs: int = 30, warmup: int = 3, rounds: int = 4,
+                 xnnpack: bool = True, max_ops: int = 45) -> dict[tuple[int, str, str], float]:
+    """Milliseconds of every operator of a LiteRT model, keyed ``(index, layer, operator)`` (the operator with
+    ``/f`` when it computes in float), with XNNPACK (the default) or LiteRT's own kernels (``xnnpack=False``: which
+    operators XNNPACK runs slower than they are).
+
+    Each layer's operators (at most ``max_ops`` at a time) become models of their own that start at the layer's
+    first operator and end at each of its operators, fed random inputs of the right type; they are timed
+    interleaved and each operator gets the difference to the model before it. A layer's sum is as exact as its
+    timing; inside a layer XNNPACK fuses some operators into the next one (a ``PAD`` into its convolution, a
+    ``SLICE`` or ``QUANTIZE`` into a concat), so a piece that ends at such an operator computes it on its own and
+    single operators can read high or negative: read per-operator figures in pairs, and layers as a whole.
+
+    Example:
+        >>> ms = litert_op_ms(Path("best_int8.tflite"))  # doctest: +SKIP
+        >>> max(ms.items(), key=lambda kv: kv[1])  # doctest: +SKIP
+        ((3, 'model.0', 'CONV_2D'), 4.0)
+    """
+    from yolo_ldac.deploy.benchmark import _time_blocks
+
+    g = _TFLGraph(path)
+    spans, s = [], 0
+    for i in range(1, len(g.ops) + 1):
+        if i == len(g.ops) or g.layers[i] != g.layers[s] or i - s >= max_ops:
+            spans.append((s, i))
+            s = i
+    out: dict[tuple[int, str, str], float] = {}
+    for s, e in spans:
+        runners = {k: _tfl_runner(g.piece(s, k)[0], threads, xnnpack=xnnpack) for k in range(s + 1, e + 1)}
+        stats = _time_blocks(runners, None, runs, warmup=warmup, rounds=rounds)
+        prev = 0.0
+        for k in range(s + 1, e + 1):
+            ms = float(stats[k]["median_ms"])
+            out[(k - 1, g.layers[k - 1], g.op_type(g.ops[k - 1]))] = ms - prev
+            prev = ms
     return out
 
 
