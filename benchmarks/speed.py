@@ -150,6 +150,11 @@ def write_report(results: dict[str, dict], command: str) -> None:
             body += [f"`{base}`: on another machine, {mm['cpu']} ({mm['cores']} cores), onnxruntime "
                      f"{mm['onnxruntime']}, openvino {mm['openvino']}; its speed-ups are against its own dense row, "
                      "timed in the same run.", ""]
+        if any(r["format"] == "litert" and r["precision"] == "int8" for r in rec["rows"]):
+            kept = rec["settings"].get("int8_float")  # passes before the option existed quantised everything
+            body += [f"`{base}` LiteRT int8: " + (
+                "the attention's matmuls and softmax and the first convolution in float (`int8_float=auto`)"
+                if kept == "auto" else "every operator int8 (`int8_float=none`, as Ultralytics exports)") + ".", ""]
         body += [summary(base, rec), ""]
     write_section(SECTION, "\n".join(body))
 
@@ -166,6 +171,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", default="1,all")
     ap.add_argument("--calib-images", type=int, default=None, help="int8 calibration images (default 300)")
+    ap.add_argument("--int8-float", default="auto", help="what LiteRT int8 exports keep in float (auto or none)")
     ap.add_argument("--keep", nargs="+", default=None, help="only these model labels (after making them all)")
     ap.add_argument("--project", type=Path, default=ROOT / "runs" / "speed")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed")
@@ -191,10 +197,11 @@ def main() -> None:
                                 precisions=parse_list(args.precisions, "precisions"), imgsz=args.imgsz,
                                 data=args.data, runs=args.runs, warmup=args.warmup,
                                 threads=parse_threads(args.threads), out_dir=args.out / f"{base}{args.tag}",
-                                accuracy=False, calib_images=args.calib_images)
+                                accuracy=False, calib_images=args.calib_images, int8_float=args.int8_float)
             print(res.table, f"\n{base}: benchmark in {time.time() - t:.0f} s", flush=True)
             rec = json.loads(res.files["json"].read_text())
             rec["settings"]["command"] = command
+            rec["settings"]["int8_float"] = args.int8_float
             res.files["json"].write_text(json.dumps(rec, indent=1))
             import shutil
 
