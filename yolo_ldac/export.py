@@ -34,7 +34,6 @@ import logging
 import shutil
 import tempfile
 import time
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +52,7 @@ from yolo_ldac.deploy.parity import (  # noqa: F401  (parity_metrics, preprocess
     val_images,
     validate_map,
 )
-from yolo_ldac.deploy.litert_int8 import calibration_images, copy_metadata, quantize_litert_int8
+from yolo_ldac.deploy.litert_int8 import calibration_images, copy_metadata, float_rules, quantize_litert_int8
 from yolo_ldac.deploy.parity import preprocess_image as _preprocess
 from yolo_ldac.errors import LDACError, first_line
 
@@ -418,8 +417,6 @@ def export_checked(
         from yolo_ldac.deploy.runtimes import check_runtime
 
         check_runtime(fmt)
-
-    from yolo_ldac.deploy.litert_int8 import float_rules
 
     float_rules(int8_float)  # a bad value is refused before anything is exported
     own_int8 = fmt == "litert" and precision == "int8" and int8_float != "none"  # quantised here, not by Ultralytics

@@ -4,15 +4,16 @@ Ultralytics 8.4 quantises every operator of a LiteRT model it can (ai-edge-quant
 Per-operator profiles of YOLO11n at 640 px on an x86 CPU (XNNPACK, one thread; docs/deployment.md, section 7) found
 three operators that run slower in int8 than in fp32:
 
-- the attention block's two ``BATCH_MATMUL`` (6.5 ms of the int8 model's 30): XNNPACK has no int8 kernel for a
-  product of two activations, so they run in the reference kernel; in float XNNPACK takes 0.5 ms;
-- its ``SOFTMAX`` (0.6 ms int8, 0.1 ms float);
-- the first convolution, on the 3-channel image (4 ms int8): XNNPACK's fp32 has a kernel made for a 3-channel
-  stride-2 first layer, its int8 has not.
+- the attention block's two ``BATCH_MATMUL`` and its ``SOFTMAX`` (the block took 7.6-7.9 ms in int8): XNNPACK has no
+  int8 kernel for a product of two activations, so they run in LiteRT's reference kernels; in float XNNPACK
+  computes the two products in 0.4 ms;
+- the first convolution, on the 3-channel image (its layer 5.0 ms in int8, 3.4 ms in float): XNNPACK's fp32 has a
+  kernel made for a 3-channel stride-2 first layer, its int8 has not.
 
 ``int8_float="auto"`` keeps those in float (a dequantise before, a quantise after); everything else is int8 as
-before. It made the int8 YOLO11n 1.42x faster there (30.5 -> 21.4 ms) and its 50 %-pruned form 1.48x. ``"none"``
-quantises everything, for accelerators that run int8 only (NPUs, the Edge TPU).
+before. Timed interleaved (``benchmarks/litert_int8.py``), it made the int8 YOLO11n 1.22x faster there
+(27.08 -> 22.26 ms) and its 50 %-pruned form 1.43x (28.69 -> 20.01 ms). ``"none"`` quantises everything, for
+accelerators that run int8 only (NPUs, the Edge TPU).
 
 Example:
     >>> quantize_litert_int8(Path("best.tflite"), Path("best_int8.tflite"), samples, int8_float="auto")  # doctest: +SKIP
@@ -86,20 +87,14 @@ def calibration_images(data: str | Path, imgsz: int | tuple[int, int], n: int, s
         >>> [x.shape for x in calibration_images("coco8.yaml", 64, 2)]  # doctest: +SKIP
         [(1, 3, 64, 64), (1, 3, 64, 64)]
     """
-    import torch
-    from ultralytics.cfg import get_cfg
-    from ultralytics.data import build_yolo_dataset
     from ultralytics.data.utils import check_det_dataset
-    from ultralytics.utils import DEFAULT_CFG
+
+    from yolo_ldac.pruning.calibration import build_calibration_batches
 
     shape = (imgsz, imgsz) if isinstance(imgsz, int) else tuple(imgsz)
-    info = check_det_dataset(str(data))
-    cfg = get_cfg(DEFAULT_CFG, {"imgsz": max(shape), "rect": False, "cache": False, "fraction": 1.0})
-    dataset = build_yolo_dataset(cfg, info["train"], 1, info, mode="val", stride=32)
-    if hasattr(dataset, "transforms") and hasattr(dataset.transforms.transforms[0], "new_shape"):
-        dataset.transforms.transforms[0].new_shape = shape  # a non-square export calibrates on its own shape
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
-    return [dataset[i]["img"][None].float().numpy() / 255.0 for i in order]
+    batches = build_calibration_batches(check_det_dataset(str(data)), imgsz=max(shape), batch=1, n_batches=n,
+                                        seed=seed, shape=shape)
+    return [b["img"].numpy() for b in batches]
 
 
 def operator_dtypes(path: Path) -> list[tuple[str, str]]:

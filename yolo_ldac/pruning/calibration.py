@@ -38,11 +38,12 @@ def ensure_loss_args(model: nn.Module) -> None:
 
 
 def build_calibration_batches(data: dict, imgsz: int, batch: int, n_batches: int, seed: int = 0,
-                              workers: int = 0) -> list[dict]:
+                              workers: int = 0, shape: tuple[int, int] | None = None) -> list[dict]:
     """Return ``n_batches`` preprocessed batches (images scaled to [0, 1]) from the training split of ``data``.
 
     ``data`` is the dict Ultralytics' ``check_det_dataset`` returns. Images are letterboxed without
-    augmentation, in a fixed seeded order, so every criterion sees the same calibration set.
+    augmentation, in a fixed seeded order, so every criterion sees the same calibration set; ``shape`` (h, w)
+    letterboxes them to a non-square input instead of ``imgsz`` x ``imgsz``.
     """
     from ultralytics.cfg import get_cfg
     from ultralytics.data import build_yolo_dataset
@@ -50,6 +51,8 @@ def build_calibration_batches(data: dict, imgsz: int, batch: int, n_batches: int
 
     cfg = get_cfg(DEFAULT_CFG, {"imgsz": imgsz, "rect": False, "cache": False, "fraction": 1.0})
     dataset = build_yolo_dataset(cfg, data["train"], batch, data, mode="val", stride=32)
+    if shape is not None and hasattr(dataset.transforms.transforms[0], "new_shape"):
+        dataset.transforms.transforms[0].new_shape = tuple(shape)  # letterboxed to (h, w) instead of a square
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(dataset), generator=generator)[: batch * n_batches].tolist()
     subset = torch.utils.data.Subset(dataset, order)
