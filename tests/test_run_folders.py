@@ -233,6 +233,24 @@ def test_lock_refuses_a_second_holder_and_is_released(tmp_path):
         pass
 
 
+def test_refusal_waits_for_the_holder_to_write_its_pid(tmp_path):
+    """Two writers started at once: the second may find the flock taken before the first has written its pid.
+    The refusal then waits a moment for it and names the holder, rather than 'a process that has not written'."""
+    import fcntl
+    import threading
+
+    fd = os.open(tmp_path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held, file still empty
+    writer = threading.Timer(0.3, lambda: os.write(fd, json.dumps({"pid": 4242, "host": "h"}).encode()))
+    writer.start()
+    try:
+        with pytest.raises(LDACError, match=r"\(pid 4242 on host h\)"):
+            RunLock(tmp_path).acquire()
+    finally:
+        writer.join()
+        os.close(fd)
+
+
 def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
     """A lock file left by a process that is gone (SIGKILL: no flock held any more, its pid dead)."""
     proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

@@ -20,6 +20,7 @@ import errno
 import json
 import os
 import socket
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,13 @@ class RunLock:
             got = _flock(fd)
             if got is False:
                 info = self._read(fd)
+                # the holder writes its pid just after taking the flock: give it a moment to, so that the
+                # refusal can name it
+                for _ in range(40):
+                    if info:
+                        break
+                    time.sleep(0.05)
+                    info = self._read(fd)
                 os.close(fd)
                 raise self._refuse(info)
             try:
