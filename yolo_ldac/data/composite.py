@@ -1,4 +1,4 @@
-"""A deterministic, offline "cut and paste" detection dataset made of real objects on real backgrounds.
+"""A deterministic, offline "cut and paste" detection (or segmentation) dataset of real objects on real backgrounds.
 
 Real photographs that installed packages ship (Ultralytics' ``assets``, scikit-image's ``skimage.data`` when
 scikit-image is importable, and the stills of Debian's ``opencv-doc`` package when it is installed) are
@@ -6,7 +6,9 @@ segmented with a COCO YOLO segmentation model. Its instance masks give RGBA cuto
 photographs (or the parts of them free of the kept classes) give the backgrounds. Each composite image pastes
 1..``max_objects`` cutouts with random scale, horizontal flip, colour jitter and feathered (soft) alpha edges;
 a later paste occludes earlier ones, and every label box is the bounding box of the object's *visible* mask
-after all pastes, so boxes are exact by construction.
+after all pastes, so boxes are exact by construction. With ``task="segment"`` the labels are instead one
+Ultralytics polygon per object, the outline of (the largest part of) that visible mask, and the same images
+train segmentation models (yolo11n-seg).
 
 Train and val are made from disjoint groups of source photographs (for cutouts and for backgrounds alike): a
 group holds photos that show the same scene (stereo pairs, numbered sequences, tutorial images that are
@@ -20,6 +22,10 @@ from at least two photo groups (one for train, one for val). The number of class
 classes are usable the dataset has fewer classes and says so there and in a logged warning, rather than
 faking more. Measured with yolo11n-seg (COCO) on Debian bookworm: Ultralytics assets alone yield 1 class
 (person), + scikit-image still 1, + opencv-doc at least 10.
+
+Provenance: the images are the photographs above (Ultralytics assets, skimage.data, opencv-doc, under their own
+licences); the cut-outs, and so every box and every segmentation polygon, come from the instance masks that the
+COCO yolo11n-seg teacher (Ultralytics weights, AGPL-3.0) predicts on them.
 """
 
 from __future__ import annotations
@@ -445,6 +451,31 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
+def mask_polygon(mask: np.ndarray, epsilon: float = 1.0) -> tuple[np.ndarray, bool]:
+    """One polygon (n, 2) float, in pixels, for a boolean mask, and whether it is the box fallback.
+
+    The outer contour of the mask's largest 8-connected part (by pixel count), simplified with
+    ``cv2.approxPolyDP(epsilon)``; vertices are pixel centres (pixel ``i`` spans ``[i, i + 1)``, so a vertex is
+    at ``i + 0.5``). If the simplified polygon degenerates (< 3 points or no area) the unsimplified contour is
+    used; if that degenerates too (a part 1 pixel wide), the polygon is the rectangle of :func:`mask_box` of the
+    whole mask and the second value is True.
+    """
+    m = np.ascontiguousarray(mask, dtype=np.uint8)
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    if n > 1:
+        k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+        contours, _ = cv2.findContours((lab == k).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        if contours:
+            contour = max(contours, key=len)
+            for cand in (cv2.approxPolyDP(contour, epsilon, True), contour):
+                if len(cand) >= 3 and cv2.contourArea(cand) > 0:
+                    return cand.reshape(-1, 2).astype(np.float64) + 0.5, False
+    if not m.any():
+        raise LDACError("mask_polygon: empty mask")
+    x0, y0, x1, y1 = mask_box(mask)
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64), True
+
+
 def build_composite(
     out_dir: str | Path,
     n_train: int = 1000,
@@ -467,13 +498,16 @@ def build_composite(
     val_frac: float = 0.25,
     jpeg_quality: int = 95,
     debug_masks: bool = False,
+    task: str = "detect",
 ) -> Path:
-    """Write a composite YOLO detection dataset under ``out_dir`` and return the path of its ``data.yaml``.
+    """Write a composite YOLO detection (or segmentation) dataset under ``out_dir``; return its ``data.yaml``.
 
     Layout::
 
         out_dir/images/{train,val}/{train,val}_00000.jpg
-        out_dir/labels/{train,val}/{train,val}_00000.txt  # "cls xc yc w h", normalised, from visible masks
+        out_dir/labels/{train,val}/{train,val}_00000.txt  # task detect: "cls xc yc w h", normalised, from the
+                                                          # visible masks; task segment: "cls x1 y1 ... xn yn",
+                                                          # normalised, one polygon per object
         out_dir/masks/{train,val}/{train,val}_00000.npz   # only with debug_masks: "masks" (n, H, W) bool,
                                                           # in label-line order
         out_dir/data.yaml       # path (absolute), train, val, names {index: name}
@@ -501,10 +535,20 @@ def build_composite(
         val_frac: target fraction of the background photo groups that go to val.
         jpeg_quality: JPEG quality of the written images.
         debug_masks: also write the visible masks of the labelled objects.
+        task: ``"detect"`` (box labels) or ``"segment"`` (Ultralytics segmentation labels, for yolo11n-seg).
+            The images are the same for both; only the label lines differ. A segment label is the outer
+            contour of the largest part of the object's visible mask (occlusion can split it), simplified
+            with ``cv2.approxPolyDP`` (epsilon 1 px at ``imgsz``; see :func:`mask_polygon`), so the box that
+            Ultralytics derives from it is that of the largest part: within about a pixel of the detect box
+            for an object in one piece, smaller when occlusion cut it. An object whose polygon degenerates
+            keeps its box as a 4-point rectangle and is counted in ``composite.json``
+            (``polygon_fallbacks``); no object is dropped. ``composite.json`` then also has ``"task"``.
 
     Raises:
         LDACError: bad arguments, missing weights, no usable class, or too few backgrounds for two splits.
     """
+    if task not in ("detect", "segment"):
+        raise LDACError(f"task must be 'detect' or 'segment', got {task!r}")
     if n_train < 1 or n_val < 1 or max_objects < 1 or imgsz < 32:
         raise LDACError(f"need n_train, n_val, max_objects >= 1 and imgsz >= 32, got "
                         f"{n_train}, {n_val}, {max_objects}, {imgsz}")
@@ -595,6 +639,7 @@ def build_composite(
         if debug_masks:
             (out_dir / "masks" / split).mkdir(parents=True, exist_ok=True)
         n_obj = np.zeros(len(kept), int)
+        n_fallback = 0
         for i in range(n):
             rng = np.random.default_rng([seed, si, i])
             image, objs = _compose(rng, bgs, pools, len(kept), imgsz, max_objects, scale, min_visible)
@@ -606,9 +651,15 @@ def build_composite(
             (img_dir / f"{stem}.jpg").write_bytes(buf.tobytes())
             lines = []
             for c, vis in objs:
-                x0, y0, x1, y1 = mask_box(vis)
-                lines.append(f"{c} {(x0 + x1) / 2 / imgsz:.8f} {(y0 + y1) / 2 / imgsz:.8f} "
-                             f"{(x1 - x0) / imgsz:.8f} {(y1 - y0) / imgsz:.8f}")
+                if task == "segment":
+                    poly, fallback = mask_polygon(vis, epsilon=1.0)
+                    n_fallback += fallback
+                    xy = np.clip(poly / imgsz, 0.0, 1.0).ravel()
+                    lines.append(f"{c} " + " ".join(f"{v:.6f}" for v in xy))
+                else:
+                    x0, y0, x1, y1 = mask_box(vis)
+                    lines.append(f"{c} {(x0 + x1) / 2 / imgsz:.8f} {(y0 + y1) / 2 / imgsz:.8f} "
+                                 f"{(x1 - x0) / imgsz:.8f} {(y1 - y0) / imgsz:.8f}")
                 n_obj[c] += 1
             (lbl_dir / f"{stem}.txt").write_text("".join(line + "\n" for line in lines))
             if debug_masks:
@@ -616,6 +667,8 @@ def build_composite(
                 with open(out_dir / "masks" / split / f"{stem}.npz", "wb") as f:
                     np.savez_compressed(f, masks=masks)
         counts[split] = {"images": n, "objects": {name: int(k) for name, k in zip(kept, n_obj)}}
+        if task != "detect":
+            counts[split]["polygon_fallbacks"] = n_fallback
 
     names = dict(enumerate(kept))
     data_yaml = out_dir / "data.yaml"
@@ -637,5 +690,11 @@ def build_composite(
         "splits": meta_splits,
         "counts": counts,
     }
+    if task != "detect":
+        meta["task"] = task
+        meta["polygon_fallbacks"] = sum(counts[s]["polygon_fallbacks"] for s in counts)
+        if meta["polygon_fallbacks"]:
+            LOGGER.info(f"composite: {meta['polygon_fallbacks']} objects whose polygon degenerated are labelled "
+                        f"with their box as a 4-point polygon")
     (out_dir / META_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     return data_yaml
