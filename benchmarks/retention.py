@@ -144,10 +144,12 @@ class Retention:
     def calib(self) -> list[dict]:
         if self._calib is None:
             from yolo_ldac.pruning.calibration import build_calibration_batches
+            from yolo_ldac.tasks import task_of
 
             t = time.perf_counter()
             self._calib = build_calibration_batches(self.data_dict, imgsz=self.imgsz, batch=self.calib_batch,
-                                                    n_batches=self.n_calib, seed=self.seed)
+                                                    n_batches=self.n_calib, seed=self.seed,
+                                                    task=task_of(self.model) or "detect")
             self.calib_s = time.perf_counter() - t
         return self._calib
 

@@ -137,15 +137,14 @@ def test_load_wrong_type():
         load_detection_model(42)
 
 
-def test_load_segmentation_model_rejected(shared_weights):
+def test_load_segmentation_model_accepted(shared_weights):
+    """A segmentation checkpoint loads as the task model it is (issue 24), from a file and live."""
     path = shared_weights("yolo11n-seg-coco.pt")
-    with pytest.raises(LDACError, match="not an object detector.*Segment"):
-        load_detection_model(path)
-    # the same model passed live (a SegmentationModel is a DetectionModel subclass) is rejected too
+    model = load_detection_model(path)
+    assert type(model).__name__ == "SegmentationModel" and type(model.model[-1]).__name__ == "Segment"
     from ultralytics import YOLO
 
-    with pytest.raises(LDACError, match="not an object detector"):
-        load_detection_model(YOLO(str(path)).model)
+    assert type(load_detection_model(YOLO(str(path)).model).model[-1]).__name__ == "Segment"
 
 
 def test_load_pretrained_detector(shared_weights):

@@ -90,18 +90,20 @@ def test_classification_model_is_rejected(cls_checkpoint, shapes_data, tmp_path,
     project = tmp_path / "runs"
     before = cls_checkpoint.read_bytes()
     assert_api_rejects(lambda: YOLOLDAC(str(cls_checkpoint)).compress(data=str(shapes_data), project=str(project)),
-                       project, "not an object detector")
+                       project, "is not a model yolo-ldac prunes.*Classify")
     assert_cli_rejects(["compress", f"model={cls_checkpoint}", f"data={shapes_data}", *FAST_ARGS], project, capfd,
-                       "not an object detector")
+                       "is not a model yolo-ldac prunes.*Classify")
     assert cls_checkpoint.read_bytes() == before
 
 
-def test_segmentation_model_is_rejected(shared_weights, shapes_data, tmp_path, capfd):
+def test_segmentation_model_on_box_labels_is_refused(shared_weights, shapes_data, tmp_path, capfd):
+    """A segment model is accepted (issue 24), but not on data with no polygon to learn its masks from."""
     seg = shared_weights("yolo11n-seg-coco.pt")
     project = tmp_path / "runs"
-    assert_api_rejects(lambda: YOLOLDAC(str(seg)), project, "Segment")
+    assert_api_rejects(lambda: YOLOLDAC(str(seg)).compress(data=str(shapes_data), project=str(project), **FAST),
+                       project, "has boxes but no polygon labels")
     assert_cli_rejects(["prune", f"model={seg}", f"data={shapes_data}", *FAST_ARGS], project, capfd,
-                       "not an object detector")
+                       "has boxes but no polygon labels")
 
 
 # ---------------------------------------------------------------------------------------------------- the data

@@ -122,6 +122,7 @@ def test_map_parity_thresholds(monkeypatch, tmp_path):
                                (0.481, "int8", True), (0.479, "int8", False), (0.9, "int8", True)]:
         monkeypatch.setattr(parity_mod, "validate_map", lambda *a, g=got, **k: {"map50_95": g, "map50": 0.7})
         monkeypatch.setattr(parity_mod, "model_meta", lambda pt: ({0: "a"}, 32))
+        monkeypatch.setattr(parity_mod, "model_task", lambda pt: "detect")
         if ok:
             res = check_map_parity("a.pt", "a.onnx", "d.yaml", 64, precision=precision, reference_map=ref)
             assert res["ok"] and res["drop"] == pytest.approx(0.5 - got)

@@ -141,11 +141,12 @@ def test_adown_producer_is_protected():
         assert id(seq[i].cv1.conv) not in prot
 
 
-def test_v10detect_is_accepted_and_pose_is_not():
+def test_v10detect_is_accepted_and_classify_is_not():
     model = load_detection_model("yolov10n.yaml")
     assert type(model.model[-1]).__name__ == "v10Detect"
-    with pytest.raises(LDACError, match="not an object detector"):
-        load_detection_model("yolo11n-pose.yaml")
+    assert type(load_detection_model("yolo11n-pose.yaml").model[-1]).__name__ == "Pose"  # a task model (issue 24)
+    with pytest.raises(LDACError, match="is not a model yolo-ldac prunes"):
+        load_detection_model("yolo11n-cls.yaml")
 
 
 @pytest.mark.slow

@@ -187,9 +187,12 @@ class YOLOLDAC:
         from yolo_ldac.data.check import audit_dataset
         from yolo_ldac.nn.adapter import adapt_head_to_names
 
+        from yolo_ldac.tasks import task_of
+
         audit_dataset(data_dict, str(cfg["data"]), splits=("val",), strict=cfg["strict_labels"],
-                      single_cls=bool(cfg.get("single_cls", False)))
-        model = adapt_head_to_names(self.model, data_dict["names"], seed=int(cfg["seed"] or 0))
+                      single_cls=bool(cfg.get("single_cls", False)), task=task_of(self.model) or "detect")
+        model = adapt_head_to_names(self.model, data_dict["names"], seed=int(cfg["seed"] or 0),
+                                    kpt_shape=data_dict.get("kpt_shape"))
         metrics = validate(model, cfg, split_args(cfg)[1])
         return {**metrics, **model_complexity(model)}
 

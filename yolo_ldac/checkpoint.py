@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 
 from yolo_ldac.errors import LDACError
+from yolo_ldac.tasks import TASKS
 
 FORMAT_NAME = "yolo-ldac-portable"
 FORMAT_VERSION = 1
@@ -68,7 +69,10 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------ save
-def _conv_record(m: nn.Conv2d) -> dict[str, Any]:
+_CONVS = (nn.Conv2d, nn.ConvTranspose2d)  # a segmentation head's Proto upsamples with a ConvTranspose2d
+
+
+def _conv_record(m: nn.Conv2d | nn.ConvTranspose2d) -> dict[str, Any]:
     return {
         "in_channels": int(m.in_channels),
         "out_channels": int(m.out_channels),
@@ -134,15 +138,14 @@ def _dumps(obj: Any, indent: int = 0, width: int = 150) -> str:
     return "[\n" + ",\n".join(items) + f"\n{pad}]"
 
 
-def _build_base(yaml: dict, nc: int, split: bool, fused: bool) -> nn.Module:
-    """The unpruned model of the same yaml (random weights), in the same structural form as the saved one."""
-    from ultralytics.nn.tasks import DetectionModel
-
+def _build_base(yaml: dict, nc: int, split: bool, fused: bool, task: str = "detect") -> nn.Module:
+    """The unpruned model of the same yaml (random weights) and task, in the same structural form as the saved one."""
     from yolo_ldac.nn.adapter import rewrite_split_blocks
+    from yolo_ldac.tasks import model_class
 
     cfg = copy.deepcopy(yaml)
     cfg["nc"] = nc  # avoids Ultralytics' "Overriding model.yaml nc=..." message
-    model = DetectionModel(cfg, ch=int(cfg.get("channels", 3)), nc=nc, verbose=False)
+    model = model_class(task)(cfg, ch=int(cfg.get("channels", 3)), nc=nc, verbose=False)
     if split:
         rewrite_split_blocks(model, check=False)
     if fused:
@@ -171,19 +174,22 @@ def save_portable(model: nn.Module, path: str | Path) -> Path:
     split, fused = _has_split_blocks(model), _is_fused(model)
     yaml = _json_safe(yaml)
 
-    convs = {n: _conv_record(m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    convs = {n: _conv_record(m) for n, m in model.named_modules() if isinstance(m, _CONVS)}
     bns = {n: {"num_features": int(m.num_features)} for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
 
-    base = _build_base(yaml, nc, split, fused)
+    from yolo_ldac.tasks import task_of
+
+    task = task_of(model) or "detect"
+    base = _build_base(yaml, nc, split, fused, task)
     base_modules = dict(base.named_modules())
     attrs, channels = {}, {}
     for name, m in model.named_modules():
         b = base_modules.get(name)
         if b is None:
             continue
-        if isinstance(m, nn.Conv2d) and isinstance(b, nn.Conv2d):
+        if isinstance(m, _CONVS) and isinstance(b, _CONVS):
             channels[name] = [int(b.out_channels), int(m.out_channels)]
-        if isinstance(m, (nn.Conv2d, nn.BatchNorm2d)):
+        if isinstance(m, (*_CONVS, nn.BatchNorm2d)):
             continue  # recorded in full in "convs" / "batchnorms"
         diff = {k: v for k, v in _int_attrs(m).items() if _int_attrs(b).get(k, v) != v}
         if diff:
@@ -200,6 +206,7 @@ def save_portable(model: nn.Module, path: str | Path) -> Path:
         "ultralytics": _version("ultralytics"),
         "torch": torch.__version__.split("+")[0],
         "yaml": yaml,
+        "task": task,
         "nc": nc,
         "names": {str(k): v for k, v in names.items()},
         "stride": stride,
@@ -282,7 +289,7 @@ def _read_meta(js_path: Path) -> dict:
     return meta
 
 
-def _resize_conv(m: nn.Conv2d, rec: dict, name: str, js_path: Path) -> None:
+def _resize_conv(m: nn.Conv2d | nn.ConvTranspose2d, rec: dict, name: str, js_path: Path) -> None:
     try:
         cin, cout, groups = int(rec["in_channels"]), int(rec["out_channels"]), int(rec["groups"])
         kernel, stride = tuple(int(k) for k in rec["kernel"]), tuple(int(s) for s in rec["stride"])
@@ -296,7 +303,8 @@ def _resize_conv(m: nn.Conv2d, rec: dict, name: str, js_path: Path) -> None:
     m.kernel_size, m.stride, m.padding = kernel, stride, padding
     if isinstance(padding, tuple):
         m._reversed_padding_repeated_twice = [p for p in reversed(padding) for _ in range(2)]
-    m.weight = nn.Parameter(torch.empty(cout, cin // groups, *kernel), requires_grad=m.weight.requires_grad)
+    shape = (cin, cout // groups) if isinstance(m, nn.ConvTranspose2d) else (cout, cin // groups)
+    m.weight = nn.Parameter(torch.empty(*shape, *kernel), requires_grad=m.weight.requires_grad)
     m.bias = nn.Parameter(torch.empty(cout)) if bias else None
 
 
@@ -360,7 +368,10 @@ def load_portable(path: str | Path) -> nn.Module:
     _check_yaml_safe(yaml, js_path)
     try:
         nc = int(meta["nc"])
-        model = _build_base(yaml, nc, bool(meta.get("split_blocks")), bool(meta.get("fused")))
+        task = meta.get("task", "detect")
+        if task not in TASKS:
+            raise LDACError(f"'{js_path}': unknown task {task!r} (yolo-ldac knows {', '.join(TASKS)})")
+        model = _build_base(yaml, nc, bool(meta.get("split_blocks")), bool(meta.get("fused")), task)
     except LDACError:
         raise
     except Exception as e:
@@ -374,7 +385,7 @@ def load_portable(path: str | Path) -> nn.Module:
 
     modules = dict(model.named_modules())
     for kind, records, cls, resize in (
-        ("conv", meta["convs"], nn.Conv2d, _resize_conv),
+        ("conv", meta["convs"], _CONVS, _resize_conv),
         ("batchnorm", meta["batchnorms"], nn.BatchNorm2d, _resize_bn),
     ):
         present = {n for n, m in modules.items() if isinstance(m, cls)}
@@ -438,6 +449,7 @@ def save_ultralytics_checkpoint(model: nn.Module, path: str | Path, cfg: dict, h
 
     import ultralytics
 
+    from yolo_ldac.tasks import task_of
     from yolo_ldac.utils.io import atomic_save
 
     ema = copy.deepcopy(model).cpu()
@@ -450,7 +462,8 @@ def save_ultralytics_checkpoint(model: nn.Module, path: str | Path, cfg: dict, h
         meta.update(phase)
     ckpt = {
         "epoch": -1, "best_fitness": None, "model": None, "ema": ema, "updates": None, "optimizer": None,
-        "train_args": {k: v for k, v in cfg.items() if k in {"data", "imgsz", "batch"}} | {"task": "detect"},
+        "train_args": {k: v for k, v in cfg.items() if k in {"data", "imgsz", "batch"}}
+                      | {"task": task_of(model) or "detect"},
         "date": datetime.now().isoformat(), "version": ultralytics.__version__,
         "license": "AGPL-3.0 (https://ultralytics.com/license)", "yolo_ldac": meta,
     }

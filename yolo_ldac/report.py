@@ -50,6 +50,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from yolo_ldac.tasks import metric_label
+
 METRIC_ROWS = (  # (key, label, kind)
     ("map50_95", "mAP50-95", "map"),
     ("map50", "mAP50", "map"),
@@ -106,10 +108,17 @@ def _change(report: dict, key: str, kind: str) -> str:
 
 def _rows(report: dict) -> list[tuple[str, str, str, str]]:
     before, after = report.get("before") or {}, report.get("after") or {}
+    rows = list(METRIC_ROWS)
+    task_label = metric_label(report.get("task"))
+    if task_label != "mAP50-95":  # the task's own mAP first (mask, pose), then the box mAP it also reports
+        prefix = task_label.removesuffix("mAP50-95")
+        rows[:2] = [("map50_95", task_label, "map"), ("map50", prefix + "mAP50", "map")]
+        if before.get("box_map50_95") is not None or after.get("box_map50_95") is not None:
+            rows[2:2] = [("box_map50_95", "box mAP50-95", "map"), ("box_map50", "box mAP50", "map")]
     return [
         (_flops_label(report) if key == "flops_g" else label, _fmt(before.get(key), _digits(kind)),
          _fmt(after.get(key), _digits(kind)), _change(report, key, kind))
-        for key, label, kind in METRIC_ROWS
+        for key, label, kind in rows
     ]
 
 
@@ -160,8 +169,11 @@ def format_summary(report: dict, imgsz: int | None = None) -> str:
              _change(report, "params_m", "size")),
             (flops_label, _fmt(flops(before.get("flops_g")), 3), _fmt(flops(after.get("flops_g")), 3),
              _change(report, "flops_g", "size")),
-            ("mAP50-95", _fmt(before.get("map50_95")), _fmt(after.get("map50_95")),
+            (metric_label(report.get("task")), _fmt(before.get("map50_95")), _fmt(after.get("map50_95")),
              _change(report, "map50_95", "map"))]
+    if before.get("box_map50_95") is not None or after.get("box_map50_95") is not None:  # segment, pose
+        rows.append(("box mAP50-95", _fmt(before.get("box_map50_95")), _fmt(after.get("box_map50_95")),
+                     _change(report, "box_map50_95", "map")))
     lines = [f"yolo-ldac {report.get('mode') or 'run'}: before -> after"]
     lines += [f"  {label:<16}{b:>8} -> {a:>9}  ({c})" for label, b, a, c in rows]
     paths = report.get("paths") or {}
@@ -207,7 +219,7 @@ def _headline(report: dict) -> str:
         parts.append(f"FLOPs {_fmt(before.get('flops_g'), 3)} G → {_fmt(after.get('flops_g'), 3)} G ({pct:.1f}% removed)")
     if _num(before.get("map50_95")) is not None or _num(after.get("map50_95")) is not None:
         parts.append(
-            f"mAP50-95 {_fmt(before.get('map50_95'))} → {_fmt(after.get('map50_95'))} "
+            f"{metric_label(report.get('task'))} {_fmt(before.get('map50_95'))} → {_fmt(after.get('map50_95'))} "
             f"({_change(report, 'map50_95', 'map')})"
         )
     budget = report.get("budget") or {}

@@ -88,8 +88,12 @@ def _check_keys(data: str, resolved: str | Path) -> None:
 
 
 def audit_dataset(info: dict, data: str, splits: tuple[str, ...] = ("train", "val"), strict: bool = True,
-                  single_cls: bool = False) -> dict:
-    """Read every label file of ``splits`` of a resolved dataset (``check_data(data)``) once.
+                  single_cls: bool = False, task: str = "detect") -> dict:
+    """Read every label file of ``splits`` of a resolved dataset (``check_data(data)``) once, with the label format
+    of ``task`` (the model's: pose lines have keypoints, obb lines four corners).
+
+    A pose model on data without ``kpt_shape``, and a segment model on data whose labels have no polygon (boxes
+    only: nothing to learn masks from), raise :class:`LDACError` whatever ``strict``.
 
     Returns ``{split: {"images", "label_files", "dropped", "used", "examples"}}``. With ``strict`` a broken file
     raises :class:`LDACError` (one line naming the first files and lines); otherwise a warning says how many images
@@ -103,11 +107,22 @@ def audit_dataset(info: dict, data: str, splits: tuple[str, ...] = ("train", "va
     from yolo_ldac.data.labels import audit_split, broken_labels_message
 
     nc = len(info["names"]) if info.get("names") is not None else None
+    kpt_shape = None
+    if task == "pose":
+        kpt_shape = info.get("kpt_shape")
+        if not (isinstance(kpt_shape, (list, tuple)) and len(kpt_shape) == 2 and int(kpt_shape[1]) in (2, 3)):
+            raise LDACError(f"data '{data}' has no kpt_shape: [keypoints, 2 or 3] (a pose model needs keypoint "
+                            "labels; see Ultralytics' pose dataset format)")
     audits = []
     for split in splits:
         folders = info.get(split)
         audits.append(audit_split(split, split_image_files(folders if isinstance(folders, list) else [folders]),
-                                  nc, single_cls=single_cls))
+                                  nc, single_cls=single_cls, kpt_shape=kpt_shape, obb=task == "obb"))
+    if task == "segment":
+        labelled = [a for a in audits if a.label_files]
+        if labelled and not any(a.polygon_files for a in labelled):
+            raise LDACError(f"data '{data}' has boxes but no polygon labels: a segment model learns its masks from "
+                            "polygons (cls x1 y1 ... xn yn); use a detection model, or segmentation labels")
     message = broken_labels_message(audits, data)
     if message and strict:
         raise LDACError(message)

@@ -1,4 +1,6 @@
-"""A tiny, deterministic YOLO-format detection dataset of filled coloured shapes on noisy backgrounds.
+"""A tiny, deterministic YOLO-format dataset of filled coloured shapes on noisy backgrounds, for every Ultralytics
+task a detector head serves: boxes (``detect``), instance masks (``segment``), keypoints (``pose``) and oriented
+boxes (``obb``).
 
 It needs no download, takes well under a second to write, and a detector learns it quickly, which makes it
 the dataset of the project's tests, examples and smoke benchmarks.
@@ -17,6 +19,10 @@ import yaml
 from yolo_ldac.errors import LDACError
 
 SHAPES = ("square", "circle", "triangle")
+TASKS = ("detect", "segment", "pose", "obb")
+# pose: three keypoints per shape, all visible: its centre, the middle of its top-most and of its bottom-most pixel
+# row; a horizontal flip maps each to itself (flip_idx [0, 1, 2]).
+KPT_SHAPE = (3, 3)
 PARAMS_FILE = "shapes.json"  # the generation parameters, written beside data.yaml
 _FORMAT = 1  # bump when the generator's output changes, so cached datasets are rewritten
 
@@ -29,6 +35,7 @@ def make_shapes_dataset(
     seed: int = 0,
     classes: tuple[str, ...] = SHAPES,
     max_objects: int = 4,
+    task: str = "detect",
 ) -> Path:
     """Write a synthetic YOLO detection dataset under ``root`` and return the path of its ``data.yaml``.
 
@@ -39,7 +46,7 @@ def make_shapes_dataset(
     Layout::
 
         root/images/{train,val}/{train,val}_0000.png
-        root/labels/{train,val}/{train,val}_0000.txt   # "cls xc yc w h", normalised to [0, 1]
+        root/labels/{train,val}/{train,val}_0000.txt   # "cls xc yc w h", normalised to [0, 1] (see task)
         root/data.yaml                                 # path (absolute), train, val, names {index: name}
         root/shapes.json                               # the parameters, to recognise an up-to-date dataset
 
@@ -54,6 +61,11 @@ def make_shapes_dataset(
         seed: random seed; each image is drawn from its own stream derived from (seed, split, index).
         classes: class names in class-index order, each one of ``"square"``, ``"circle"``, ``"triangle"``.
         max_objects: the most objects in one image (at least 1).
+        task: the label format. ``detect``: ``cls xc yc w h``; ``segment``: ``cls x1 y1 x2 y2 ...``, the outline
+            of the drawn pixels; ``pose``: the box then :data:`KPT_SHAPE` keypoints ``x y visible``
+            (``data.yaml`` has ``kpt_shape`` and ``flip_idx``); ``obb``: ``cls x1 y1 ... x4 y4``, the smallest
+            rotated rectangle around the drawn pixels (squares are drawn rotated). The images of ``detect``,
+            ``segment`` and ``pose`` are the same for the same arguments.
 
     Returns:
         Path to ``root/data.yaml``.
@@ -75,6 +87,8 @@ def make_shapes_dataset(
         raise LDACError(f"n_train, n_val and max_objects must be >= 1, got {n_train}, {n_val}, {max_objects}")
     if imgsz < 32:
         raise LDACError(f"imgsz must be >= 32, got {imgsz}")
+    if task not in TASKS:
+        raise LDACError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
 
     root = Path(root).expanduser().resolve()
     data_yaml, params_file = root / "data.yaml", root / PARAMS_FILE
@@ -87,6 +101,8 @@ def make_shapes_dataset(
         "classes": list(classes),
         "max_objects": int(max_objects),
     }
+    if task != "detect":
+        params["task"] = task
     if data_yaml.exists():
         if not params_file.exists():
             raise LDACError(f"{data_yaml} exists and was not written by make_shapes_dataset: choose another root")
@@ -103,12 +119,12 @@ def make_shapes_dataset(
         (root / "labels" / f"{split}.cache").unlink(missing_ok=True)  # Ultralytics' label cache
         for i in range(n):
             rng = np.random.default_rng([seed, 0 if split == "train" else 1, i])
-            image, labels = _draw_image(rng, imgsz, classes, max_objects)
+            image, labels, masks = _draw_image(rng, imgsz, classes, max_objects, rotated=task == "obb")
             name = f"{split}_{i:04d}"
             if not cv2.imwrite(str(img_dir / f"{name}.png"), image):
                 raise LDACError(f"could not write {img_dir / name}.png")
             (lbl_dir / f"{name}.txt").write_text(
-                "".join(f"{c} {xc:.6f} {yc:.6f} {w:.6f} {h:.6f}\n" for c, xc, yc, w, h in labels)
+                "".join(_label_line(task, label, mask, imgsz) for label, mask in zip(labels, masks))
             )
 
     params_file.write_text(json.dumps(params, indent=1) + "\n")
@@ -118,6 +134,8 @@ def make_shapes_dataset(
         "val": "images/val",
         "names": {i: name for i, name in enumerate(classes)},
     }
+    if task == "pose":
+        data.update(kpt_shape=list(KPT_SHAPE), flip_idx=list(range(KPT_SHAPE[0])))
     data_yaml.write_text(yaml.safe_dump(data, sort_keys=False))
     return data_yaml
 
@@ -161,10 +179,17 @@ def _colour(rng: np.random.Generator, background: np.ndarray) -> tuple[int, int,
     return tuple(int(v) for v in colour)
 
 
-def _shape_mask(rng: np.random.Generator, shape: str, imgsz: int, cx: float, cy: float, size: float) -> np.ndarray:
-    """A uint8 mask (255 inside) of one filled shape of about ``size`` pixels across, centred at (cx, cy)."""
+def _shape_mask(rng: np.random.Generator, shape: str, imgsz: int, cx: float, cy: float, size: float,
+                rotated: bool = False) -> np.ndarray:
+    """A uint8 mask (255 inside) of one filled shape of about ``size`` pixels across, centred at (cx, cy);
+    ``rotated``: a square at a random angle (inscribed in the same circle as the others)."""
     mask = np.zeros((imgsz, imgsz), np.uint8)
-    if shape == "square":
+    if shape == "square" and rotated:
+        a0 = rng.uniform(0, math.pi / 2)
+        angles = a0 + np.arange(4) * math.pi / 2
+        pts = np.stack([cx + size / 2 * np.cos(angles), cy + size / 2 * np.sin(angles)], axis=1)
+        cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 255)
+    elif shape == "square":
         half = size / 2
         cv2.rectangle(mask, (round(cx - half), round(cy - half)), (round(cx + half), round(cy + half)), 255, -1)
     elif shape == "circle":
@@ -178,18 +203,19 @@ def _shape_mask(rng: np.random.Generator, shape: str, imgsz: int, cx: float, cy:
 
 
 def _draw_image(
-    rng: np.random.Generator, imgsz: int, classes: tuple[str, ...], max_objects: int
-) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]]]:
-    """One image and its labels (cls, xc, yc, w, h normalised); objects never touch each other."""
+    rng: np.random.Generator, imgsz: int, classes: tuple[str, ...], max_objects: int, rotated: bool = False
+) -> tuple[np.ndarray, list[tuple[int, float, float, float, float]], list[np.ndarray]]:
+    """One image, its labels (cls, xc, yc, w, h normalised) and each object's mask; objects never touch each
+    other."""
     image, bg_mean = _background(rng, imgsz)
     occupied = np.zeros((imgsz, imgsz), np.uint8)
-    labels = []
+    labels, masks = [], []
     for _ in range(int(rng.integers(1, max_objects + 1))):
         for _ in range(100):  # rejection sampling for a free spot; the first object always fits
             cls = int(rng.integers(0, len(classes)))
             size = rng.uniform(0.15, 0.4) * imgsz
             cx, cy = rng.uniform(size / 2 + 1, imgsz - size / 2 - 1, size=2)
-            mask = _shape_mask(rng, classes[cls], imgsz, cx, cy, size)
+            mask = _shape_mask(rng, classes[cls], imgsz, cx, cy, size, rotated)
             ys, xs = np.nonzero(mask)
             x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1  # exact pixel extent
             if occupied[max(y0 - 2, 0) : y1 + 2, max(x0 - 2, 0) : x1 + 2].any():
@@ -197,5 +223,27 @@ def _draw_image(
             occupied[y0:y1, x0:x1] = 1
             image[mask > 0] = _colour(rng, bg_mean)
             labels.append((cls, (x0 + x1) / 2 / imgsz, (y0 + y1) / 2 / imgsz, (x1 - x0) / imgsz, (y1 - y0) / imgsz))
+            masks.append(mask)
             break
-    return image, labels
+    return image, labels, masks
+
+
+def _label_line(task: str, label: tuple[int, float, float, float, float], mask: np.ndarray, imgsz: int) -> str:
+    """One object's label line in ``task``'s YOLO format (coordinates normalised by ``imgsz``)."""
+    c, xc, yc, w, h = label
+    box = f"{c} {xc:.6f} {yc:.6f} {w:.6f} {h:.6f}"
+    if task == "detect":
+        return box + "\n"
+    if task == "pose":
+        ys, xs = np.nonzero(mask)
+        top, bottom = ys.min(), ys.max()
+        points = [(xc * imgsz, yc * imgsz), (xs[ys == top].mean() + 0.5, top + 0.5),
+                  (xs[ys == bottom].mean() + 0.5, bottom + 0.5)]
+        return box + "".join(f" {x / imgsz:.6f} {y / imgsz:.6f} 2" for x, y in points) + "\n"
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    outline = max(contours, key=cv2.contourArea)
+    outline = cv2.approxPolyDP(outline, 0.75, True).reshape(-1, 2).astype(np.float64)  # no pixel staircase
+    if task == "obb":
+        outline = cv2.boxPoints(cv2.minAreaRect(outline.astype(np.float32))).astype(np.float64)
+    xy = np.clip(outline / imgsz, 0.0, 1.0)
+    return f"{c} " + " ".join(f"{v:.6f}" for v in xy.reshape(-1)) + "\n"

@@ -3,11 +3,13 @@
 Two checks, each raising :class:`~yolo_ldac.errors.LDACError` on a mismatch:
 
 1. **Raw outputs** (:func:`check_raw_parity`): the exported file runs in its own runtime
-   (:mod:`yolo_ldac.deploy.runtimes`) on real, letterboxed images; its ``(B, 4 + nc, anchors)`` prediction is compared
-   with PyTorch's. Boxes and class scores are each measured against their own largest magnitude
-   (``max |a - b| / max |a|``, see :func:`parity_metrics`), the worse part is reported.
-2. **Detections** (:func:`check_map_parity`): mAP50-95 of the exported file on the val set, through Ultralytics'
-   validator and its NMS, against the PyTorch model's under the same settings.
+   (:mod:`yolo_ldac.deploy.runtimes`) on real, letterboxed images; every output is compared with PyTorch's: the
+   ``(B, 4 + nc [+ k], anchors)`` prediction and, for a segmentation model, the mask prototypes. Boxes, class
+   scores and the task's own channels (mask coefficients, keypoints, angles) are each measured against their own
+   largest magnitude (``max |a - b| / max |a|``, see :func:`parity_metrics`), the worst part is reported.
+2. **Detections** (:func:`check_map_parity`): the task's mAP50-95 (box, mask, keypoint or oriented-box mAP) of the
+   exported file on the val set, through Ultralytics' validator of the task and its NMS, against the PyTorch
+   model's under the same settings.
 
 Tolerances per precision (:data:`TOLERANCES`): raw ``1e-3`` for fp32 (float reordering only); fp16 and int8 change
 the numbers by design, so their raw tolerance only catches a broken file (wrong layout, swapped channels, NaN),
@@ -79,9 +81,16 @@ def parity_metrics(a: np.ndarray, b: np.ndarray, parts: list[slice] | None = Non
 
 
 def detect_parts(shape: tuple[int, ...], nc: int | None) -> list[slice]:
-    """Boxes and class scores of a ``(B, 4 + nc, anchors)`` prediction, else the whole tensor."""
-    if nc is not None and len(shape) == 3 and shape[1] == 4 + int(nc):
-        return [slice(0, 4), slice(4, None)]
+    """Boxes, class scores and the task's channels after them (mask coefficients, keypoints, angles) of a
+    ``(B, 4 + nc [+ k], anchors)`` prediction, else the whole tensor (the prototypes).
+
+    Example:
+        >>> detect_parts((1, 4 + 3 + 32, 100), 3)
+        [slice(0, 4, None), slice(4, 7, None), slice(7, None, None)]
+    """
+    if nc is not None and len(shape) == 3 and shape[1] >= 4 + int(nc):
+        parts = [slice(0, 4), slice(4, 4 + int(nc))]
+        return parts + ([slice(4 + int(nc), None)] if shape[1] > 4 + int(nc) else [])
     return [slice(None)]
 
 
@@ -164,8 +173,8 @@ def check_raw_parity(
         raise_on_fail: False returns a failed result (``ok`` False, ``error`` the message) instead of raising.
 
     Returns:
-        the :func:`parity_metrics` keys (worst over the images) and ``"max_rel_tol", "mean_rel_tol", "ok",
-        "shape", "images", "precision"``.
+        the :func:`parity_metrics` keys (worst over the images and outputs) and ``"max_rel_tol", "mean_rel_tol",
+        "ok", "shape"`` (the prediction's), ``"shapes"`` (every output's), ``"images", "precision"``.
     """
     from yolo_ldac.deploy.runtimes import Runtime, load_runtime
 
@@ -185,22 +194,28 @@ def check_raw_parity(
         raise LDACError("no parity images: pass image=PATH")
     worst: dict[str, float] = {"max_abs_diff": 0.0, "max_rel_diff": 0.0, "mean_rel_diff": 0.0, "max_elem_rel_diff": 0.0}
     shape: list[int] = []
+    shapes: list[list[int]] = []
     for image in images:
         x = preprocess_image(image, (h, w))
         if runtime.input_shape[0] > 1:  # static batch: the same image in every slot
             x = np.repeat(x, runtime.input_shape[0], axis=0)
-        a, b = ref(x), runtime(x)
-        if a.shape != b.shape:
-            raise LDACError(
-                f"{runtime.format} output shape {tuple(b.shape)} of '{Path(exported).name}' differs from "
-                f"PyTorch's {tuple(a.shape)}"
-            )
-        if not np.isfinite(b).all():
-            raise LDACError(f"{runtime.format} output of '{Path(exported).name}' contains NaN or Inf")
-        shape = list(a.shape)
-        for k, v in parity_metrics(a, b, detect_parts(a.shape, nc)).items():
-            worst[k] = max(worst[k], v)
-    result = {**worst, "max_rel_tol": max_tol, "mean_rel_tol": mean_tol, "shape": shape,
+        refs, gots = ref.outputs(x), runtime.outputs(x)
+        if len(refs) != len(gots):
+            raise LDACError(f"{runtime.format} file '{Path(exported).name}' has {len(gots)} outputs, PyTorch's model "
+                            f"{len(refs)}")
+        for a, b in zip(refs, gots):
+            if a.shape != b.shape:
+                raise LDACError(
+                    f"{runtime.format} output shape {tuple(b.shape)} of '{Path(exported).name}' differs from "
+                    f"PyTorch's {tuple(a.shape)}"
+                )
+            if not np.isfinite(b).all():
+                raise LDACError(f"{runtime.format} output of '{Path(exported).name}' contains NaN or Inf")
+            for k, v in parity_metrics(a, b, detect_parts(a.shape, nc)).items():
+                worst[k] = max(worst[k], v)
+        shape = list(refs[0].shape)
+        shapes = [list(a.shape) for a in refs]
+    result = {**worst, "max_rel_tol": max_tol, "mean_rel_tol": mean_tol, "shape": shape, "shapes": shapes,
               "images": [str(p) for p in images], "precision": precision}
     failed = []
     if max_tol is not None and worst["max_rel_diff"] > max_tol:
@@ -220,17 +235,32 @@ class RuntimeModule(torch.nn.Module):
     """A runtime (:mod:`yolo_ldac.deploy.runtimes`) as the ``nn.Module`` Ultralytics' validator expects, so exported
     files are validated through exactly the runtime (threads, precision hint, box scaling) that is checked and timed."""
 
-    def __init__(self, runtime: Any, names: dict, stride: int = 32) -> None:
+    def __init__(self, runtime: Any, names: dict, stride: int = 32, task: str = "detect") -> None:
         super().__init__()
-        self.runtime, self.names = runtime, dict(names)
+        self.runtime, self.names, self.task = runtime, dict(names), task
         self.register_buffer("stride", torch.tensor([float(stride)]))
         self.anchor = torch.nn.Parameter(torch.zeros(1), requires_grad=False)  # validators read a parameter's device
 
     def __deepcopy__(self, memo: dict) -> "RuntimeModule":  # the validator copies its model; sessions cannot be
-        return RuntimeModule(self.runtime, self.names, int(self.stride.item()))
+        return RuntimeModule(self.runtime, self.names, int(self.stride.item()), self.task)
 
-    def forward(self, im: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return torch.from_numpy(self.runtime(im.detach().float().cpu().numpy()))
+    def forward(self, im: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        ys = [torch.from_numpy(y) for y in self.runtime.outputs(im.detach().float().cpu().numpy())]
+        return ys[0] if len(ys) == 1 else tuple(ys)  # a segmentation model: (prediction, prototypes)
+
+
+def model_task(model: Any) -> str:
+    """The task (``detect``, ``segment``, ``pose``, ``obb``) of a ``.pt`` checkpoint or of a PyTorch runtime."""
+    from yolo_ldac.deploy.runtimes import Runtime
+    from yolo_ldac.tasks import task_of
+
+    if isinstance(model, Runtime):
+        net = getattr(model, "model", None)
+    else:
+        from yolo_ldac.safe_load import load_model
+
+        net = load_model(model, device="cpu")
+    return (task_of(net) if net is not None else None) or "detect"
 
 
 def model_meta(model: Any) -> tuple[dict, int]:
@@ -249,11 +279,11 @@ def model_meta(model: Any) -> tuple[dict, int]:
 
 
 def validate_map(model: Any, data: str | Path, imgsz: int, names: dict | None = None, stride: int = 32,
-                 **kwargs: Any) -> dict[str, float]:
-    """mAP50-95 and mAP50 on ``data``'s val split of ``model``: a ``.pt`` path, an exported file (run by
-    :func:`~yolo_ldac.deploy.runtimes.load_runtime`; ``names`` then come from the ``.pt`` it was made from) or a
-    runtime. Batch 1, ``rect=False`` (exported files have a fixed input shape), CPU, no plots; PyTorch and every
-    runtime go through the same validator, so only the numerics differ."""
+                 task: str | None = None, **kwargs: Any) -> dict[str, float]:
+    """The task's mAP50-95 and mAP50 on ``data``'s val split of ``model``: a ``.pt`` path, an exported file (run by
+    :func:`~yolo_ldac.deploy.runtimes.load_runtime`; ``names`` and ``task`` then come from the ``.pt`` it was made
+    from) or a runtime. Batch 1, ``rect=False`` (exported files have a fixed input shape), CPU, no plots; PyTorch and
+    every runtime go through the same validator, so only the numerics differ."""
     from yolo_ldac.deploy.runtimes import Runtime, load_runtime
     from yolo_ldac.engine.validator import detection_map
 
@@ -261,8 +291,10 @@ def validate_map(model: Any, data: str | Path, imgsz: int, names: dict | None = 
         runtime = model if isinstance(model, Runtime) else load_runtime(model)
         if names is None:
             names, stride = model_meta(runtime)
+        if task is None:
+            task = model_task(runtime) if getattr(runtime, "model", None) is not None else "detect"
         args = {"data": str(data), "imgsz": imgsz, "batch": 1, "rect": False, "device": "cpu", "half": False, **kwargs}
-        return detection_map(RuntimeModule(runtime, names, stride), **args)
+        return detection_map(RuntimeModule(runtime, names, stride, task), task=task, **args)
     except LDACError:
         raise
     except Exception as e:
@@ -289,7 +321,7 @@ def check_map_parity(
     tol = _tolerance(precision).map_drop if max_drop is None else float(max_drop)
     ref = reference_map or validate_map(reference, data, imgsz)
     names, stride = model_meta(reference)
-    got = validate_map(exported, data, imgsz, names=names, stride=stride)
+    got = validate_map(exported, data, imgsz, names=names, stride=stride, task=model_task(reference))
     drop = ref["map50_95"] - got["map50_95"]
     result = {"map50_95_pytorch": ref["map50_95"], "map50_95": got["map50_95"], "map50": got["map50"],
               "map50_pytorch": ref["map50"], "drop": drop, "max_drop": tol, "precision": precision}

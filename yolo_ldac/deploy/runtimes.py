@@ -3,10 +3,15 @@ count.
 
 Every runtime takes a ``(B, 3, H, W)`` float32 RGB batch in ``[0, 1]`` (letterboxed, as Ultralytics' predictor
 prepares it) and returns the detector's raw prediction in PyTorch's convention: ``(B, 4 + nc, anchors)`` with
-boxes ``xywh`` in input pixels, before NMS. Format quirks are undone here, so outputs compare directly:
+boxes ``xywh`` in input pixels, before NMS (``(B, 4 + nc + k, anchors)`` for a segment, pose or obb model: mask
+coefficients, keypoints in input pixels, or angles follow the scores). :meth:`Runtime.outputs` returns every
+output in PyTorch's order and layout: a segmentation model's mask prototypes ``(B, nm, H/4, W/4)`` come second.
+Format quirks are undone here, so outputs compare directly:
 
-- LiteRT files written by Ultralytics 8.4 (litert-torch) hold box coordinates divided by the input size (so that
-  int8 quantization keeps the class-score resolution); they are multiplied back, as Ultralytics' LiteRT backend does.
+- LiteRT files written by Ultralytics 8.4 (litert-torch) hold box coordinates (and pose keypoints) divided by the
+  input size (so that int8 quantization keeps the class-score resolution); they are multiplied back, as Ultralytics'
+  LiteRT backend does, which also orders a segmentation model's outputs (prototypes last) and turns NHWC prototypes
+  of an NHWC graph to NCHW.
 - OpenVINO on CPUs with AMX/AVX-512 BF16 computes in bfloat16 by default, whatever the IR holds (bf16 moved boxes
   by up to 26 % of the input size on low-score anchors here). Every IR is run with the ``f32`` precision hint, so an
   fp16 IR means fp16 weights computed in fp32 (as on CPUs without bf16) and the checks test what they name.
@@ -105,16 +110,23 @@ class Runtime:
             raise LDACError(f"no {suffix} model in '{self.path}'")
         return found
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _run_all(self, x: np.ndarray) -> list[np.ndarray]:
         raise NotImplementedError
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def outputs(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every output on ``x`` (float32): the prediction, then a segmentation model's prototypes."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         try:
-            y = self._run(x)
+            ys = self._run_all(x)
+        except LDACError:
+            raise
         except Exception as e:
             raise LDACError(f"{self.format} runtime failed to run '{self.path.name}' ({first_line(e)})") from e
-        return np.asarray(y, dtype=np.float32)
+        return [np.asarray(y, dtype=np.float32) for y in ys]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The prediction (the first output) on ``x``."""
+        return self.outputs(x)[0]
 
 
 class OnnxRuntime(Runtime):
@@ -134,8 +146,8 @@ class OnnxRuntime(Runtime):
         self.input_fp16 = "float16" in inp.type
         self.input_shape = tuple(d if isinstance(d, int) else -1 for d in inp.shape)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: x.astype(np.float16) if self.input_fp16 else x})[0]
+    def _run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        return list(self.session.run(None, {self.input_name: x.astype(np.float16) if self.input_fp16 else x}))
 
 
 def read_litert_metadata(path: str | Path) -> dict:
@@ -158,15 +170,18 @@ class LiteRTRuntime(Runtime):
         self.interpreter = Interpreter(model_path=str(self.path), num_threads=self.threads)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
-        self.outputs = self.interpreter.get_output_details()
+        self.output_details = self.interpreter.get_output_details()
         shape = tuple(int(d) for d in self.input["shape"])
         self.nhwc = shape[-1] == 3 and shape[1] != 3
         self.input_shape = (shape[0], shape[3], shape[1], shape[2]) if self.nhwc else shape
         meta = read_litert_metadata(self.path)
         # litert-torch exports of detect heads hold normalised box coordinates (see the module docstring).
         self.normalised_boxes = bool(meta) and not meta.get("end2end", False) and meta.get("head") != "RTDETRDecoder"
+        self.task = str(meta.get("task", "detect"))
+        self.kpt_start = 4 + len(meta.get("names") or {})
+        self.kpt_dim = int((meta.get("kpt_shape") or [0, 0])[1])
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _run_all(self, x: np.ndarray) -> list[np.ndarray]:
         h, w = x.shape[2:4]
         if self.nhwc:
             x = x.transpose(0, 2, 3, 1)
@@ -176,16 +191,24 @@ class LiteRTRuntime(Runtime):
             x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(self.input["dtype"])
         self.interpreter.set_tensor(self.input["index"], np.ascontiguousarray(x))
         self.interpreter.invoke()
-        out = self.outputs[0]
-        y = self.interpreter.get_tensor(out["index"])
-        if out["dtype"] in (np.int8, np.int16):
-            scale, zero = out["quantization"]
-            y = (y.astype(np.float32) - zero) * scale
-        y = np.array(y, dtype=np.float32)  # a copy: the interpreter reuses its buffers
-        if self.normalised_boxes and y.ndim == 3:
-            y[:, [0, 2]] *= w
-            y[:, [1, 3]] *= h
-        return y
+        ys = []
+        for out in self.output_details:
+            y = self.interpreter.get_tensor(out["index"])
+            if out["dtype"] in (np.int8, np.int16):
+                scale, zero = out["quantization"]
+                y = (y.astype(np.float32) - zero) * scale
+            y = np.array(y, dtype=np.float32)  # a copy: the interpreter reuses its buffers
+            if self.normalised_boxes and y.ndim == 3:
+                y[:, [0, 2]] *= w
+                y[:, [1, 3]] *= h
+                if self.task == "pose" and self.kpt_dim:
+                    y[:, self.kpt_start::self.kpt_dim] *= w
+                    y[:, self.kpt_start + 1::self.kpt_dim] *= h
+            ys.append(y)
+        ys.sort(key=lambda y: y.ndim == 4)  # (prediction, prototypes), as Ultralytics' LiteRT backend orders them
+        if self.nhwc and len(ys) > 1 and ys[1].ndim == 4:
+            ys[1] = ys[1].transpose(0, 3, 1, 2)
+        return ys
 
 
 class OpenVINORuntime(Runtime):
@@ -219,9 +242,9 @@ class OpenVINORuntime(Runtime):
             return "fp16"
         return "fp32"
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _run_all(self, x: np.ndarray) -> list[np.ndarray]:
         self.request.infer({0: x})
-        return self.request.get_output_tensor(0).data.copy()
+        return [self.request.get_output_tensor(i).data.copy() for i in range(len(self.compiled.outputs))]
 
 
 class NcnnRuntime(Runtime):
@@ -240,20 +263,23 @@ class NcnnRuntime(Runtime):
         if self.net.load_param(str(param)) != 0 or self.net.load_model(str(param.with_suffix(".bin"))) != 0:
             raise LDACError(f"ncnn cannot read '{param}' and its .bin")
         self.input_name = self.net.input_names()[0]
-        self.output_name = sorted(self.net.output_names())[0]  # Ultralytics' backend sorts them too (pnnx naming)
+        self.output_names = sorted(self.net.output_names())  # Ultralytics' backend sorts them too (pnnx naming)
         h, w = _ncnn_imgsz(param.parent)
         self.input_shape = (1, 3, h, w)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        outs = []
+    def _run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        outs: list[list[np.ndarray]] = []
         for sample in x:
             with self.net.create_extractor() as ex:
                 ex.input(self.input_name, self.ncnn.Mat(np.ascontiguousarray(sample)))
-                ret, out = ex.extract(self.output_name)
-                if ret != 0:
-                    raise LDACError(f"ncnn extract of '{self.output_name}' failed (code {ret})")
-                outs.append(np.array(out))
-        return np.stack(outs)
+                row = []
+                for name in self.output_names:
+                    ret, out = ex.extract(name)
+                    if ret != 0:
+                        raise LDACError(f"ncnn extract of '{name}' failed (code {ret})")
+                    row.append(np.array(out))
+                outs.append(row)
+        return [np.stack(ys) for ys in zip(*outs)]
 
 
 def _ncnn_imgsz(folder: Path) -> tuple[int, int]:
@@ -283,7 +309,7 @@ class TorchRuntime(Runtime):
         self.model = model.float().eval()
         self.input_shape = (1, 3, -1, -1)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _run_all(self, x: np.ndarray) -> list[np.ndarray]:
         import torch
 
         param = next(self.model.parameters(), None)
@@ -299,11 +325,15 @@ class TorchRuntime(Runtime):
         finally:
             torch.set_num_threads(previous)
             self.model.train(was_training)
-        while isinstance(y, (tuple, list)):
+        # eval mode returns (prediction, raw maps); a segmentation model's prediction is (boxes, prototypes)
+        if isinstance(y, (tuple, list)) and y:
             y = y[0]
-        if not isinstance(y, torch.Tensor):
-            raise LDACError(f"the PyTorch model returned {type(y).__name__}, not a tensor")
-        return y.float().cpu().numpy()
+        ys = list(y) if isinstance(y, (tuple, list)) else [y]
+        while ys and isinstance(ys[0], (tuple, list)):
+            ys = list(ys[0])
+        if not ys or not all(isinstance(t, torch.Tensor) for t in ys):
+            raise LDACError(f"the PyTorch model returned {type(y).__name__}, not tensors")
+        return [t.float().cpu().numpy() for t in ys]
 
 
 class ModuleRuntime(TorchRuntime):

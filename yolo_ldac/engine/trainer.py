@@ -28,6 +28,9 @@ from typing import Any
 
 import torch.nn as nn
 from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.models.yolo.obb import OBBTrainer
+from ultralytics.models.yolo.pose import PoseTrainer
+from ultralytics.models.yolo.segment import SegmentationTrainer
 from ultralytics.utils import DEFAULT_CFG, RANK
 
 from yolo_ldac.errors import LDACError
@@ -65,8 +68,9 @@ class TrainerExtras:
         return None
 
 
-class PrunedDetectionTrainer(DetectionTrainer):
-    """A ``DetectionTrainer`` that trains the module it is given, never a model rebuilt from yaml.
+class PrunedTrainerMixin:
+    """Makes an Ultralytics task trainer train the module it is given, never a model rebuilt from yaml; mixed into
+    each task's trainer (:class:`PrunedDetectionTrainer`, ... : :func:`trainer_class`).
 
     Args:
         cfg, overrides, _callbacks: as for Ultralytics' trainers (the signature its DDP workers call).
@@ -172,8 +176,24 @@ def _push_batch_end(trainer) -> None:
     trainer.push.on_batch_end(trainer, final=trainer.final)
 
 
-class PushTrainer(PrunedDetectionTrainer):
-    """Trains a (pruned) detector with a push's loss (:meth:`yolo_ldac.push.Push.make_loss`); ``final`` marks the
+class PrunedDetectionTrainer(PrunedTrainerMixin, DetectionTrainer):
+    """A ``DetectionTrainer`` that trains the module it is given (:class:`PrunedTrainerMixin`)."""
+
+
+class PrunedSegmentationTrainer(PrunedTrainerMixin, SegmentationTrainer):
+    """A ``SegmentationTrainer`` that trains the module it is given (:class:`PrunedTrainerMixin`)."""
+
+
+class PrunedPoseTrainer(PrunedTrainerMixin, PoseTrainer):
+    """A ``PoseTrainer`` that trains the module it is given (:class:`PrunedTrainerMixin`)."""
+
+
+class PrunedOBBTrainer(PrunedTrainerMixin, OBBTrainer):
+    """An ``OBBTrainer`` that trains the module it is given (:class:`PrunedTrainerMixin`)."""
+
+
+class PushTrainerMixin(PrunedTrainerMixin):
+    """Trains a (pruned) model with a push's loss (:meth:`yolo_ldac.push.Push.make_loss`); ``final`` marks the
     fine-tuning after the last prune step (a push may decay its terms there).
 
     Example:
@@ -207,3 +227,37 @@ class PushTrainer(PrunedDetectionTrainer):
         if self.push is not None:
             self.push.before_optimizer_step(self, final=self.final)
         super().optimizer_step()
+
+
+class PushTrainer(PushTrainerMixin, DetectionTrainer):
+    """A detector's :class:`PushTrainerMixin`."""
+
+
+class PushSegmentationTrainer(PushTrainerMixin, SegmentationTrainer):
+    """A segmentation model's :class:`PushTrainerMixin`."""
+
+
+class PushPoseTrainer(PushTrainerMixin, PoseTrainer):
+    """A pose model's :class:`PushTrainerMixin`."""
+
+
+class PushOBBTrainer(PushTrainerMixin, OBBTrainer):
+    """An obb model's :class:`PushTrainerMixin`."""
+
+
+_TRAINERS = {"detect": (PrunedDetectionTrainer, PushTrainer), "segment": (PrunedSegmentationTrainer,
+             PushSegmentationTrainer), "pose": (PrunedPoseTrainer, PushPoseTrainer), "obb": (PrunedOBBTrainer,
+             PushOBBTrainer)}
+
+
+def trainer_class(task: str, push: bool = True) -> type:
+    """The trainer of ``task`` (``detect``, ``segment``, ``pose``, ``obb``): with ``push``, the one that takes a
+    push's loss (:class:`PushTrainerMixin`), else the plain one (:class:`PrunedTrainerMixin`).
+
+    Example:
+        >>> trainer_class("segment").__name__, trainer_class("detect", push=False).__name__
+        ('PushSegmentationTrainer', 'PrunedDetectionTrainer')
+    """
+    from yolo_ldac.tasks import task_spec
+
+    return _TRAINERS[task_spec(task).name][1 if push else 0]

@@ -1,4 +1,4 @@
-"""One way to run Ultralytics' detection validator on a model in memory and read its mAP.
+"""One way to run Ultralytics' validator of a model's task on a model in memory and read its mAP.
 
 Every mAP yolo-ldac prints for a PyTorch model (the report, ``val``, the budget search, the sweep, the benchmark's
 PyTorch row) comes from :func:`validate_model`, with the settings ``yolo val`` uses: ``YOLO(path).val(data=...,
@@ -19,9 +19,14 @@ from typing import Any
 import torch.nn as nn
 
 
-def detection_map(model: nn.Module, **args: Any) -> dict[str, float]:
-    """mAP50-95 and mAP50 of ``model`` with Ultralytics' ``DetectionValidator`` and ``args`` (``data``, ``imgsz``,
-    ``batch``, ...), without plots, JSON or per-class printing; the save directory it insists on is temporary.
+def detection_map(model: nn.Module, task: str | None = None, **args: Any) -> dict[str, float]:
+    """mAP50-95 and mAP50 of ``model`` with the Ultralytics validator of its task (``DetectionValidator``,
+    ``SegmentationValidator``, ``PoseValidator``, ``OBBValidator``) and ``args`` (``data``, ``imgsz``, ``batch``, ...),
+    without plots, JSON or per-class printing; the save directory it insists on is temporary.
+
+    ``map50_95`` / ``map50`` are the task's own mAP (mask mAP for segment, keypoint mAP for pose); segment and pose
+    models also get the box mAP as ``box_map50_95`` / ``box_map50`` (:func:`yolo_ldac.tasks.metrics_from`).
+    ``task``: for a model whose head does not say it (an exported runtime wrapped as a module); default: its head's.
 
     The validator fuses Conv+BN in place and copies its model: pass a copy when the caller keeps using ``model``.
 
@@ -29,13 +34,14 @@ def detection_map(model: nn.Module, **args: Any) -> dict[str, float]:
         >>> detection_map(model, data="coco8.yaml", imgsz=640, batch=16, rect=True)  # doctest: +SKIP
         {'map50_95': 0.61, 'map50': 0.8}
     """
-    from ultralytics.models.yolo.detect import DetectionValidator
+    from yolo_ldac.tasks import metrics_from, task_of, validator_class
 
-    args = {**args, "plots": False, "save_json": False, "verbose": False, "mode": "val"}
+    task = task or task_of(model) or "detect"
+    args = {**args, "plots": False, "save_json": False, "verbose": False, "mode": "val", "task": task}
     with tempfile.TemporaryDirectory(prefix="yolo-ldac-val-") as tmp:
         args.update(project=tmp, name="val", exist_ok=True)
-        stats = DetectionValidator(args=args)(model=model)
-    return {"map50_95": float(stats.get("metrics/mAP50-95(B)", 0.0)), "map50": float(stats.get("metrics/mAP50(B)", 0.0))}
+        stats = validator_class(task)(args=args)(model=model)
+    return metrics_from(stats, task)
 
 
 VAL_KEYS = ("imgsz", "batch", "device", "workers", "half", "conf", "iou", "max_det", "split", "single_cls", "rect")

@@ -1,8 +1,9 @@
-"""The push loss: L = L_det + alpha * L_LD + beta * L_cov + gamma * L_align (METHOD.md, "The push loss").
+"""The push loss: L = L_task + alpha * L_LD + beta * L_cov + gamma * L_align (METHOD.md, "The push loss").
 
-``LDACDetectionLoss`` extends Ultralytics' ``v8DetectionLoss``: it reads the neck outputs the head returns as
-``feats`` (no hooks, so checkpoints still pickle) and reports ``ld_loss``, ``cov_loss`` and ``align_loss`` as
-loss items, which Ultralytics turns into progress-bar and results.csv columns.
+``LDACDetectionLoss`` adds the push's terms to the model's own Ultralytics loss (``model.init_criterion()``: the
+detection loss, or the segment, pose or obb loss, end-to-end heads' dual loss included): it reads the neck outputs
+the head returns as ``feats`` (no hooks, so checkpoints still pickle) and reports ``ld_loss``, ``cov_loss`` and
+``align_loss`` as loss items, which Ultralytics turns into progress-bar and results.csv columns.
 """
 
 from __future__ import annotations
@@ -32,11 +33,11 @@ class LDACDetectionLoss(v8DetectionLoss):
     def __init__(self, model, alpha: float = 0.01, beta: float = 0.01, gamma: float = 1e-4,
                  align: list | None = None, samples: SampleConfig | None = None, pooled: bool = False,
                  momentum: float = 0.9, levels: list[bool] | None = None):
-        super().__init__(model)
-        # End-to-end heads (YOLO26, YOLOv10) train both branches with Ultralytics' own dual loss; the push reads the
-        # one-to-many branch's features (the one-to-one branch sees them detached).
-        head = model.model[-1]
-        self.native = model.init_criterion() if getattr(head, "one2one_cv2", None) is not None else None
+        super().__init__(model)  # strides and the output parsing the push's terms read
+        # The task's own loss (masks, keypoints, angles; end-to-end heads (YOLO26, YOLOv10) train both branches with
+        # Ultralytics' dual loss, and the push reads the one-to-many branch's features, which the one-to-one
+        # branch sees detached).
+        self.native = model.init_criterion()
         self.alpha, self.beta, self.gamma = alpha, beta, gamma
         self.align = align or []
         self.samples = samples or SampleConfig()
@@ -53,16 +54,14 @@ class LDACDetectionLoss(v8DetectionLoss):
 
     def update(self) -> None:
         """Ultralytics' trainer decays an end-to-end loss's branch weights once per epoch."""
-        if self.native is not None and hasattr(self.native, "update"):
+        if hasattr(self.native, "update"):
             self.native.update()
 
     def __call__(self, preds, batch):
         out = self.parse_output(preds)
+        det, items = self.native(preds, batch)
         if "one2many" in out:
-            det, items = self.native(preds, batch) if self.native is not None else self.loss(out["one2many"], batch)
             out = out["one2many"]
-        else:
-            det, items = self.loss(out, batch)
         feats = out["feats"]
         bs = feats[0].shape[0]
         zero = feats[0].sum() * 0

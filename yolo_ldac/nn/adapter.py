@@ -8,6 +8,8 @@ attention internals whose reshapes fix their widths).
 
 from __future__ import annotations
 
+import copy
+
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +80,7 @@ def load_detection_model(src: Any, trusted: bool | None = None) -> nn.Module:
             else:
                 spec = safe_load.load_model_yaml(path, trusted=trusted)  # before Ultralytics parses (evaluates) it
                 with safe_load.policy(trusted):
-                    model = YOLO(str(src), task="detect").model
+                    model = YOLO(str(src)).model  # the task from the yaml (its head, or -seg/-pose/-obb)
         except LDACError:
             raise
         except FileNotFoundError as e:
@@ -141,16 +143,17 @@ def _is_ultralytics_asset(name: str) -> bool:
 
 
 def check_is_detector(model: nn.Module, src: Any = "model") -> None:
-    """Raise :class:`LDACError` unless ``model`` is a plain Ultralytics detector (a ``Detect`` head, end-to-end or
-    not, or YOLOv10's ``v10Detect``; no masks, poses or angles)."""
-    from ultralytics.nn.modules.head import Detect, v10Detect
+    """Raise :class:`LDACError` unless ``model`` is an Ultralytics model yolo-ldac prunes: a detector (``Detect``,
+    end-to-end or not, or YOLOv10's ``v10Detect``), or a segment, pose or obb model (:mod:`yolo_ldac.tasks`)."""
     from ultralytics.nn.tasks import DetectionModel
 
-    head = model.model[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else None
-    if not isinstance(model, DetectionModel) or type(head) not in (Detect, v10Detect):
+    from yolo_ldac.tasks import head_of, task_of
+
+    if not isinstance(model, DetectionModel) or task_of(model) is None:
+        head = head_of(model)
         kind = type(head).__name__ if head is not None else type(model).__name__
-        raise LDACError(f"'{src}' is not an object detector (its head is {kind}); yolo-ldac prunes Detect and "
-                        "v10Detect models only")
+        raise LDACError(f"'{src}' is not a model yolo-ldac prunes (its head is {kind}); yolo-ldac prunes Ultralytics "
+                        "detect (Detect, v10Detect), segment, pose and obb models")
 
 
 def rewrite_split_blocks(model: nn.Module, check: bool = True, imgsz: int = 64) -> int:
@@ -247,13 +250,13 @@ def raw_head_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def protected_layers(model: nn.Module) -> list[nn.Module]:
-    """Layers whose output channels are never pruned: the head's final box/class convolutions, the DFL, and
+    """Layers whose output channels are never pruned: the head's final convolutions of every branch (box, class,
+    and the task's mask coefficients, keypoints or angles), a segmentation head's prototype output, the DFL, and
     the convolutions inside attention blocks (their widths are fixed by head reshapes)."""
+    from yolo_ldac.tasks import answer_convs
+
     head = model.model[-1]
-    keep: list[nn.Module] = []
-    for attr in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"):
-        for branch in getattr(head, attr, None) or ():
-            keep.append(branch[-1])
+    keep: list[nn.Module] = list(answer_convs(model))
     dfl = getattr(head, "dfl", None)
     if isinstance(dfl, nn.Module):
         keep.extend(m for m in dfl.modules() if isinstance(m, nn.Conv2d))
@@ -305,8 +308,10 @@ def _output_conv(layer: nn.Module) -> nn.Module | None:
     return None
 
 
-def adapt_head_to_names(model: nn.Module, names: dict[int, str], verbose: bool = True, seed: int = 0) -> nn.Module:
-    """Return a detector whose class head matches ``names``; rows are remapped by class name like Ultralytics does.
+def adapt_head_to_names(model: nn.Module, names: dict[int, str], verbose: bool = True, seed: int = 0,
+                        kpt_shape: list[int] | tuple[int, ...] | None = None) -> nn.Module:
+    """Return a model whose class head matches ``names`` (and, for a pose model, whose keypoint head matches the
+    data's ``kpt_shape``); rows are remapped by class name like Ultralytics does, of the same task as ``model``.
 
     A COCO model fine-tuned on a new class list keeps its knowledge of the classes whose names match; validating
     the raw 80-class model on that data would compare class ids and silently give ~0 mAP. The rows of classes new
@@ -320,16 +325,23 @@ def adapt_head_to_names(model: nn.Module, names: dict[int, str], verbose: bool =
         >>> bool(torch.equal(a, b))
         True
     """
-    from ultralytics.nn.tasks import DetectionModel
+    from yolo_ldac.tasks import model_class, task_of
 
+    task = task_of(model) or "detect"
     names = {int(k): str(v) for k, v in dict(names).items()}
-    if dict(getattr(model, "names", {})) == names:
+    head = model.model[-1]
+    kpt_shape = [int(k) for k in kpt_shape] if task == "pose" and kpt_shape else None
+    new_kpts = kpt_shape is not None and [int(k) for k in head.kpt_shape] != kpt_shape
+    if dict(getattr(model, "names", {})) == names and not new_kpts:
         return model
     if any(isinstance(m, C2fSplit) for m in model.model):
-        raise LDACError("cannot change the class list of an already pruned model; fine-tune it on data with its own classes")
+        what = "keypoints" if new_kpts else "class list"
+        raise LDACError(f"cannot change the {what} of an already pruned model; fine-tune it on data with its own "
+                        f"{what}")
+    extra = {"data_kpt_shape": tuple(kpt_shape)} if new_kpts else {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        new = DetectionModel(model.yaml, nc=len(names), verbose=False)
+        new = model_class(task)(copy.deepcopy(model.yaml), nc=len(names), verbose=False, **extra)
     new.names = names
     new.load(model, verbose=verbose)
     new.args = getattr(model, "args", None)

@@ -38,8 +38,10 @@ def ensure_loss_args(model: nn.Module) -> None:
 
 
 def build_calibration_batches(data: dict, imgsz: int, batch: int, n_batches: int, seed: int = 0,
-                              workers: int = 0, shape: tuple[int, int] | None = None) -> list[dict]:
-    """Return ``n_batches`` preprocessed batches (images scaled to [0, 1]) from the training split of ``data``.
+                              workers: int = 0, shape: tuple[int, int] | None = None,
+                              task: str = "detect") -> list[dict]:
+    """Return ``n_batches`` preprocessed batches (images scaled to [0, 1]) from the training split of ``data``,
+    with the labels of ``task`` (masks for ``segment``, keypoints for ``pose``, oriented boxes for ``obb``).
 
     ``data`` is the dict Ultralytics' ``check_det_dataset`` returns. Images are letterboxed without
     augmentation, in a fixed seeded order, so every criterion sees the same calibration set; ``shape`` (h, w)
@@ -49,7 +51,7 @@ def build_calibration_batches(data: dict, imgsz: int, batch: int, n_batches: int
     from ultralytics.data import build_yolo_dataset
     from ultralytics.utils import DEFAULT_CFG
 
-    cfg = get_cfg(DEFAULT_CFG, {"imgsz": imgsz, "rect": False, "cache": False, "fraction": 1.0})
+    cfg = get_cfg(DEFAULT_CFG, {"imgsz": imgsz, "rect": False, "cache": False, "fraction": 1.0, "task": task})
     dataset = build_yolo_dataset(cfg, data["train"], batch, data, mode="val", stride=32)
     if shape is not None and hasattr(dataset.transforms.transforms[0], "new_shape"):
         dataset.transforms.transforms[0].new_shape = tuple(shape)  # letterboxed to (h, w) instead of a square

@@ -161,6 +161,27 @@ class Compressor:
         self.latency: RunLatency | None = None  # round_to=auto, target=latency, speedup=, latency_ms=
         self._latency_record: dict = {}  # what it measured before the run's state existed
         self._lock = None  # the run folder's RunLock while this process writes it
+        self._task_hint: str | None = None  # a resumed run's task (its input model is not loaded again)
+
+    def task(self) -> str:
+        """The run's Ultralytics task (``detect``, ``segment``, ``pose``, ``obb``): the loaded model's, a resumed
+        run's recorded one, or what a model yaml's head says."""
+        from yolo_ldac.tasks import task_of
+
+        if self.model is not None:
+            return task_of(self.model) or "detect"
+        if self._task_hint:
+            return self._task_hint
+        if isinstance(self.source, (str, Path)) and Path(self.source).suffix in {".yaml", ".yml"}:
+            from ultralytics.nn.tasks import guess_model_task
+
+            from yolo_ldac.safe_load import load_model_yaml
+
+            try:
+                return guess_model_task(load_model_yaml(self.source, trusted=bool(self.cfg.get("trusted", False))))
+            except Exception:  # a yaml that cannot be read fails with its own line when the model is built
+                return "detect"
+        return "detect"
 
     # --- the parts and the data ------------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -191,7 +212,8 @@ class Compressor:
 
             # Before the run directory exists: a broken label file stops the run here (strict_labels=True).
             self.labels = audit_dataset(self.data, str(cfg["data"]), strict=bool(cfg.get("strict_labels", True)),
-                                        single_cls=bool(cfg.get("single_cls", False)))
+                                        single_cls=bool(cfg.get("single_cls", False)),
+                                        task=self.task())
             phases = plan_phases(self.mode, cfg, bool(self.push.trains_before_first_step))
             if any(p == "finetune" or p.endswith(".push") for p in phases):
                 from yolo_ldac.data.check import require_train_labels
@@ -225,7 +247,8 @@ class Compressor:
                 batches = build_calibration_batches(self.data, imgsz=int(self.cfg["imgsz"]),
                                                     batch=min(int(self.cfg["batch"]), 8),
                                                     n_batches=max(1, int(self.cfg["calib_batches"])),
-                                                    seed=int(self.cfg["seed"]))
+                                                    seed=int(self.cfg["seed"]),
+                                                    task=self.task())
                 self.calib = batches_to(batches, self.device)
                 self._time("calibration_data", time.perf_counter() - t)
         return self.calib
@@ -389,7 +412,8 @@ class Compressor:
                         + ("trained weights: their minimum is worth keeping)" if self.lr_scale != 1.0
                            else "a model built from a yaml: random weights)"))
         if self.data is not None:
-            model = adapt_head_to_names(model, self.data["names"], seed=int(self.cfg["seed"]))
+            model = adapt_head_to_names(model, self.data["names"], seed=int(self.cfg["seed"]),
+                                        kpt_shape=self.data.get("kpt_shape"))
         model = copy.deepcopy(model).float().cpu()
         rewrite_split_blocks(model)
         self.dense_comp = measure(model, 640, protected=protected_layers(model), flops_fn=ultralytics_gflops)
@@ -462,7 +486,8 @@ class Compressor:
         self.state = RunState.new(run_dir, self.mode, self.ldac_cfg, source, phases)
         self.state.record.update(parts=self.parts, device=str(self.device), timings={"prune": 0.0, "train": 0.0},
                                  dense_complexity=self.dense_comp.as_dict(), dense_channels=self.dense_channels,
-                                 labels=self.labels, lr_scale=self.lr_scale, **self._latency_record)
+                                 labels=self.labels, lr_scale=self.lr_scale, task=self.task(),
+                                 **self._latency_record)
         self.state.save()
         self.run_dir = run_dir
         if self.latency is not None:
@@ -510,6 +535,7 @@ class Compressor:
         ultra_extra = state.record.get("ultralytics_overrides", {})
         cfg = get_cfg({**ultra_extra, **settings, "resume": False}, mode=state.mode)
         comp = cls(cfg, state.source, callbacks=callbacks)
+        comp._task_hint = state.record.get("task")
         from yolo_ldac.safe_load import policy
 
         with policy(cfg["trusted"]):
@@ -975,7 +1001,8 @@ class Compressor:
     def _train(self, model: nn.Module, epochs: int, name: str, final: bool) -> nn.Module:
         """Train ``model`` for ``epochs`` in ``run_dir/name`` with the push's trainer; resumes that phase's last
         epoch when a previous attempt left one."""
-        from yolo_ldac.engine.trainer import EPOCH_LAST, SCHEDULE_FILE, PushTrainer
+        from yolo_ldac.engine.trainer import EPOCH_LAST, SCHEDULE_FILE, trainer_class
+        from yolo_ldac.tasks import task_of
 
         if epochs <= 0:  # nothing to train (finetune epochs=0: the model as prepared, e.g. remapped to new classes)
             return model
@@ -1003,8 +1030,9 @@ class Compressor:
         model.train()
         for p in model.parameters():
             p.requires_grad_(True)
-        trainer = PushTrainer(model=model, overrides=overrides, push=self.push, final=final, resume_from=resume_from,
-                              lr_scale=self.lr_scale)
+        trainer = trainer_class(task_of(model) or "detect")(model=model, overrides=overrides, push=self.push,
+                                                            final=final, resume_from=resume_from,
+                                                            lr_scale=self.lr_scale)
         self.callbacks.attach_to_trainer(trainer)
         self.trainer = trainer
         t = time.perf_counter()
@@ -1099,7 +1127,8 @@ class Compressor:
             "labels": rec.get("labels"),
             "latency": self._latency_report(after_comp, dense),
             "budget": self._budget_report(),
-            "flops_imgsz": 640, "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+            "flops_imgsz": 640, "task": rec.get("task", "detect"),
+            "date": datetime.now().astimezone().isoformat(timespec="seconds"),
         }
         write_report(self.run_dir, report)
         if cfg["plots"] and self.criterion is not None:
@@ -1183,7 +1212,10 @@ def _os_remedy(e: OSError) -> str:
 
 
 def _metric_view(m: dict) -> dict:
-    return {"map50_95": m.get("map50_95"), "map50": m.get("map50")}
+    """The task's mAP50-95 and mAP50, and the box mAP a segment or pose model also has."""
+    view = {"map50_95": m.get("map50_95"), "map50": m.get("map50")}
+    view.update({k: m[k] for k in ("box_map50_95", "box_map50") if k in m})
+    return view
 
 
 def complexity_view(c) -> dict:
