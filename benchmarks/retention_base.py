@@ -39,24 +39,35 @@ from common import data_key  # noqa: E402  (benchmarks/common.py)
 def read_results_csv(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as fh:
         rows = [{k.strip(): v.strip() for k, v in row.items()} for row in csv.DictReader(fh)]
-    keep = ("epoch", "metrics/mAP50-95(B)", "metrics/mAP50(B)", "train/box_loss", "train/cls_loss", "val/box_loss",
-            "val/cls_loss", "lr/pg0", "time")
+    keep = ("epoch", "metrics/mAP50-95(B)", "metrics/mAP50(B)", "metrics/mAP50-95(M)", "metrics/mAP50(M)",
+            "metrics/mAP50-95(P)", "metrics/mAP50(P)", "train/box_loss", "train/cls_loss", "train/seg_loss",
+            "train/pose_loss", "val/box_loss", "val/cls_loss", "lr/pg0", "time")
     return [{k: float(r[k]) for k in keep if r.get(k) not in (None, "")} for r in rows]
 
 
-def plateau_evidence(curve: list[dict], window: int = 5, margin: float = 0.01) -> dict:
+def task_metric(curve: list[dict]) -> str:
+    """The results.csv column of the model's own mAP50-95: mask (M) for segment, keypoints (P) for pose, else box."""
+    for key in ("metrics/mAP50-95(M)", "metrics/mAP50-95(P)"):
+        if curve and key in curve[0]:
+            return key
+    return "metrics/mAP50-95(B)"
+
+
+def plateau_evidence(curve: list[dict], window: int = 5, margin: float = 0.01, metric: str | None = None) -> dict:
     """The plateau rule of the benchmark (issue 11): the mean mAP50-95 of the last ``window`` epochs within
     ``margin`` of the best epoch (``rule_met``). Also the best ``window``-epoch moving average (a single lucky epoch
     of a noisy curve sets ``best`` but not this) and the rule against it (``rule_met_moving_average``), and whether the
     curve is still rising (``rising``: the last window's mean more than ``margin`` above the window before it; a
-    rising curve passes the moving-average test trivially, so ``plateau_robust`` needs both).
+    rising curve passes the moving-average test trivially, so ``plateau_robust`` needs both). ``metric``: the column
+    (default: :func:`task_metric`, the model's own mAP50-95).
 
     Example:
         >>> ev = plateau_evidence([{"epoch": e, "metrics/mAP50-95(B)": m} for e, m in enumerate([.1, .2, .3, .3, .3], 1)], 2)
         >>> ev["mean_last_2"], ev["rule_met"]
         (0.3, True)
     """
-    maps = [r["metrics/mAP50-95(B)"] for r in curve]
+    metric = metric or task_metric(curve)
+    maps = [r[metric] for r in curve]
     if not maps:
         return {}
     best = max(range(len(maps)), key=maps.__getitem__)
@@ -66,7 +77,7 @@ def plateau_evidence(curve: list[dict], window: int = 5, margin: float = 0.01) -
     mean_prev = sum(prev) / len(prev)
     moving = [sum(maps[i:i + window]) / window for i in range(len(maps) - window + 1)] or [mean_last]
     best_ma = max(range(len(moving)), key=moving.__getitem__)
-    return {"best_epoch": int(curve[best]["epoch"]), "best_map50_95": maps[best], "epochs": len(maps),
+    return {"metric": metric, "best_epoch": int(curve[best]["epoch"]), "best_map50_95": maps[best], "epochs": len(maps),
             f"max_last_{window}": max(last), f"max_previous_{window}": max(prev),
             f"gain_last_{window}_vs_previous": round(max(last) - max(prev), 4),
             f"mean_last_{window}": round(mean_last, 5), "margin": margin,
@@ -133,11 +144,17 @@ def main(argv=None) -> int:
     if last.is_file():  # the final epoch too: with a plateau, best and last differ by noise
         shutil.copy2(last, project / f"{name}-last.pt")
     curve = read_results_csv(run_dir / "finetune" / "results.csv")
+    from yolo_ldac.engine.trainer import trainer_class
+    from yolo_ldac.tasks import task_of
+
+    task = task_of(YOLOLDAC(str(stable)).model) or "detect"
     rec = {
         "what": "base model of the retention curves", "weights": str(stable), "source_weights": str(args.weights),
         "data": str(data), "data_key": key, "names": info["names"],
-        "settings": {**ultra, "epochs": args.epochs, "training_path": "YOLOLDAC.finetune (PrunedDetectionTrainer)"},
-        "params": result.after.get("params_m"),
+        "settings": {**ultra, "epochs": args.epochs,
+                     "training_path": f"YOLOLDAC.finetune ({trainer_class(task, push=False).__name__})"},
+        "task": task, "params": result.after.get("params_m"),
+        "after": {k: v for k, v in result.after.items() if "map" in k},
         "val_curve": curve, "plateau": plateau_evidence(curve), "wall_s": round(wall, 1),
         "machine": machine_info(), "date": datetime.now().astimezone().isoformat(timespec="seconds"),
     }

@@ -193,3 +193,24 @@ def test_pruning_keeps_every_answer_channel(task_data):
             assert width(head.proto.cv3) == 32
         assert sum(width(m) for m in pruned.modules() if isinstance(m, nn.Conv2d)) < sum(
             width(m) for m in YOLOLDAC(yaml).model.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_a_finished_task_run_handed_on_keeps_its_task(task_data, tmp_path):
+    """After a run the runner holds its best.pt, not a loaded model: the next run still audits pose labels as pose."""
+    from yolo_ldac import YOLOLDAC
+
+    runner = YOLOLDAC("yolov8n-pose.yaml")
+    kw = dict(data=str(task_data["pose"]), method="l1", rounds=1, val_steps=False, project=str(tmp_path), **FAST)
+    runner.prune(ratio=0.2, name="a", **kw)
+    res = runner.prune(ratio=0.3, name="b", **kw)  # source: a's best.pt
+    assert json.loads((Path(res.best).parent.parent / "report.json").read_text())["task"] == "pose"
+
+
+@pytest.mark.parametrize("yaml,head", [("yolo26n-seg.yaml", "Segment26"), ("yolo26n-pose.yaml", "Pose26"),
+                                       ("yolo26n-obb.yaml", "OBB26")])
+def test_yolo26_task_heads_are_refused_with_one_line(yaml, head):
+    from yolo_ldac.nn.adapter import load_detection_model
+
+    with pytest.raises(LDACError, match=f"YOLO26 .* models \\({head} head\\) are not supported yet") as e:
+        load_detection_model(yaml)
+    assert "\n" not in str(e.value)

@@ -59,15 +59,18 @@ _BOX = ("cv2", "cv3", "one2one_cv2", "one2one_cv3")
 TASKS: dict[str, TaskSpec] = {
     "detect": TaskSpec("detect", ("Detect", "v10Detect"), "DetectionModel", "detect", "DetectionTrainer",
                        "DetectionValidator", "metrics/mAP50-95(B)", "metrics/mAP50(B)", "mAP50-95", _BOX),
-    "segment": TaskSpec("segment", ("Segment", "Segment26"), "SegmentationModel", "segment", "SegmentationTrainer",
+    "segment": TaskSpec("segment", ("Segment",), "SegmentationModel", "segment", "SegmentationTrainer",
                         "SegmentationValidator", "metrics/mAP50-95(M)", "metrics/mAP50(M)", "mask mAP50-95",
                         _BOX + ("cv4", "one2one_cv4")),
-    "pose": TaskSpec("pose", ("Pose", "Pose26"), "PoseModel", "pose", "PoseTrainer", "PoseValidator",
+    "pose": TaskSpec("pose", ("Pose",), "PoseModel", "pose", "PoseTrainer", "PoseValidator",
                      "metrics/mAP50-95(P)", "metrics/mAP50(P)", "pose mAP50-95", _BOX + ("cv4", "one2one_cv4")),
-    "obb": TaskSpec("obb", ("OBB", "OBB26"), "OBBModel", "obb", "OBBTrainer", "OBBValidator",
+    "obb": TaskSpec("obb", ("OBB",), "OBBModel", "obb", "OBBTrainer", "OBBValidator",
                     "metrics/mAP50-95(B)", "metrics/mAP50(B)", "mAP50-95", _BOX + ("cv4", "one2one_cv4")),
 }
 BOX_METRIC, BOX_METRIC50 = "metrics/mAP50-95(B)", "metrics/mAP50(B)"
+# YOLO26's task heads put their answers elsewhere (Pose26: cv4_kpts / cv4_sigma; Segment26: a training-only semantic
+# branch in Proto26 that a graph traced in eval mode does not see): refused until they are handled.
+UNSUPPORTED_HEADS = {"Segment26": "segment", "Pose26": "pose", "OBB26": "obb"}
 
 
 def head_of(model: nn.Module) -> nn.Module | None:
@@ -104,6 +107,9 @@ def task_spec(model_or_task: nn.Module | str) -> TaskSpec:
     task = task_of(model_or_task)
     if task is None:
         head = head_of(model_or_task)
+        if type(head).__name__ in UNSUPPORTED_HEADS:
+            raise LDACError(f"YOLO26 {UNSUPPORTED_HEADS[type(head).__name__]} models ({type(head).__name__} head) "
+                            "are not supported yet; YOLOv8 and YOLO11 ones are, and YOLO26 detection")
         kind = type(head).__name__ if head is not None else type(model_or_task).__name__
         raise LDACError(f"yolo-ldac prunes Ultralytics detect, segment, pose and obb models; this one's head is {kind}")
     return TASKS[task]
@@ -122,6 +128,26 @@ def validator_class(task: str) -> type:
 
     spec = task_spec(task)
     return getattr(importlib.import_module(f"ultralytics.models.yolo.{spec.package}"), spec.validator)
+
+
+def extra_channels(model: nn.Module) -> int:
+    """Channels of the prediction after the class scores: mask coefficients (segment), keypoint values (pose),
+    angles (obb); 0 for a detector.
+
+    Example:
+        >>> from ultralytics.nn.tasks import PoseModel
+        >>> extra_channels(PoseModel("yolo11n-pose.yaml", verbose=False))  # 17 keypoints x (x, y, visible)
+        51
+    """
+    head = head_of(model)
+    task = task_of(model)
+    if task == "segment":
+        return int(head.nm)
+    if task == "pose":
+        return int(head.nk)
+    if task == "obb":
+        return int(head.ne)
+    return 0
 
 
 def answer_convs(model: nn.Module) -> list[nn.Module]:
@@ -175,5 +201,5 @@ def metrics_from(stats: dict, task: str) -> dict[str, float]:
     return out
 
 
-__all__ = ["TASKS", "TaskSpec", "answer_convs", "head_of", "metric_label", "metrics_from", "model_class", "task_of", "task_spec",
+__all__ = ["TASKS", "TaskSpec", "UNSUPPORTED_HEADS", "answer_convs", "extra_channels", "head_of", "metric_label", "metrics_from", "model_class", "task_of", "task_spec",
            "validator_class"]

@@ -80,17 +80,20 @@ def parity_metrics(a: np.ndarray, b: np.ndarray, parts: list[slice] | None = Non
     return {"max_abs_diff": max_abs, "max_rel_diff": rel, "mean_rel_diff": mean, "max_elem_rel_diff": elem}
 
 
-def detect_parts(shape: tuple[int, ...], nc: int | None) -> list[slice]:
-    """Boxes, class scores and the task's channels after them (mask coefficients, keypoints, angles) of a
-    ``(B, 4 + nc [+ k], anchors)`` prediction, else the whole tensor (the prototypes).
+def detect_parts(shape: tuple[int, ...], nc: int | None, extra: int | None = 0) -> list[slice]:
+    """Boxes, class scores and the task's ``extra`` channels after them (mask coefficients, keypoints, angles) of a
+    ``(B, 4 + nc + extra, anchors)`` prediction, else the whole tensor (prototypes, an end-to-end ``(B, 300, 6)``).
 
     Example:
-        >>> detect_parts((1, 4 + 3 + 32, 100), 3)
+        >>> detect_parts((1, 4 + 3 + 32, 100), 3, extra=32)
         [slice(0, 4, None), slice(4, 7, None), slice(7, None, None)]
+        >>> detect_parts((1, 300, 6), 80)
+        [slice(None, None, None)]
     """
-    if nc is not None and len(shape) == 3 and shape[1] >= 4 + int(nc):
+    extra = int(extra or 0)
+    if nc is not None and len(shape) == 3 and shape[1] == 4 + int(nc) + extra:
         parts = [slice(0, 4), slice(4, 4 + int(nc))]
-        return parts + ([slice(4 + int(nc), None)] if shape[1] > 4 + int(nc) else [])
+        return parts + ([slice(4 + int(nc), None)] if extra else [])
     return [slice(None)]
 
 
@@ -185,6 +188,10 @@ def check_raw_parity(
     ref = reference if isinstance(reference, Runtime) else load_runtime(reference, threads=None)
     if nc is None:
         nc = len(getattr(getattr(ref, "model", None), "names", {}) or {}) or None
+    from yolo_ldac.tasks import extra_channels
+
+    net = getattr(ref, "model", None)
+    extra = extra_channels(net) if net is not None else 0
     h, w = shape2(imgsz)
     static = runtime.input_shape[2:4]
     if len(static) == 2 and all(d > 0 for d in static) and tuple(static) != (h, w):
@@ -211,7 +218,7 @@ def check_raw_parity(
                 )
             if not np.isfinite(b).all():
                 raise LDACError(f"{runtime.format} output of '{Path(exported).name}' contains NaN or Inf")
-            for k, v in parity_metrics(a, b, detect_parts(a.shape, nc)).items():
+            for k, v in parity_metrics(a, b, detect_parts(a.shape, nc, extra)).items():
                 worst[k] = max(worst[k], v)
         shape = list(refs[0].shape)
         shapes = [list(a.shape) for a in refs]

@@ -147,10 +147,12 @@ def check_is_detector(model: nn.Module, src: Any = "model") -> None:
     end-to-end or not, or YOLOv10's ``v10Detect``), or a segment, pose or obb model (:mod:`yolo_ldac.tasks`)."""
     from ultralytics.nn.tasks import DetectionModel
 
-    from yolo_ldac.tasks import head_of, task_of
+    from yolo_ldac.tasks import UNSUPPORTED_HEADS, head_of, task_of, task_spec
 
     if not isinstance(model, DetectionModel) or task_of(model) is None:
         head = head_of(model)
+        if type(head).__name__ in UNSUPPORTED_HEADS:
+            task_spec(model)  # its own line: which YOLO26 task head is not supported yet
         kind = type(head).__name__ if head is not None else type(model).__name__
         raise LDACError(f"'{src}' is not a model yolo-ldac prunes (its head is {kind}); yolo-ldac prunes Ultralytics "
                         "detect (Detect, v10Detect), segment, pose and obb models")

@@ -164,8 +164,8 @@ class Compressor:
         self._task_hint: str | None = None  # a resumed run's task (its input model is not loaded again)
 
     def task(self) -> str:
-        """The run's Ultralytics task (``detect``, ``segment``, ``pose``, ``obb``): the loaded model's, a resumed
-        run's recorded one, or what a model yaml's head says."""
+        """The run's Ultralytics task (``detect``, ``segment``, ``pose``, ``obb``): the loaded model's (a checkpoint
+        source is loaded for it), a resumed run's recorded one, or what a model yaml's head says."""
         from yolo_ldac.tasks import task_of
 
         if self.model is not None:
@@ -181,6 +181,11 @@ class Compressor:
                 return guess_model_task(load_model_yaml(self.source, trusted=bool(self.cfg.get("trusted", False))))
             except Exception:  # a yaml that cannot be read fails with its own line when the model is built
                 return "detect"
+        if self.source is not None:  # a checkpoint (a finished run's best.pt handed on): load it now, once
+            from yolo_ldac.nn.adapter import load_detection_model
+
+            self.model = load_detection_model(self.source)
+            return task_of(self.model) or "detect"
         return "detect"
 
     # --- the parts and the data ------------------------------------------------------------------------------
