@@ -310,7 +310,7 @@ def execute(plan: RunPlan) -> dict:
            "removed": rep["removed"], "rounds": rep.get("rounds", []), "optimizer_steps": rep.get("optimizer_steps"),
            "train_schedule": rep.get("train_schedule"), "parts": rep.get("parts"),
            "wall_s": round(time.perf_counter() - t0, 1), "machine": machine_info(), "resumed": rep.get("resumed"),
-           "script": SCRIPT, "latency": None}
+           "script": SCRIPT, "latency": None, "task": rep.get("task", "detect")}
     atomic_write_json(plan.out, rec)
     return rec
 
@@ -418,14 +418,31 @@ def _size_cell(records: list[dict], value: str, removed: str, digits: int) -> st
     return f"{v:.{digits}f} ({pct:.1f} %)"
 
 
+def record_task(rec: dict) -> str:
+    """The task of a run's model (``detect`` for runs recorded before tasks were: read from its report if there)."""
+    if rec.get("task"):
+        return rec["task"]
+    try:
+        return json.loads(Path(rec["report"]).read_text()).get("task", "detect")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "detect"
+
+
 def report(records: list[dict], base_map: float | None) -> str:
-    """The markdown table: one row per (ratio, method), mean ± std over seeds."""
+    """The markdown table: one row per (ratio, method), mean ± std over seeds. The mAP is the task's own (mask mAP
+    for a segmentation model), with the box mAP beside it when the runs have one."""
+    from yolo_ldac.tasks import metric_label
+
+    label = metric_label(record_task(records[0])) if records else "mAP50-95"
+    boxes = any("box_map50_95" in r["after"] for r in records)
     rows: dict[tuple, list[dict]] = {}
     for r in records:
         rows.setdefault((r["ratio"], r["method"]), []).append(r)
-    lines = ["| method (parts) | mAP50-95 | mAP50 | Δ base (pts) | FLOPs G (removed) | params M (removed) | "
+    lines = [f"| method (parts) | {label} | {label.removesuffix('-95')} | Δ base (pts) | "
+             + ("box mAP50-95 | " if boxes else "")
+             + "FLOPs G (removed) | params M (removed) | "
              "latency 1 / all threads (ms) | optimizer steps | step 1: before -> after | wall s / run | seeds |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | " + ("--- | " if boxes else "") + "--- | --- | --- | --- | --- | --- | --- |"]
     for (_, method), rs in sorted(rows.items()):
         m = [r["after"]["map50_95"] for r in rs]
         m50 = [r["after"]["map50"] for r in rs]
@@ -435,10 +452,11 @@ def report(records: list[dict], base_map: float | None) -> str:
                  for x in rs if x.get("rounds")]
         step1 = "; ".join(f"{a:.3f} -> {b:.3f}" for a, b in first) if first else "-"
         p = rs[0].get("parts") or {}
-        label = method if not p.get("criterion") else \
+        name = method if not p.get("criterion") else \
             f"{method} ({p.get('criterion')}, push {p.get('push')}, {p.get('compensate')})"
         wall = statistics.mean(r["wall_s"] for r in rs)
-        lines.append(f"| {label} | {_ms(m)} | {_ms(m50)} | {delta} | {_size_cell(rs, 'flops_g', 'flops_pct', 3)} | "
+        box = f"{_ms([r['after'].get('box_map50_95', float('nan')) for r in rs])} | " if boxes else ""
+        lines.append(f"| {name} | {_ms(m)} | {_ms(m50)} | {delta} | {box}{_size_cell(rs, 'flops_g', 'flops_pct', 3)} | "
                      f"{_size_cell(rs, 'params_m', 'params_pct', 3)} | {_latency_cell(rs)} | "
                      f"{', '.join(map(str, steps))} | {step1} | {wall:.0f} | "
                      f"{len(rs)} ({'/'.join(str(r['seed']) for r in rs)}) |")
@@ -514,9 +532,30 @@ def _rel(path: Path) -> Path:
     return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
+def write_readme_section(args: argparse.Namespace, records: list[dict], text: str, base_map: float) -> None:
+    """The table, with one line saying where it comes from, in README.md (``--readme``)."""
+    from sections import write_section
+
+    from yolo_ldac.tasks import metric_label
+
+    r0 = records[0]
+    m = r0["machine"]
+    seeds = sorted({r["seed"] for r in records})
+    body = "\n".join([
+        f"Written by `{SCRIPT} --report-only --readme` from `{_rel(args.out)}/`; do not edit by hand. The user's "
+        f"flow on {args.data.parent.name}: the base (`{Path(r0['base']).name}`, {metric_label(record_task(r0))} "
+        f"{base_map:.4f}) compressed by each method with {args.epochs} epochs of training "
+        f"({(r0.get('optimizer_steps') or {}).get('total', '?')} optimizer steps), `dense` the base trained as long; "
+        f"mean ± std over seeds {', '.join(map(str, seeds))}; machine {m.get('cpu')}. Details: BENCHMARKS.md, section "
+        f"{args.out.parent.name}-{args.data.parent.name}.", "", text])
+    write_section(f"grid-{args.data.parent.name}", body, report=ROOT / "README.md", after="tasks")
+
+
 def write_benchmarks_section(args: argparse.Namespace, records: list[dict], text: str, base_map: float) -> None:
     """The ``grid-<data>`` section of BENCHMARKS.md (``--benchmarks-md``)."""
     from sections import write_section
+
+    from yolo_ldac.tasks import metric_label
 
     r0 = records[0]
     s = r0["settings"]
@@ -532,7 +571,7 @@ def write_benchmarks_section(args: argparse.Namespace, records: list[dict], text
         f"Written by `{SCRIPT} --report-only --benchmarks-md` from the run JSON in `{rel}/`; do not edit by hand.",
         "",
         f"Base: `{Path(r0['base']).name}` ({desc}), validated here at "
-        f"mAP50-95 {base_map:.4f}. Every run trains {args.epochs} epochs at batch {s['batch']} with nbs = batch "
+        f"{metric_label(record_task(r0))} {base_map:.4f}. Every run trains {args.epochs} epochs at batch {s['batch']} with nbs = batch "
         f"(one optimizer step per batch), warm-up {s['warmup_epochs']} epoch per phase, {s['imgsz']} px; "
         f"pruned runs: {s.get('rounds', args.rounds)} prune steps with {s.get('epochs_per_round', args.epochs_per_round)} "
         "epochs between them (a method whose push does not train before step 1 gets those epochs in its "
@@ -588,6 +627,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dry-run", action="store_true", help="list the runs, their epochs, steps and status; train nothing")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--benchmarks-md", action="store_true", help="also write the table into BENCHMARKS.md")
+    ap.add_argument("--readme", action="store_true",
+                    help="also write the table into README.md (section grid-<data>, after the tasks section)")
     args = ap.parse_args(argv)
     preset = PRESETS[args.preset]
     for key, value in preset.items():
@@ -652,6 +693,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.benchmarks_md and records:
         write_benchmarks_section(args, records, text, base_map)
+    if args.readme and records:
+        write_readme_section(args, records, text, base_map)
     if failures:
         print(f"grid: {len(failures)} failed: {', '.join(failures)}")
         return 1

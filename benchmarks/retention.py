@@ -282,14 +282,24 @@ def markdown_section(records: list[dict], base: dict, title: str | None = None) 
     curves = _curves(records)
     ratios = sorted({r["ratio"] for r in records})
     s = base["settings"]
+    label = "mAP50-95"  # a segment or pose base: its own mAP is the mask / keypoint one
+    if Path(s["base"]).is_file():
+        from yolo_ldac.nn.adapter import load_detection_model
+        from yolo_ldac.tasks import metric_label, task_of
+
+        try:
+            label = metric_label(task_of(load_detection_model(s["base"])))
+        except Exception:  # a base that no longer loads: the table is the same, its label generic
+            pass
     title = title or f"Retention curves on {Path(s['data']).parent.name} (one-shot, no training)"
+    box = f", box mAP50-95 {base['box_map50_95']:.4f}" if "box_map50_95" in base else ""
     lines = [f"## {title}", "",
-             f"Base `{Path(s['base']).name}` on `{Path(s['data']).parent.name}` (val mAP50-95 **{base['map50_95']:.4f}**, "
+             f"Base `{Path(s['base']).name}` on `{Path(s['data']).parent.name}` (val {label} **{base['map50_95']:.4f}**{box}, "
              f"mAP50 {base['map50']:.4f}, {base['flops_g']:.3f} GFLOPs at {s['flops_imgsz']} px). Each point: a fresh "
              f"copy pruned one-shot to the FLOPs ratio, no training; calibration {s['calib_batches']} x "
              f"{s['calib_batch']} train images at {s['imgsz']} px; validated at {s['imgsz']} px. "
              f"Written by `{SCRIPT}`.", "",
-             "mAP50-95 (mAP50) per FLOPs ratio removed:", "",
+             f"{label} ({label.removesuffix('-95')}) per FLOPs ratio removed:", "",
              "| criterion / variant | " + " | ".join(f"{r:g}" for r in ratios) + " | wall s (curve) |",
              "|---|" + "---:|" * len(ratios) + "---:|"]
     for name, recs in curves.items():
