@@ -494,21 +494,33 @@ def plot_schedule(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def base_record(base: str | Path) -> tuple[Path, dict] | None:
-    """The ``retention_base.py`` record (``results/retention/<data>/*.json``) of the checkpoint ``base``, if any."""
-    name = Path(base).name
-    for path in sorted((ROOT / "benchmarks" / "results" / "retention").glob("*/*.json")):
+def base_record(base: str | Path, extra_dirs: tuple[Path, ...] = ()) -> tuple[Path, dict] | None:
+    """The ``retention_base.py`` record of the checkpoint ``base``, if any: among the records under
+    ``results/retention/<data>/`` and in ``extra_dirs`` (a grid's own results folder: ``base-*.json``) whose weights
+    have ``base``'s file name: one in ``extra_dirs`` first (the grid's own base), then one whose weights are ``base``'s
+    full path, then the newest (by ``date``). Several bases of one data set share a file name and even a path
+    (``runs/base/yolo11n-composite400-e50.pt`` retrained over the years), so the first name match may be another."""
+    base = Path(base)
+    paths = sorted((ROOT / "benchmarks" / "results" / "retention").glob("*/*.json"))
+    extra = [p.resolve() for d in extra_dirs for p in sorted(Path(d).glob("base*.json"))]
+    found = []
+    for path in [*extra, *paths]:
         rec = read_record(path)
-        if isinstance(rec, dict) and "val_curve" in rec and name in {
-                Path(str(rec.get(k, ""))).name for k in ("weights", "weights_used_for_retention")}:
-            return path, rec
-    return None
+        if not (isinstance(rec, dict) and "val_curve" in rec):
+            continue
+        weights = [str(rec.get(k, "")) for k in ("weights", "weights_used_for_retention")]
+        if base.name in {Path(w).name for w in weights}:
+            found.append((path in extra, str(base) in weights, str(rec.get("date", "")), path, rec))
+    if not found:
+        return None
+    *_, path, rec = max(found, key=lambda f: f[:3])
+    return path, rec
 
 
-def plateau_line(base: str | Path) -> str:
+def plateau_line(base: str | Path, extra_dirs: tuple[Path, ...] = ()) -> str:
     """One sentence of the base's plateau evidence for the grid section (the rule of issue 11 and its noise-robust
-    reading), or a notice that the base has no record."""
-    found = base_record(base)
+    reading), or a notice that the base has no record (:func:`base_record` finds it)."""
+    found = base_record(base, extra_dirs)
     if found is None:
         return f"No training record of `{Path(base).name}` under benchmarks/results/retention/: its plateau is unknown."
     path, rec = found
@@ -517,7 +529,9 @@ def plateau_line(base: str | Path) -> str:
 
     ev = plateau_evidence(rec["val_curve"])
     rel = path.relative_to(ROOT)
-    return (f"Its training curve (`{rel}`): {ev['epochs']} epochs, best mAP50-95 {ev['best_map50_95']:.3f} at epoch "
+    label = {"metrics/mAP50-95(M)": "mask mAP50-95", "metrics/mAP50-95(P)": "pose mAP50-95"}.get(ev.get("metric"),
+                                                                                                  "mAP50-95")
+    return (f"Its training curve (`{rel}`): {ev['epochs']} epochs, best {label} {ev['best_map50_95']:.3f} at epoch "
             f"{ev['best_epoch']}, mean of the last 5 {ev['mean_last_5']:.3f} (previous 5: {ev['mean_previous_5']:.3f}); "
             f"plateau rule (last-5 mean within 1 point of the best epoch) **{'met' if ev['rule_met'] else 'not met'}**; "
             f"against the best 5-epoch mean ({ev['best_moving_average_5']:.3f}, to epoch "
@@ -583,7 +597,7 @@ def write_benchmarks_section(args: argparse.Namespace, records: list[dict], text
         + f" Every run here, dense included, trains at lr_scale {lrs}: yolo-ldac's key that scales every learning "
         "rate Ultralytics picks (optimizer=auto) for the push and fine-tuning phases; its default `auto` is 0.25 for "
         "a model with trained weights, as these bases are, and 1 for one built from a yaml.", "",
-        plateau_line(r0["base"]), "",
+        plateau_line(r0["base"], (args.out.parent,)), "",
         text, "", f"![schedule]({rel}/schedule.png)", "",
         f"Machine: {m.get('cpu')} ({m.get('cores')} cores), GPU {m.get('gpu') or 'none'}; torch "
         f"{m.get('torch')}, ultralytics {m.get('ultralytics')}, torch-pruning {m.get('torch_pruning')}."])

@@ -57,3 +57,18 @@ def test_run_key_does_not_depend_on_the_working_folder(tmp_path, monkeypatch):
                                 "--lr-scale", "0.25"])
     assert rel.base == absolute.base == tmp_path / "b.pt" and rel.out == absolute.out
     assert grid.plan_grid(rel)[0].key == grid.plan_grid(absolute)[0].key
+
+
+def test_base_record_prefers_the_grids_own_base_over_a_same_named_one(tmp_path):
+    """Bases retrained at the same path share a file name: the grid's own record, then the exact path, wins."""
+    import json
+
+    grid = load_grid()
+    curve = [{"epoch": 1, "metrics/mAP50-95(B)": 0.1}]
+    name = "yolo11n-composite400-e50.pt"
+    own = tmp_path / "base-composite.json"
+    own.write_text(json.dumps({"weights": f"/elsewhere/{name}", "val_curve": curve, "date": "2000-01-01"}))
+    path, rec = grid.base_record(f"/work/main/runs/base/{name}", (tmp_path,))
+    assert path == own.resolve()
+    other = grid.base_record(f"/nowhere/{name}")  # the repository's own records: some record of that name, or none
+    assert other is None or other[0] != own.resolve()
